@@ -1,0 +1,865 @@
+r"""Discrete-time dynamic GNNs in plain PyTorch, split into a spatial and a temporal stage.
+
+A dynamic graph is a sequence of ``T`` snapshots :math:`G_t = (\hat{A}_t, X_t)` over one vertex set of size ``N``.
+Every model here is written as
+
+1. a **spatial** stage, :meth:`DynamicGNN.spatial`: per snapshot, needs the whole snapshot and nothing from other
+   time steps (a stack of GCN layers), and
+2. a **temporal** stage, :meth:`DynamicGNN.temporal`: per vertex, needs the vertex's whole time series and nothing
+   from other vertices (an LSTM, or a causal moving average over time).
+
+The distributed trainer (SC'21, "Efficient Scaling of Dynamic Graph Neural Networks", arXiv 2109.07893) cuts
+exactly there: rank ``p`` runs ``spatial`` on its block of snapshots, one all-to-all regroups ``(T, N, d)`` by
+vertex blocks, and ``temporal`` then runs on ``(T, N_block, d)``. ``temporal`` takes and returns a state, so that a
+sequence processed in consecutive blocks of snapshots gives the same result as the whole sequence at once.
+
+Models (paper links in each class): :class:`WDGCN`, :class:`CDGCN` (Manessi et al.), :class:`TMGCN` (Malik et al.),
+:class:`EvolveGCNO`, :class:`EvolveGCNH` (Pareja et al.); heads :class:`LinkPredictor`, :class:`EdgeClassifier`,
+:class:`NodeRegressor`; :func:`build_model` picks a model by name.
+
+Graphs are given as normalised sparse adjacencies (:func:`gcn_norm_adj`, ``torch.sparse_csr``), oriented
+``adj[target, source]`` so that ``adj @ X`` aggregates messages into targets like PyG's ``GCNConv``. Graph products use
+``torch.sparse.mm``; degrees and self loops use ``torch_geometric.utils`` (no torch-scatter / torch-sparse needed).
+
+Node features: a model built with ``num_features=0`` takes ``x=None`` and uses a learnable ``nn.Embedding(num_nodes,
+embedding_dim)`` as the (time-constant) feature matrix; this needs ``num_nodes``. With ``num_features > 0`` the
+features must be given. Every line here is written for this project; PyG / PyG-Temporal / IBM TM-GCN / IBM EvolveGCN
+were read for their designs only.
+"""
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from lit_efficiency.errors import ConfigError
+
+__all__ = [
+    "CDGCN",
+    "DynGNNOutput",
+    "DynamicGNN",
+    "EdgeClassifier",
+    "EvolveGCNH",
+    "EvolveGCNO",
+    "GCNLayer",
+    "LinkPredictor",
+    "MODEL_NAMES",
+    "NodeRegressor",
+    "TMGCN",
+    "TMGCNState",
+    "WDGCN",
+    "build_model",
+    "causal_moving_average",
+    "detach_state",
+    "gcn_norm_adj",
+    "m_matrix",
+    "m_mix_adjacency",
+]
+
+Features = Tensor | Sequence[Tensor | None] | None
+"""Node features of a block of snapshots: ``(S, N, F)``, a list of ``S`` ``(N, F)`` tensors, or ``None``."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Graph operators
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def gcn_norm_adj(
+    edge_index: Tensor,
+    num_nodes: int,
+    edge_weight: Tensor | None = None,
+    add_self_loops: bool = True,
+) -> Tensor:
+    r"""Symmetrically normalised adjacency of one snapshot, as a CSR sparse matrix.
+
+    .. math::
+        \hat{A} = \hat{D}^{-1/2} (A + I) \hat{D}^{-1/2}, \qquad \hat{D}_{ii} = \sum_j (A + I)_{ij}
+
+    with ``A[target, source] = w(source -> target)`` (duplicate edges are summed) and the degree taken over incoming
+    edges, as in PyG's :func:`torch_geometric.nn.conv.gcn_conv.gcn_norm` (``flow="source_to_target"``). Self loops
+    are added only to nodes that have none (an existing self loop keeps its weight), as in PyG. Nodes of zero degree
+    get zero rows and columns instead of ``inf``.
+
+    Args:
+        edge_index: ``(2, E)`` integer edges ``source -> target``.
+        num_nodes: number of vertices ``N``.
+        edge_weight: optional ``(E,)`` weights; ones when ``None``.
+        add_self_loops: add the ``I`` term.
+
+    Returns:
+        ``(N, N)`` ``torch.sparse_csr`` tensor, ``adj[target, source]``, so that ``adj @ X`` equals ``GCNConv``'s
+        propagation of ``X``.
+
+    Shapes:
+        edge_index ``(2, E)``, edge_weight ``(E,)`` -> ``(N, N)`` sparse CSR.
+    """
+    from torch_geometric.utils import add_remaining_self_loops, scatter, to_torch_csr_tensor
+
+    if add_self_loops:
+        edge_index, edge_weight = add_remaining_self_loops(edge_index, edge_weight, 1.0, num_nodes)
+    if edge_weight is None:
+        edge_weight = torch.ones(edge_index.size(1), dtype=torch.get_default_dtype(), device=edge_index.device)
+    source, target = edge_index[0], edge_index[1]
+    degree = scatter(edge_weight, target, dim=0, dim_size=num_nodes, reduce="sum")
+    deg_inv_sqrt = degree.pow(-0.5)
+    deg_inv_sqrt = deg_inv_sqrt.masked_fill(torch.isinf(deg_inv_sqrt), 0.0)
+    value = deg_inv_sqrt[source] * edge_weight * deg_inv_sqrt[target]
+    return to_torch_csr_tensor(torch.stack([target, source]), value, size=(num_nodes, num_nodes))
+
+
+def _spmm(adj: Tensor, x: Tensor) -> Tensor:
+    """``adj @ x`` for a sparse (CSR or COO) or dense ``(N, N)`` adjacency and a dense ``(N, d)`` matrix."""
+    if adj.layout == torch.strided:
+        return adj @ x
+    return torch.sparse.mm(adj, x)
+
+
+def m_matrix(
+    num_steps: int, bandwidth: int, dtype: torch.dtype | None = None, device: torch.device | None = None
+) -> Tensor:
+    r"""The TM-GCN transform ``M``: a causal moving average over the last ``bandwidth`` time steps.
+
+    .. math::
+        M_{tk} = \begin{cases} 1 / \min(t + 1, b) & t - b < k \le t \\ 0 & \text{otherwise} \end{cases}
+
+    Lower triangular, banded (``b`` non-zeros per row at most), each row sums to 1.
+
+    Args:
+        num_steps: ``T``.
+        bandwidth: ``b >= 1`` (``b = 1`` gives the identity).
+        dtype: default dtype when ``None``.
+        device: CPU when ``None``.
+
+    Returns:
+        ``(T, T)`` dense matrix.
+    """
+    if bandwidth < 1:
+        raise ConfigError(f"bandwidth must be >= 1, got {bandwidth}")
+    t = torch.arange(num_steps, device=device)
+    lag = t.view(-1, 1) - t.view(1, -1)  # t - k
+    band = (lag >= 0) & (lag < bandwidth)
+    count = torch.clamp(t + 1, max=bandwidth).to(dtype or torch.get_default_dtype())
+    return band.to(count.dtype) / count.view(-1, 1)
+
+
+def causal_moving_average(h: Tensor, bandwidth: int, history: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    r"""Apply ``M`` (:func:`m_matrix`) along time, ``H_hat = H x_1 M``, block by block.
+
+    .. math::
+        \hat{H}_t = \frac{1}{\min(t + 1, b)} \sum_{k = \max(0, t - b + 1)}^{t} H_k
+
+    ``history`` holds the inputs of the ``min(t0, b - 1)`` steps before this block (``t0`` = global index of the
+    block's first step), so that calling this on consecutive blocks, passing the returned history on, equals one call
+    on the whole sequence. Nothing mixes across vertices: any slice of the non-time dimensions can be processed alone.
+
+    Args:
+        h: ``(T, ...)`` block of inputs, time first.
+        bandwidth: ``b >= 1``.
+        history: ``(H, ...)`` with ``H <= b - 1`` preceding inputs, or ``None`` at the start of the sequence.
+
+    Returns:
+        ``(mixed (T, ...), new_history (min(H + T, b - 1), ...))``.
+    """
+    if bandwidth < 1:
+        raise ConfigError(f"bandwidth must be >= 1, got {bandwidth}")
+    past = h.new_zeros((0, *h.shape[1:])) if history is None else history
+    if past.shape[0] > bandwidth - 1:
+        raise ValueError(f"history has {past.shape[0]} steps, more than bandwidth - 1 = {bandwidth - 1}")
+    seq = torch.cat([past, h], dim=0)
+    num_past, num_steps = past.shape[0], h.shape[0]
+    # Zero-pad the front to b - 1 steps of history; the divisor below counts only the real steps.
+    pad = h.new_zeros((bandwidth - 1 - num_past, *h.shape[1:]))
+    padded = torch.cat([pad, seq], dim=0)
+    total = sum(padded[bandwidth - 1 - lag : bandwidth - 1 - lag + num_steps] for lag in range(bandwidth))
+    count = torch.clamp(torch.arange(num_steps, device=h.device) + num_past + 1, max=bandwidth).to(h.dtype)
+    mixed = total / count.view(-1, *([1] * (h.dim() - 1)))
+    keep = min(seq.shape[0], bandwidth - 1)
+    return mixed, seq[seq.shape[0] - keep :]
+
+
+def m_mix_adjacency(
+    adjs: Sequence[Tensor], bandwidth: int, history: Sequence[Tensor] = ()
+) -> tuple[list[Tensor], tuple[Tensor, ...]]:
+    r"""Mix sparse adjacencies over time with ``M``: :math:`\hat{A}_t = \sum_k M_{tk} \hat{A}_k` (TM-GCN).
+
+    The result's sparsity is the union of the last ``b`` snapshots'. ``history`` works as in
+    :func:`causal_moving_average` (the last ``min(t0, b - 1)`` adjacencies before the block).
+
+    Args:
+        adjs: ``T`` sparse ``(N, N)`` adjacencies.
+        bandwidth: ``b >= 1``.
+        history: preceding adjacencies, at most ``b - 1``.
+
+    Returns:
+        ``(T mixed (N, N) sparse CSR adjacencies, new history)``.
+    """
+    if bandwidth < 1:
+        raise ConfigError(f"bandwidth must be >= 1, got {bandwidth}")
+    seq = list(history) + list(adjs)
+    num_past = len(history)
+    mixed = []
+    for i in range(len(adjs)):
+        window = seq[max(0, num_past + i - bandwidth + 1) : num_past + i + 1]
+        coo = [a.to_sparse_coo().coalesce() for a in window]
+        indices = torch.cat([a.indices() for a in coo], dim=1)
+        values = torch.cat([a.values() for a in coo]) / len(window)
+        size = tuple(window[0].shape)
+        mixed.append(torch.sparse_coo_tensor(indices, values, size).coalesce().to_sparse_csr())
+    keep = min(len(seq), bandwidth - 1)
+    return mixed, tuple(seq[len(seq) - keep :])
+
+
+def detach_state(state: Any) -> Any:
+    """Detach every tensor in a (nested tuple / list / NamedTuple) state, for truncated back-propagation in time."""
+    if isinstance(state, Tensor):
+        return state.detach()
+    if isinstance(state, tuple) and hasattr(state, "_fields"):
+        return type(state)(*(detach_state(s) for s in state))
+    if isinstance(state, (tuple, list)):
+        return type(state)(detach_state(s) for s in state)
+    return state
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class GCNLayer(nn.Module):
+    r"""Graph convolution (Kipf & Welling, https://arxiv.org/abs/1609.02907) on a pre-normalised adjacency.
+
+    .. math::
+        H' = \hat{A} H W + b
+
+    Equal to PyG's ``GCNConv(in_channels, out_channels)`` with the same ``lin.weight`` and ``bias`` when
+    ``adj = gcn_norm_adj(edge_index, N, edge_weight)``. The activation is left to the caller.
+
+    Args:
+        in_channels: input feature size ``F``.
+        out_channels: output feature size ``D``.
+        bias: add a learnable bias.
+
+    Shapes:
+        x ``(N, F)``, adj ``(N, N)`` sparse or dense -> ``(N, D)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.lin = nn.Linear(in_channels, out_channels, bias=False)
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Glorot weight, zero bias (as PyG)."""
+        nn.init.xavier_uniform_(self.lin.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: Tensor, adj: Tensor) -> Tensor:
+        """Apply the layer to one snapshot."""
+        out = _spmm(adj, self.lin(x))
+        if self.bias is not None:
+            out = out + self.bias
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, bias={self.bias is not None}"
+
+
+class GCNStack(nn.Module):
+    """GCN layers with ReLU between them (and after the last one when ``activate_last``).
+
+    Args:
+        dims: feature sizes ``[F, D_1, ..., D_L]`` (``L`` layers).
+        activate_last: apply ReLU after the last layer too.
+
+    Shapes:
+        x ``(N, F)``, adj ``(N, N)`` -> ``(N, D_L)``.
+    """
+
+    def __init__(self, dims: Sequence[int], activate_last: bool) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(GCNLayer(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.activate_last = activate_last
+
+    def forward(self, x: Tensor, adj: Tensor) -> Tensor:
+        """Apply all layers to one snapshot."""
+        for i, layer in enumerate(self.layers):
+            x = layer(x, adj)
+            if self.activate_last or i < len(self.layers) - 1:
+                x = torch.relu(x)
+        return x
+
+
+class NodeFeatures(nn.Module):
+    """Given node features, or a learnable embedding when the data has none.
+
+    Args:
+        num_features: ``F`` of the given features; ``0`` means "no features: use ``nn.Embedding(num_nodes,
+            embedding_dim)``".
+        num_nodes: ``N``, needed only when ``num_features == 0``.
+        embedding_dim: embedding size when ``num_features == 0``.
+    """
+
+    def __init__(self, num_features: int, num_nodes: int, embedding_dim: int) -> None:
+        super().__init__()
+        if num_features < 0:
+            raise ConfigError(f"num_features must be >= 0, got {num_features}")
+        self.num_features = num_features
+        self.embedding: nn.Embedding | None = None
+        if num_features == 0:
+            if num_nodes <= 0:
+                raise ConfigError("num_nodes must be > 0 when num_features=0 (a learnable node embedding is used)")
+            self.embedding = nn.Embedding(num_nodes, embedding_dim)
+        self.out_dim = num_features if num_features > 0 else embedding_dim
+
+    def forward(self, x: Tensor | None, num_nodes: int) -> Tensor:
+        """Return ``(N, out_dim)`` features for one snapshot."""
+        if self.embedding is None:
+            if x is None:
+                raise ConfigError(f"x is None but the model was built with num_features={self.num_features}")
+            return x
+        if x is not None:
+            raise ConfigError("node features were given but the model was built with num_features=0")
+        if num_nodes != self.embedding.num_embeddings:
+            raise ConfigError(f"snapshot has {num_nodes} nodes but num_nodes={self.embedding.num_embeddings}")
+        return self.embedding.weight
+
+
+def _as_list(xs: Features, num_steps: int) -> list[Tensor | None]:
+    """Split ``(S, N, F)`` / list / ``None`` features into ``S`` per-snapshot entries."""
+    if xs is None:
+        return [None] * num_steps
+    items = list(xs.unbind(0)) if isinstance(xs, Tensor) else list(xs)
+    if len(items) != num_steps:
+        raise ValueError(f"got features for {len(items)} snapshots but {num_steps} adjacencies")
+    return items
+
+
+class DynGNNOutput(NamedTuple):
+    """Output of a dynamic GNN over a block of snapshots."""
+
+    z: Tensor
+    """``(T, N, out_dim)`` node embeddings per time step."""
+    state: Any
+    """State to pass to the call on the next block of snapshots (keeps the autograd graph; see
+    :func:`detach_state`)."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class DynamicGNN(nn.Module):
+    """Base class: ``forward = temporal(spatial(...))`` with a carried temporal state.
+
+    Subclasses set ``spatial_dim`` (size ``d`` of the spatial output, i.e. what the all-to-all redistributes) and
+    ``out_dim`` and implement :meth:`spatial_snapshot` and :meth:`temporal`.
+    """
+
+    spatial_dim: int
+    out_dim: int
+
+    def spatial_snapshot(self, x: Tensor | None, adj: Tensor) -> Tensor:
+        """Spatial stage of one snapshot: ``(N, F)`` or ``None``, ``(N, N)`` -> ``(N, spatial_dim)``."""
+        raise NotImplementedError
+
+    def spatial(self, x: Features, adj: Tensor | Sequence[Tensor]) -> Tensor:
+        """Spatial stage of one snapshot, or of a block of snapshots (each processed on its own).
+
+        Args:
+            x: one snapshot's ``(N, F)`` features, or a block's ``(S, N, F)`` / list; ``None`` without features.
+            adj: one ``(N, N)`` sparse adjacency, or a sequence of ``S``.
+
+        Returns:
+            ``(N, spatial_dim)`` for one snapshot, ``(S, N, spatial_dim)`` for a block.
+        """
+        if isinstance(adj, Tensor):
+            return self.spatial_snapshot(x, adj)  # type: ignore[arg-type]
+        return torch.stack([self.spatial_snapshot(xt, at) for xt, at in zip(_as_list(x, len(adj)), adj, strict=True)])
+
+    def temporal(self, h: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        """Temporal stage: ``(T, N, spatial_dim)`` -> ``((T, N, out_dim), new_state)``, per vertex."""
+        raise NotImplementedError
+
+    def forward(self, xs: Features, adjs: Sequence[Tensor], state: Any = None) -> DynGNNOutput:
+        """Run a block of ``T`` snapshots.
+
+        Args:
+            xs: ``(T, N, F)`` / list of ``T`` ``(N, F)`` features, or ``None``.
+            adjs: ``T`` normalised ``(N, N)`` sparse adjacencies (:func:`gcn_norm_adj`).
+            state: the state returned for the previous block, ``None`` at the start of the sequence.
+
+        Returns:
+            :class:`DynGNNOutput` with ``z`` ``(T, N, out_dim)``.
+        """
+        z, state = self.temporal(self.spatial(xs, adjs), state)
+        return DynGNNOutput(z, state)
+
+
+class WDGCN(DynamicGNN):
+    r"""Waterfall dynamic GCN (Manessi, Rozza, Manzo, https://arxiv.org/abs/1704.06199).
+
+    .. math::
+        H_t = \mathrm{ReLU}\big(\hat{A}_t \cdots \mathrm{ReLU}(\hat{A}_t X_t W_1) \cdots W_L\big), \qquad
+        Z_{t,v} = \mathrm{LSTM}(H_{1,v}, \dots, H_{t,v})
+
+    GCN weights are shared over time (the "waterfall"); one LSTM, shared by all vertices, runs over each vertex's time
+    series (vertices are the LSTM batch). Spatial = GCN stack, temporal = LSTM, state = ``(h_n, c_n)``, each
+    ``(num_lstm_layers, N, out_dim)``.
+
+    Args:
+        num_features: node feature size ``F``; ``0`` for a learnable node embedding (then ``num_nodes`` is needed).
+        hidden_dim: GCN layer size (and embedding size when ``num_features == 0``).
+        out_dim: LSTM hidden size = output embedding size.
+        num_gcn_layers: number of GCN layers.
+        num_lstm_layers: number of stacked LSTM layers.
+        num_nodes: ``N``, only needed when ``num_features == 0``.
+
+    Shapes:
+        xs ``(T, N, F)`` or ``None``, ``T`` adjacencies ``(N, N)`` -> z ``(T, N, out_dim)``.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        hidden_dim: int = 32,
+        out_dim: int = 32,
+        num_gcn_layers: int = 2,
+        num_lstm_layers: int = 1,
+        num_nodes: int = 0,
+    ) -> None:
+        super().__init__()
+        if num_gcn_layers < 1:
+            raise ConfigError(f"num_gcn_layers must be >= 1, got {num_gcn_layers}")
+        self.features = NodeFeatures(num_features, num_nodes, hidden_dim)
+        self.gcn = GCNStack([self.features.out_dim] + [hidden_dim] * num_gcn_layers, activate_last=True)
+        self.spatial_dim = self._spatial_dim(hidden_dim)
+        self.out_dim = out_dim
+        self.lstm = nn.LSTM(self.spatial_dim, out_dim, num_layers=num_lstm_layers)
+
+    def _spatial_dim(self, hidden_dim: int) -> int:
+        return hidden_dim
+
+    def spatial_snapshot(self, x: Tensor | None, adj: Tensor) -> Tensor:
+        return self.gcn(self.features(x, adj.shape[0]), adj)
+
+    def temporal(self, h: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """LSTM over time for every vertex: ``(T, N, spatial_dim)`` -> ``(T, N, out_dim)``, state ``(h_n, c_n)``."""
+        out, new_state = self.lstm(h, state)
+        return out, new_state
+
+
+class CDGCN(WDGCN):
+    r"""Concatenate dynamic GCN (Manessi et al., https://arxiv.org/abs/1704.06199).
+
+    As :class:`WDGCN`, but the LSTM reads :math:`[H_t \,\|\, X_t]`: the GCN output concatenated with the snapshot's
+    node features (the learnable embedding when ``num_features == 0``). The concatenation belongs to the spatial stage,
+    so ``spatial_dim = hidden_dim + F``. Arguments as :class:`WDGCN`.
+    """
+
+    def _spatial_dim(self, hidden_dim: int) -> int:
+        return hidden_dim + self.features.out_dim
+
+    def spatial_snapshot(self, x: Tensor | None, adj: Tensor) -> Tensor:
+        feats = self.features(x, adj.shape[0])
+        return torch.cat([self.gcn(feats, adj), feats], dim=-1)
+
+
+class TMGCNState(NamedTuple):
+    """Carried state of :class:`TMGCN`: the last ``b - 1`` inputs of the M-mixing."""
+
+    x_history: Tensor | None = None
+    """``(<= b-1, N, F)`` raw features (``mixing="input"`` with given features)."""
+    adj_history: tuple[Tensor, ...] = ()
+    """``<= b-1`` raw adjacencies (``mixing="input"``)."""
+    h_history: Tensor | None = None
+    """``(<= b-1, N, out_dim)`` spatial outputs (``mixing="output"``)."""
+
+
+class TMGCN(DynamicGNN):
+    r"""Tensor M-product GCN (Malik, Ubaru, Horesh, Kilmer, Avron, https://arxiv.org/abs/1910.07643).
+
+    With ``M`` = :func:`m_matrix` (causal moving average of bandwidth ``b``), the definition is
+
+    .. math::
+        \hat{A}_t = \sum_k M_{tk} \hat{A}_k, \qquad \hat{X} = X \times_3 M, \qquad
+        Y_t = \hat{A}_t \hat{X}_t W
+
+    (for ``L`` layers, ReLU between layers, none after the last: layer ``l + 1`` reads layer ``l``'s output, already in
+    the transformed domain, with the same :math:`\hat{A}_t`).
+
+    Two ways to place the M-mixing, chosen by ``mixing``:
+
+    * ``"input"`` (default, **equals the definition exactly**): :meth:`mix_inputs` mixes the raw adjacencies
+      (:func:`m_mix_adjacency`) and features (:func:`causal_moving_average`) over time, then the spatial stage is
+      a plain per-snapshot GCN stack on :math:`(\hat{A}_t, \hat{X}_t)` and the temporal stage is the identity. The
+      state is the last ``b - 1`` raw snapshots; in a snapshot-partitioned run this is the "temporal halo" that
+      rank ``p`` needs from rank ``p - 1``. :meth:`spatial` expects already-mixed inputs.
+    * ``"output"`` (fits the spatial/temporal cut with no halo): the spatial stage is the GCN stack on the raw
+      :math:`(\hat{A}_t, X_t)`, the temporal stage mixes its outputs per vertex,
+      :math:`Y_t = \sum_k M_{tk}\, \mathrm{GCN}(\hat{A}_k, X_k)`, state = last ``b - 1`` spatial outputs. This is
+      **not** the definition in general: for one layer it is :math:`\sum_k M_{tk} \hat{A}_k X_k W` instead of
+      :math:`(\sum_k M_{tk}\hat{A}_k)(\sum_j M_{tj} X_j) W`; the two agree when the adjacency is constant over each
+      window (or the features are, e.g. a node embedding) and the model has one layer.
+
+    Args:
+        num_features: node feature size ``F``; ``0`` for a learnable node embedding (then ``num_nodes`` is needed).
+        hidden_dim: size of the hidden GCN layers (and embedding size when ``num_features == 0``).
+        out_dim: size of the last GCN layer = output embedding size.
+        num_layers: number of GCN layers.
+        bandwidth: ``b``, number of time steps averaged by ``M``.
+        mixing: ``"input"`` (exact) or ``"output"`` (mix per vertex after the GCN), see above.
+        num_nodes: ``N``, only needed when ``num_features == 0``.
+
+    Shapes:
+        xs ``(T, N, F)`` or ``None``, ``T`` adjacencies ``(N, N)`` -> z ``(T, N, out_dim)``.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        hidden_dim: int = 32,
+        out_dim: int = 32,
+        num_layers: int = 1,
+        bandwidth: int = 3,
+        mixing: Literal["input", "output"] = "input",
+        num_nodes: int = 0,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ConfigError(f"num_layers must be >= 1, got {num_layers}")
+        if bandwidth < 1:
+            raise ConfigError(f"bandwidth must be >= 1, got {bandwidth}")
+        if mixing not in ("input", "output"):
+            raise ConfigError(f"mixing must be 'input' or 'output', got {mixing!r}")
+        self.bandwidth = bandwidth
+        self.mixing = mixing
+        self.features = NodeFeatures(num_features, num_nodes, hidden_dim)
+        dims = [self.features.out_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        self.gcn = GCNStack(dims, activate_last=False)
+        self.spatial_dim = out_dim
+        self.out_dim = out_dim
+
+    def spatial_snapshot(self, x: Tensor | None, adj: Tensor) -> Tensor:
+        return self.gcn(self.features(x, adj.shape[0]), adj)
+
+    def mix_inputs(
+        self, xs: Features, adjs: Sequence[Tensor], state: TMGCNState | None = None
+    ) -> tuple[Features, list[Tensor], TMGCNState]:
+        """M-mix raw features and adjacencies of a block over time (``mixing="input"``).
+
+        Returns:
+            ``(mixed features (T, N, F) or None, T mixed sparse CSR adjacencies, new state)``.
+        """
+        state = state or TMGCNState()
+        adjs_hat, adj_history = m_mix_adjacency(adjs, self.bandwidth, state.adj_history)
+        if xs is None:  # a time-constant embedding is unchanged by M (its rows sum to 1)
+            return None, adjs_hat, TMGCNState(None, adj_history, None)
+        x = xs if isinstance(xs, Tensor) else torch.stack(list(xs))  # type: ignore[arg-type]
+        x_hat, x_history = causal_moving_average(x, self.bandwidth, state.x_history)
+        return x_hat, adjs_hat, TMGCNState(x_history, adj_history, None)
+
+    def temporal(self, h: Tensor, state: TMGCNState | None = None) -> tuple[Tensor, TMGCNState]:
+        """``"output"``: causal moving average per vertex; ``"input"``: identity (the mixing happened upstream)."""
+        state = state or TMGCNState()
+        if self.mixing == "input":
+            return h, state
+        out, h_history = causal_moving_average(h, self.bandwidth, state.h_history)
+        return out, TMGCNState(None, (), h_history)
+
+    def forward(self, xs: Features, adjs: Sequence[Tensor], state: TMGCNState | None = None) -> DynGNNOutput:
+        if self.mixing == "input":
+            xs, adjs, state = self.mix_inputs(xs, adjs, state)
+        return super().forward(xs, adjs, state)
+
+
+class _EvolveGCN(DynamicGNN):
+    """Shared parts of EvolveGCN-O/-H: a GCN stack whose weights ``W_t`` evolve through a recurrent cell.
+
+    The recurrence runs over the weights (``D_in x D_out`` per layer), not over vertices, and is sequential in time
+    (-H even reads the snapshot), so these models have no useful spatial/temporal cut: they are the single-process
+    baseline. :meth:`spatial` takes explicit per-layer weights (a pure per-snapshot GCN given ``W_t``), :meth:`temporal`
+    is the identity, and :meth:`forward` steps through time, carrying the weight state across blocks.
+    """
+
+    def __init__(self, num_features: int, hidden_dim: int, out_dim: int, num_layers: int, num_nodes: int) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ConfigError(f"num_layers must be >= 1, got {num_layers}")
+        self.features = NodeFeatures(num_features, num_nodes, hidden_dim)
+        self.dims = [self.features.out_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        # Initial weights, stored transposed (D_out, D_in): the cells treat the D_out columns of W as a batch.
+        self.initial_weights = nn.ParameterList(
+            nn.Parameter(torch.empty(d_out, d_in)) for d_in, d_out in zip(self.dims[:-1], self.dims[1:], strict=True)
+        )
+        self.spatial_dim = out_dim
+        self.out_dim = out_dim
+
+    def reset_parameters(self) -> None:
+        """Glorot initial weights."""
+        for w in self.initial_weights:
+            nn.init.xavier_uniform_(w)
+
+    def spatial(self, x: Tensor | None, adj: Tensor, weights: Sequence[Tensor] = ()) -> Tensor:  # type: ignore[override]
+        r"""GCN on one snapshot with the given weights: :math:`H^{l+1} = \mathrm{ReLU}(\hat{A} H^l W^l)`.
+
+        Args:
+            x: ``(N, F)`` features or ``None``.
+            adj: ``(N, N)`` normalised adjacency.
+            weights: one ``(D_in, D_out)`` matrix per layer (``W_t``).
+        """
+        if len(weights) != len(self.initial_weights):
+            raise ValueError(f"expected {len(self.initial_weights)} weight matrices, got {len(weights)}")
+        h = self.features(x, adj.shape[0])
+        for w in weights:
+            h = torch.relu(_spmm(adj, h @ w))
+        return h
+
+    def temporal(self, h: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        """Identity: EvolveGCN's recurrence is over weights, inside :meth:`step`."""
+        return h, state
+
+    def evolve(self, layer: int, h: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """Advance layer ``layer``'s weight state by one step given its input ``h`` ``(N, D_in)``; return ``W_t^T``."""
+        raise NotImplementedError
+
+    def initial_state(self) -> list[Any]:
+        """Per-layer weight state at the start of a sequence."""
+        raise NotImplementedError
+
+    def step(self, x: Tensor | None, adj: Tensor, state: list[Any] | None = None) -> tuple[Tensor, list[Any]]:
+        """One time step: evolve each layer's weights, then apply it. Returns ``((N, out_dim), new state)``."""
+        state = self.initial_state() if state is None else state
+        h = self.features(x, adj.shape[0])
+        new_state = []
+        for layer, layer_state in enumerate(state):
+            w_t, layer_state = self.evolve(layer, h, layer_state)
+            new_state.append(layer_state)
+            h = torch.relu(_spmm(adj, h @ w_t.t()))
+        return h, new_state
+
+    def forward(self, xs: Features, adjs: Sequence[Tensor], state: list[Any] | None = None) -> DynGNNOutput:
+        outs = []
+        for x, adj in zip(_as_list(xs, len(adjs)), adjs, strict=True):
+            z, state = self.step(x, adj, state)
+            outs.append(z)
+        return DynGNNOutput(torch.stack(outs), state)
+
+
+class EvolveGCNO(_EvolveGCN):
+    r"""EvolveGCN-O (Pareja et al., https://arxiv.org/abs/1902.10191): GCN weights are the output of an LSTM.
+
+    .. math::
+        W^l_t = \mathrm{LSTM}(W^l_{t-1}), \qquad H^{l+1}_t = \mathrm{ReLU}(\hat{A}_t H^l_t W^l_t)
+
+    The LSTM's input is its own previous output (the weights), the columns of :math:`W` form the LSTM batch
+    (``nn.LSTMCell(D_in, D_in)``); :math:`W_0` is learnable, the initial cell state zero. The weights do not depend on
+    the data, so :meth:`weight_sequence` can produce all ``W_t`` first and :meth:`spatial` then runs every snapshot
+    independently. State: per layer ``(W_t^T, C_t)``, each ``(D_out, D_in)``.
+
+    Args:
+        num_features: node feature size ``F``; ``0`` for a learnable node embedding (then ``num_nodes`` is needed).
+        hidden_dim: size of hidden GCN layers (and embedding size when ``num_features == 0``).
+        out_dim: size of the last GCN layer.
+        num_layers: number of GCN layers.
+        num_nodes: ``N``, only needed when ``num_features == 0``.
+
+    Shapes:
+        xs ``(T, N, F)`` or ``None``, ``T`` adjacencies ``(N, N)`` -> z ``(T, N, out_dim)``.
+    """
+
+    def __init__(
+        self, num_features: int, hidden_dim: int = 32, out_dim: int = 32, num_layers: int = 2, num_nodes: int = 0
+    ) -> None:
+        super().__init__(num_features, hidden_dim, out_dim, num_layers, num_nodes)
+        self.cells = nn.ModuleList(nn.LSTMCell(d_in, d_in) for d_in in self.dims[:-1])
+        self.reset_parameters()
+
+    def initial_state(self) -> list[tuple[Tensor, Tensor]]:
+        return [(w, torch.zeros_like(w)) for w in self.initial_weights]
+
+    def evolve(self, layer: int, h: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        w_prev, c_prev = state
+        w_t, c_t = self.cells[layer](w_prev, (w_prev, c_prev))
+        return w_t, (w_t, c_t)
+
+    def weight_sequence(
+        self, num_steps: int, state: list[tuple[Tensor, Tensor]] | None = None
+    ) -> tuple[list[list[Tensor]], list[tuple[Tensor, Tensor]]]:
+        """The next ``num_steps`` weights: ``([W_t per layer] per step, new state)``, ``W_t`` ``(D_in, D_out)``."""
+        state = self.initial_state() if state is None else state
+        weights = []
+        for _ in range(num_steps):
+            step = []
+            new_state = []
+            for layer, layer_state in enumerate(state):
+                w_t, layer_state = self.evolve(layer, None, layer_state)  # type: ignore[arg-type]
+                step.append(w_t.t())
+                new_state.append(layer_state)
+            weights.append(step)
+            state = new_state
+        return weights, state
+
+
+class EvolveGCNH(_EvolveGCN):
+    r"""EvolveGCN-H (Pareja et al., https://arxiv.org/abs/1902.10191): GCN weights are the hidden state of a GRU.
+
+    .. math::
+        y = H^l_t p / \|p\|, \quad i = \mathrm{top}_k(y), \quad Z_t = [H^l_t \circ \tanh(y)]_{i}, \quad
+        W^l_t = \mathrm{GRU}(Z_t^\top, W^l_{t-1})
+
+    with ``k = D_out`` (the number of columns of :math:`W`; zero rows pad the summary when ``N < k``), a learnable
+    scoring vector :math:`p` per layer, and ``nn.GRUCell(D_in, D_in)`` whose batch is the columns of :math:`W`. The
+    summary reads the snapshot, so layers and time steps are strictly sequential. State: per layer ``W_t^T``
+    ``(D_out, D_in)``. Arguments as :class:`EvolveGCNO`.
+    """
+
+    def __init__(
+        self, num_features: int, hidden_dim: int = 32, out_dim: int = 32, num_layers: int = 2, num_nodes: int = 0
+    ) -> None:
+        super().__init__(num_features, hidden_dim, out_dim, num_layers, num_nodes)
+        self.cells = nn.ModuleList(nn.GRUCell(d_in, d_in) for d_in in self.dims[:-1])
+        self.scorers = nn.ParameterList(nn.Parameter(torch.empty(d_in)) for d_in in self.dims[:-1])
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        for p in self.scorers:
+            nn.init.uniform_(p, -1.0 / math.sqrt(p.numel()), 1.0 / math.sqrt(p.numel()))
+
+    def initial_state(self) -> list[Tensor]:
+        return list(self.initial_weights)
+
+    def summarize(self, layer: int, h: Tensor, k: int) -> Tensor:
+        """Top-``k`` node summary of ``h`` ``(N, D_in)`` -> ``(k, D_in)``, ordered by decreasing score."""
+        p = self.scorers[layer]
+        y = h @ p / p.norm()
+        top = torch.topk(y, min(k, h.shape[0])).indices
+        z = h[top] * torch.tanh(y[top]).unsqueeze(-1)
+        if z.shape[0] < k:
+            z = torch.cat([z, z.new_zeros(k - z.shape[0], z.shape[1])])
+        return z
+
+    def evolve(self, layer: int, h: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        w_t = self.cells[layer](self.summarize(layer, h, state.shape[0]), state)
+        return w_t, w_t
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Heads
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Module:
+    if hidden_dim <= 0:
+        return nn.Linear(in_dim, out_dim)
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
+
+
+class _EdgeHead(nn.Module):
+    def __init__(self, in_dim: int, hidden_dim: int, num_outputs: int) -> None:
+        super().__init__()
+        self.mlp = _mlp(2 * in_dim, hidden_dim, num_outputs)
+
+    def _scores(self, z: Tensor, edge_index: Tensor) -> Tensor:
+        return self.mlp(torch.cat([z[..., edge_index[0], :], z[..., edge_index[1], :]], dim=-1))
+
+
+class LinkPredictor(_EdgeHead):
+    r"""Link-prediction head: one logit per candidate edge, :math:`s_{uv} = [Z_u \,\|\, Z_v]\, U`.
+
+    ``U`` is a linear map (``hidden_dim=0``) or a one-hidden-layer ReLU MLP. Use with ``BCEWithLogitsLoss`` (its
+    ``pos_weight`` plays the role of the TM-GCN code's class weights) and rank by the logit for MAP/MRR/AUC.
+
+    Args:
+        in_dim: embedding size ``d``.
+        hidden_dim: MLP hidden size; ``0`` for a linear ``U``.
+
+    Shapes:
+        z ``(N, d)`` (or ``(..., N, d)``), edge_index ``(2, E)`` -> ``(E,)`` (or ``(..., E)``) logits.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int = 0) -> None:
+        super().__init__(in_dim, hidden_dim, 1)
+
+    def forward(self, z: Tensor, edge_index: Tensor) -> Tensor:
+        """Score the edges ``edge_index`` with embeddings ``z`` (e.g. ``Z_t`` for the edges of ``t + 1``)."""
+        return self._scores(z, edge_index).squeeze(-1)
+
+
+class EdgeClassifier(_EdgeHead):
+    r"""Edge classification head (e.g. edge sign): :math:`\mathrm{logits}_{uv} = [Z_u \,\|\, Z_v]\, U`.
+
+    Args:
+        in_dim: embedding size ``d``.
+        num_classes: number of classes (2 for the sign).
+        hidden_dim: MLP hidden size; ``0`` for a linear ``U``.
+
+    Shapes:
+        z ``(N, d)`` (or ``(..., N, d)``), edge_index ``(2, E)`` -> ``(E, num_classes)`` logits.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int = 2, hidden_dim: int = 0) -> None:
+        super().__init__(in_dim, hidden_dim, num_classes)
+
+    def forward(self, z: Tensor, edge_index: Tensor) -> Tensor:
+        """Classify the edges ``edge_index``."""
+        return self._scores(z, edge_index)
+
+
+class NodeRegressor(nn.Module):
+    """Node regression head: one real value per node, ``MLP(Z_v)``.
+
+    Args:
+        in_dim: embedding size ``d``.
+        hidden_dim: MLP hidden size; ``0`` for a linear map.
+
+    Shapes:
+        z ``(..., N, d)`` -> ``(..., N)``.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int = 0) -> None:
+        super().__init__()
+        self.mlp = _mlp(in_dim, hidden_dim, 1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Predict one value per node."""
+        return self.mlp(z).squeeze(-1)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Factory
+# --------------------------------------------------------------------------------------------------------------------
+
+_MODELS: dict[str, type[DynamicGNN]] = {
+    "wdgcn": WDGCN,
+    "cdgcn": CDGCN,
+    "tmgcn": TMGCN,
+    "evolvegcn-o": EvolveGCNO,
+    "evolvegcn-h": EvolveGCNH,
+}
+MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
+"""Names accepted by :func:`build_model`."""
+
+
+def build_model(name: str, **kwargs: Any) -> DynamicGNN:
+    """Build a dynamic GNN by name.
+
+    Args:
+        name: one of :data:`MODEL_NAMES` (case-insensitive).
+        **kwargs: the model's constructor arguments.
+
+    Raises:
+        ConfigError: unknown name (the one-line message lists the valid names).
+    """
+    key = name.lower()
+    if key not in _MODELS:
+        raise ConfigError(f"model name: unknown dynamic GNN {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+    return _MODELS[key](**kwargs)
