@@ -19,8 +19,8 @@ from lit_efficiency.data.glue import (
     TASK_DEFAULTS,
     TASK_INFO,
     GLUEDataModule,
+    LengthSortedBatchSampler,
     canonical_task,
-    length_sorted_batches,
     read_glue_split,
     read_glue_tsv,
     read_imdb_split,
@@ -385,7 +385,8 @@ def test_predict_sorted_by_length_maps_back(tmp_path, tokenizer_dir, tokenizer):
     }
     for i, row in enumerate(rows):
         assert by_idx[i] == tokenizer(row[1], row[2])["input_ids"]
-    assert length_sorted_batches([3, 5, 5, 1], 3) == [[1, 2, 0], [3]]
+    assert list(LengthSortedBatchSampler(range(4), 3, lengths=[3, 5, 5, 1])) == [[1, 2, 0], [3]]
+    assert list(LengthSortedBatchSampler([3, 0], 1, True, lengths=[3, 5, 5, 1])) == [[0], [3]]
 
 
 # ---------------------------------------------------------------- IMDB
@@ -418,3 +419,32 @@ def test_imdb_reader_and_splits(tmp_path, tokenizer_dir):
     assert test_labels == [0, 0, 0, 1, 1, 1]  # test_dataloader is the official test split for IMDB
     with pytest.raises(DataError, match="^IMDB folder not found: .*train/neg"):
         read_imdb_split(tmp_path / "nowhere", "train")
+
+
+def test_trainer_predict_with_length_sorted_batches(tmp_path, tokenizer_dir):
+    """Lightning wraps the predict batch sampler: the length-sorted sampler must survive it and cover every row."""
+    import lightning as L
+
+    class Echo(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+        def predict_step(self, batch, batch_idx):
+            return batch["idx"], batch["attention_mask"].sum(1)
+
+    dm = GLUEDataModule(
+        task="rte",
+        tokenizer_name=tokenizer_dir,
+        glue_dir=str(_tiny_rte(tmp_path)),
+        padding="dynamic",
+        sort_by_length=True,
+        eval_batch_size=2,
+    )
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    out = trainer.predict(Echo(), datamodule=dm)
+    idx = torch.cat([o[0] for o in out]).tolist()
+    lengths = torch.cat([o[1] for o in out]).tolist()
+    assert sorted(idx) == [0, 1, 2] and lengths == sorted(lengths, reverse=True)

@@ -37,14 +37,14 @@ import csv
 import logging
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from lit_efficiency.errors import ConfigError, DataError
 from lit_efficiency.utils.paths import ENV_DATA, require_file, resolve_data_root, resolve_pretrained
@@ -388,10 +388,32 @@ class PadCollator:
         return batch
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Batches of indices in decreasing length order (stable), so dynamic padding wastes little (inference only)."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+class LengthSortedBatchSampler(BatchSampler):
+    """Batches of the sampler's indices in decreasing length order (stable), so dynamic padding wastes little.
+
+    Meant for inference: every batch holds examples of similar length. A :class:`~torch.utils.data.BatchSampler`
+    subclass, so Lightning can wrap it (predict) or rebuild it around a ``DistributedSampler``.
+
+    Args:
+        sampler: indices to batch (e.g. ``range(len(dataset))`` or a ``DistributedSampler``).
+        batch_size: examples per batch.
+        drop_last: drop the last, smaller batch.
+        lengths: token count of every example of the dataset, indexed by dataset index.
+    """
+
+    def __init__(
+        self, sampler: Iterable[int], batch_size: int, drop_last: bool = False, *, lengths: Sequence[int]
+    ) -> None:
+        super().__init__(sampler, batch_size, drop_last)
+        self.lengths = list(lengths)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = sorted(self.sampler, key=lambda i: -self.lengths[i])
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            if self.drop_last and len(batch) < self.batch_size:
+                return
+            yield batch
 
 
 class GLUEDataModule(L.LightningDataModule):
@@ -668,7 +690,8 @@ class GLUEDataModule(L.LightningDataModule):
             return DataLoader(dataset, batch_size=self.batch_size, shuffle=True, **common)
         if self.sort_by_length:
             lengths = [len(ids) for ids in dataset["input_ids"]]
-            return DataLoader(dataset, batch_sampler=length_sorted_batches(lengths, self.eval_batch_size), **common)
+            sampler = LengthSortedBatchSampler(SequentialSampler(dataset), self.eval_batch_size, lengths=lengths)
+            return DataLoader(dataset, batch_sampler=sampler, **common)
         return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, **common)
 
     def train_dataloader(self) -> DataLoader:
