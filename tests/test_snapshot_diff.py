@@ -375,6 +375,10 @@ def test_encode_rejects_non_canonical_input():
         encode_snapshots([torch.tensor([[0], [10]])], n)
     with pytest.raises(DataError, match=r"^snapshot 1: edge weights must have shape"):
         encode_snapshots([good, good], n, [torch.ones(3), torch.ones(2)])
+    with pytest.raises(DataError, match=r"^snapshot 0: weights missing"):
+        encode_snapshots([good, good], n, [None, torch.ones(3)])
+    with pytest.raises(DataError, match=r"^snapshot 1: edge weights are torch.float64"):
+        encode_snapshots([good, good], n, [torch.ones(3), torch.ones(3, dtype=torch.float64)])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -494,16 +498,15 @@ def test_real_data_roundtrip_and_doc_entry_ratios(name, window, doc_ratio):
 @pytest.mark.skipif(
     importlib.util.find_spec("lit_efficiency.data.graph_loaders") is None, reason="graph_loaders not present"
 )
-@pytest.mark.parametrize(
-    ("name", "window"), [("chess", 1), ("chess", 10), ("twitter_tennis", 1), ("twitter_tennis", 10)]
-)
-def test_loader_graphs_roundtrip_weighted(name, window):
+@pytest.mark.parametrize(("name", "window", "doc_ratio"), [("chess", 10, 5.1), ("twitter_tennis", 10, 6.6)])
+def test_loader_graphs_roundtrip_weighted(name, window, doc_ratio):
     from lit_efficiency.data.graph_loaders import load_dataset
 
     _data_file(*_FILES[name])
     graph = load_dataset(name, window=window, download=False)
     enc = encode_graph(graph)
     assert enc.weighted == (graph.edge_weights is not None)
+    assert transfer_stats(graph.edge_indices, graph.num_nodes).entries_ratio == pytest.approx(doc_ratio, abs=0.06)
     decoded = list(iter_decode(enc))
     for d in decoded:
         ws = None if graph.edge_weights is None else graph.edge_weights[d.t]

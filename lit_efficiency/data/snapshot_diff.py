@@ -483,6 +483,11 @@ def encode_snapshots(
     if edge_weights is not None and len(edge_weights) != len(edge_indices):
         raise DataError(f"edge_weights has {len(edge_weights)} snapshots but edge_indices has {len(edge_indices)}")
     weighted = edge_weights is not None and any(w is not None for w in edge_weights)
+    if weighted:
+        assert edge_weights is not None
+        missing = [t for t, w in enumerate(edge_weights) if w is None]
+        if missing:
+            raise DataError(f"snapshot {missing[0]}: weights missing while other snapshots are weighted")
     kd = key_dtype(num_nodes)
     items: list[Item] = []
     inverse: list[Item | None] = []
@@ -634,6 +639,10 @@ def _check_diff(item: SnapshotDiff, prev_keys: Tensor | None, prev_weights: Tens
             got = None if item.changed_weights is None else item.changed_weights.numel()
             raise DataError(
                 f"snapshot {t}: truncated diff: {got} changed weights for {item.changed_pos.numel()} positions"
+            )
+        if prev_weights.dtype != item.added_weights.dtype:
+            raise DataError(
+                f"snapshot {t}: previous weights are {prev_weights.dtype}, diff has {item.added_weights.dtype}"
             )
         if prev_weights.numel() != n_prev:
             raise DataError(f"snapshot {t}: previous weights have {prev_weights.numel()} entries for {n_prev} keys")
