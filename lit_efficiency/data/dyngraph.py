@@ -273,7 +273,9 @@ class DynamicGraph:
                 self.x.dim() == 2 and self.x.shape[0] == n
             )
             if not ok:
-                raise DataError(f"{who}: x must have shape (T={t_count}, N={n}, F) or (N={n}, F), got {tuple(self.x.shape)}")
+                raise DataError(
+                    f"{who}: x must have shape (T={t_count}, N={n}, F) or (N={n}, F), got {tuple(self.x.shape)}"
+                )
         if self.y is not None and (self.y.dim() < 2 or self.y.shape[:2] != (t_count, n)):
             raise DataError(f"{who}: y must have shape (T={t_count}, N={n}, ...), got {tuple(self.y.shape)}")
         if self.node_ids is not None and self.node_ids.shape != (n,):
@@ -585,9 +587,7 @@ def bucket_edges(
     steps, count, starts = time_steps(t, num_steps=num_steps, step_size=step_size, source=source)
     weight = torch.ones(src.numel(), dtype=torch.float32) if weight is None else weight.to(torch.float32)
 
-    edge_indices, edge_weights, edge_labels = _group_snapshots(
-        steps, src, dst, weight, label, count, num_nodes, window
-    )
+    edge_indices, edge_weights, edge_labels = _group_snapshots(steps, src, dst, weight, label, count, num_nodes, window)
     return DynamicGraph(
         num_nodes=num_nodes,
         edge_indices=edge_indices,

@@ -311,14 +311,12 @@ def _parse_table(path: Path, text: str, spec: DatasetSpec) -> tuple[np.ndarray, 
     try:
         # Fast path: numpy converts the whole table at C speed; only on failure look for the bad line.
         table = np.array(rows, dtype=np.float64)
-    except ValueError:
+    except ValueError as err:
         for fields, lineno in zip(rows, line_numbers, strict=True):
             for col, f in enumerate(fields):
                 if not _is_number(f):
-                    raise DataError(
-                        f"{path}:{lineno}: non-numeric {spec.columns[col]} field {f.strip()!r}"
-                    ) from None
-        raise
+                    raise DataError(f"{path}:{lineno}: non-numeric {spec.columns[col]} field {f.strip()!r}") from None
+        raise DataError(f"{path}: could not parse the numeric table ({err})") from None
     finite = np.isfinite(table)
     if not finite.all():
         i, col = np.argwhere(~finite)[0]
@@ -326,9 +324,7 @@ def _parse_table(path: Path, text: str, spec: DatasetSpec) -> tuple[np.ndarray, 
     return table, line_numbers
 
 
-def _check_ids(
-    path: Path, ids: np.ndarray, line_numbers: list[int], spec: DatasetSpec, num_nodes: int | None
-) -> None:
+def _check_ids(path: Path, ids: np.ndarray, line_numbers: list[int], spec: DatasetSpec, num_nodes: int | None) -> None:
     """Node-id checks on the (E, 2) id columns: integral, non-negative, ``< num_nodes`` when given."""
     bad = np.argwhere(ids != np.floor(ids))
     if len(bad):
@@ -463,7 +459,9 @@ def load_twitter_tennis(
         if weights.numel() != edges.shape[0]:
             raise _json_error(path, f"snapshot '{t}': {edges.shape[0]} edges but {weights.numel()} weights")
         if x.shape != (n, 2) or y.shape != (n,):
-            raise _json_error(path, f"snapshot '{t}': X {tuple(x.shape)} / y {tuple(y.shape)}, expected ({n}, 2) / ({n},)")
+            raise _json_error(
+                path, f"snapshot '{t}': X {tuple(x.shape)} / y {tuple(y.shape)}, expected ({n}, 2) / ({n},)"
+            )
         if edges.numel():
             bad = ((edges < 0) | (edges >= n) | (edges != edges.floor())).any(1).nonzero()
             if bad.numel():
@@ -561,4 +559,3 @@ def load_dataset(
         snapshot_times=graph.snapshot_times,
         name=name,
     ).validate()
-

@@ -87,9 +87,7 @@ def power_law_weights(num_nodes: int, power_law: float = 2.1) -> Tensor:
     return cdf / cdf[-1]
 
 
-def _sample_new_keys(
-    count: int, cdf: Tensor, num_nodes: int, forbidden: Tensor, gen: torch.Generator
-) -> Tensor:
+def _sample_new_keys(count: int, cdf: Tensor, num_nodes: int, forbidden: Tensor, gen: torch.Generator) -> Tensor:
     """Draw ``count`` distinct keys ``u * N + v`` (u != v) not in the sorted ``forbidden`` keys, in draw order."""
     chosen = torch.zeros(0, dtype=torch.long)
     while chosen.numel() < count:
@@ -321,4 +319,3 @@ def synthetic_link_graph(
         y=community.unsqueeze(0).expand(num_snapshots, num_nodes).clone(),
         name=f"synthetic_link(N={num_nodes}, T={num_snapshots}, C={num_communities})",
     ).validate()
-
