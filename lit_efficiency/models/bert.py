@@ -1,0 +1,528 @@
+"""A BERT-family encoder (BERT, ALBERT) that owns its forward loop and keeps HF-compatible weights.
+
+The weights live in Hugging Face ``transformers`` modules (``BertEmbeddings``, ``BertLayer``, ``AlbertTransformer``,
+...) used purely as parameter containers, so ``state_dict()`` keys are exactly those of ``BertModel`` /
+``AlbertModel`` and any ``bert-*`` / ``albert-*`` checkpoint (hub name, local HF folder, or the offline alias
+``minilm-l6``) loads without conversion. The forward pass is written here: HF's attention ``forward`` signatures
+changed several times across transformers 5.x, and PoWER-BERT (:mod:`lit_efficiency.models.power_bert`) needs to
+act *between* the attention sub-layer and the feed-forward sub-layer, which HF's layers do not expose.
+
+Everything is read from the HF config (number of layers, heads, sizes, activation, dropout, ALBERT's layer
+groups and embedding projection); nothing is hard-coded.
+
+Differences from HF: encoder only (no decoder, cross-attention or KV cache), absolute position embeddings only,
+attention probabilities are computed (eager) only when asked for and otherwise with
+:func:`torch.nn.functional.scaled_dot_product_attention`, and the output is a typed dataclass.
+
+For ALBERT a "layer" here is one *application* of a shared layer: ``num_hidden_layers * inner_group_num`` of them
+(see :func:`num_layer_applications`), each may have its own PoWER-BERT parameters even though weights are shared.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lit_efficiency.errors import ConfigError
+from lit_efficiency.utils.paths import resolve_pretrained
+
+if TYPE_CHECKING:  # transformers is imported lazily (it costs seconds); only the type is needed here
+    from transformers import PretrainedConfig
+
+log = logging.getLogger(__name__)
+
+#: model_type -> name of the base-model attribute in HF task models (``BertForSequenceClassification.bert``).
+BASE_MODEL_PREFIX: dict[str, str] = {"bert": "bert", "albert": "albert"}
+SUPPORTED_MODEL_TYPES = tuple(BASE_MODEL_PREFIX)
+
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+TORCH_WEIGHTS_NAME = "pytorch_model.bin"
+CONFIG_NAME = "config.json"
+
+
+@dataclass
+class BertEncoderOutput:
+    """What :class:`BertEncoder` returns.
+
+    Attributes:
+        last_hidden_state: ``(B, L, D)`` hidden states after the last layer (``L`` tokens kept; the input length for
+            a plain BERT).
+        attention_mask: ``(B, L)`` mask of the returned tokens (1 real, 0 padding), same dtype as the input mask.
+        pooler_output: ``(B, D)`` ``tanh(W h_[CLS] + b)``, or ``None`` when the model has no pooler.
+        attentions: one ``(B, H, L_j, L_j)`` tensor of attention probabilities (softmax output, before dropout) per
+            layer application, or ``None`` unless ``output_attentions=True``.
+    """
+
+    last_hidden_state: Tensor
+    attention_mask: Tensor
+    pooler_output: Tensor | None = None
+    attentions: tuple[Tensor, ...] | None = None
+
+
+class LayerParts(NamedTuple):
+    """The modules of one layer application, under architecture-neutral names (BERT and ALBERT differ in keys)."""
+
+    query: nn.Linear
+    key: nn.Linear
+    value: nn.Linear
+    attn_output: nn.Linear
+    attn_dropout: nn.Module  # dropout on the attention output projection (hidden dropout)
+    attn_norm: nn.LayerNorm
+    ffn_in: nn.Linear
+    activation: Callable[[Tensor], Tensor]
+    ffn_out: nn.Linear
+    ffn_dropout: nn.Module  # nn.Identity for ALBERT, which applies no dropout there (as HF does)
+    ffn_norm: nn.LayerNorm
+
+
+def _hf():
+    """Import transformers lazily with a clear error (it is an optional, heavy dependency)."""
+    try:
+        import transformers
+    except ModuleNotFoundError as err:  # pragma: no cover - transformers is a core dependency of the project
+        raise ModuleNotFoundError("BERT models need `transformers`: pip install 'transformers>=4.40'") from err
+    return transformers
+
+
+def num_layer_applications(config: PretrainedConfig) -> int:
+    """Number of transformer layers a forward pass runs (``num_hidden_layers * inner_group_num`` for ALBERT)."""
+    if config.model_type == "albert":
+        return int(config.num_hidden_layers) * int(config.inner_group_num)
+    return int(config.num_hidden_layers)
+
+
+def check_config(config: PretrainedConfig) -> None:
+    """Reject configs this encoder cannot run faithfully.
+
+    Raises:
+        ConfigError: unsupported ``model_type``, decoder configs, relative position embeddings, or a hidden size
+            not divisible by the number of heads.
+    """
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ConfigError(f"model_type {model_type!r} is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
+    if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
+        raise ConfigError("config.is_decoder / add_cross_attention: only encoder (bidirectional) models are supported")
+    pos = getattr(config, "position_embedding_type", "absolute")
+    if pos not in (None, "absolute"):
+        raise ConfigError(f"config.position_embedding_type={pos!r}: only 'absolute' position embeddings are supported")
+    if config.hidden_size % config.num_attention_heads:
+        raise ConfigError(
+            f"config.hidden_size={config.hidden_size} is not divisible by "
+            f"num_attention_heads={config.num_attention_heads}"
+        )
+
+
+def additive_attention_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """``(B, L)`` key mask (1 keep, 0 pad) -> ``(B, 1, 1, L)`` additive bias: 0 or the dtype's most negative value.
+
+    A finite minimum (not ``-inf``) keeps a fully padded row finite instead of NaN, as HF does.
+    """
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    bias = bias.masked_fill(mask == 0, torch.finfo(dtype).min)
+    return bias[:, None, None, :]
+
+
+class BertEncoder(nn.Module):
+    """BERT / ALBERT encoder (embeddings, layers, optional pooler) with HF ``BertModel`` / ``AlbertModel`` keys.
+
+    Args:
+        config: a ``transformers`` ``BertConfig`` or ``AlbertConfig`` (copied; never modified).
+        add_pooling_layer: build the pooler (``tanh`` dense on [CLS]), as ``BertModel`` does by default.
+
+    Example::
+
+        enc = BertEncoder.from_pretrained("minilm-l6")  # offline alias, or a hub name / local HF folder
+        out = enc(input_ids, attention_mask, output_attentions=True)
+        out.last_hidden_state  # (B, L, D); out.attentions[j]: (B, H, L, L)
+    """
+
+    def __init__(self, config: PretrainedConfig, add_pooling_layer: bool = True) -> None:
+        super().__init__()
+        check_config(config)
+        config = copy.deepcopy(config)
+        self.config = config
+        self.model_type: str = config.model_type
+        self.num_layers = num_layer_applications(config)
+        self.num_heads = int(config.num_attention_heads)
+        self.head_dim = config.hidden_size // self.num_heads
+        self.attn_probs_dropout = float(config.attention_probs_dropout_prob)
+
+        _hf()
+        if self.model_type == "albert":
+            from transformers.models.albert import modeling_albert as m
+
+            self.embeddings = m.AlbertEmbeddings(config)
+            self.encoder = m.AlbertTransformer(config)
+            if add_pooling_layer:
+                self.pooler = nn.Linear(config.hidden_size, config.hidden_size)  # key: pooler.weight (ALBERT layout)
+        else:
+            from transformers.models.bert import modeling_bert as m
+
+            self.embeddings = m.BertEmbeddings(config)
+            self.encoder = m.BertEncoder(config)
+            if add_pooling_layer:
+                self.pooler = m.BertPooler(config)  # key: pooler.dense.weight (BERT layout)
+        if not add_pooling_layer:
+            self.pooler = None
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ construction / weights
+    @property
+    def base_model_prefix(self) -> str:
+        """Attribute name HF task models use for this base model (``"bert"`` or ``"albert"``)."""
+        return BASE_MODEL_PREFIX[self.model_type]
+
+    @property
+    def hidden_size(self) -> int:
+        """Width ``D`` of the hidden states."""
+        return int(self.config.hidden_size)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """HF's initialisation: ``N(0, initializer_range)`` weights, zero biases, unit LayerNorms, zero pad row."""
+        std = float(self.config.initializer_range)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.normal_(0.0, std)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.Embedding):
+                module.weight.normal_(0.0, std)
+                if module.padding_idx is not None:
+                    module.weight[module.padding_idx].zero_()
+            elif isinstance(module, nn.LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+
+    @classmethod
+    def from_config(cls, config: PretrainedConfig, **kwargs: Any) -> BertEncoder:
+        """Randomly initialised encoder for ``config`` (``kwargs`` go to the constructor)."""
+        return cls(config, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> BertEncoder:
+        """Load a pretrained encoder: an alias (``minilm-l6``), a local HF folder, or a hub name.
+
+        Weights of task heads in the checkpoint (``cls.*``, ``classifier.*``, ...) are ignored; a missing pooler is
+        left randomly initialised; any other missing encoder weight is an error.
+
+        Raises:
+            ConfigError: unknown alias / path, unsupported model type, or weights that do not fit the config.
+        """
+        path = resolve_pretrained(str(name_or_path))
+        config = load_hf_config(path)
+        model = cls(config, **kwargs)
+        model.load_hf_state_dict(read_hf_weights(path), source=str(name_or_path))
+        return model
+
+    def load_hf_state_dict(
+        self, state_dict: Mapping[str, Tensor], source: str = "state_dict", strict: bool = True
+    ) -> list[str]:
+        """Load HF weights, accepting ``BertModel`` keys, prefixed task-model keys and old ``gamma``/``beta`` names.
+
+        Args:
+            state_dict: keys as in an HF checkpoint.
+            source: name of the checkpoint, used in error messages.
+            strict: raise when a weight is missing, other than those under :meth:`optional_weight_prefixes`.
+
+        Returns:
+            The checkpoint keys that were not used (task heads, buffers such as ``position_ids``).
+
+        Raises:
+            ConfigError: missing encoder weights (when ``strict``) or a shape mismatch.
+        """
+        own = self.state_dict()
+        mapped, unused = {}, []
+        for key, value in state_dict.items():
+            name = normalize_hf_key(key, self.base_model_prefix)
+            if name in own:
+                mapped[name] = value
+            else:
+                unused.append(key)
+        missing = [k for k in own if k not in mapped]
+        optional = self.optional_weight_prefixes()
+        missing_optional = [k for k in missing if k.startswith(optional)]
+        missing_other = [k for k in missing if not k.startswith(optional)]
+        if missing_other and strict:
+            shown = ", ".join(missing_other[:3]) + (" ..." if len(missing_other) > 3 else "")
+            raise ConfigError(f"{source}: {len(missing_other)} encoder weights missing from the checkpoint ({shown})")
+        for name, value in mapped.items():
+            if tuple(value.shape) != tuple(own[name].shape):
+                raise ConfigError(
+                    f"{source}: weight {name} has shape {tuple(value.shape)}, the config needs {tuple(own[name].shape)}"
+                )
+        self.load_state_dict(mapped, strict=False)
+        if missing_optional:
+            log.info("%s lacks %s; kept as initialised", source, ", ".join(missing_optional))
+        return unused
+
+    def optional_weight_prefixes(self) -> tuple[str, ...]:
+        """Key prefixes a checkpoint may lack (kept as initialised): the pooler (absent from some checkpoints)."""
+        return ("pooler.",)
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (HF layout; reloads with :meth:`from_pretrained` or HF)."""
+        config = copy.deepcopy(self.config)
+        config.architectures = ["AlbertModel" if self.model_type == "albert" else "BertModel"]
+        return save_hf_folder(path, config, self.state_dict())
+
+    # ------------------------------------------------------------------ building blocks of the forward pass
+    def layer_parts(self, index: int) -> LayerParts:
+        """Modules of layer application ``index`` (0-based); for ALBERT they are shared between applications."""
+        if self.model_type == "albert":
+            cfg = self.config
+            outer, inner = divmod(index, cfg.inner_group_num)
+            group = int(outer / (cfg.num_hidden_layers / cfg.num_hidden_groups))  # HF's formula, verbatim
+            layer = self.encoder.albert_layer_groups[group].albert_layers[inner]
+            att = layer.attention
+            return LayerParts(
+                att.query, att.key, att.value, att.dense, att.output_dropout, att.LayerNorm,
+                layer.ffn, layer.activation, layer.ffn_output, nn.Identity(), layer.full_layer_layer_norm,
+            )  # fmt: skip
+        layer = self.encoder.layer[index]
+        att = layer.attention
+        return LayerParts(
+            att.self.query, att.self.key, att.self.value, att.output.dense, att.output.dropout, att.output.LayerNorm,
+            layer.intermediate.dense, layer.intermediate.intermediate_act_fn, layer.output.dense, layer.output.dropout,
+            layer.output.LayerNorm,
+        )  # fmt: skip
+
+    def embed(
+        self, input_ids: Tensor, token_type_ids: Tensor | None = None, position_ids: Tensor | None = None
+    ) -> Tensor:
+        """Token + position + segment embeddings, LayerNorm, dropout, ALBERT's projection: ``(B, L) -> (B, L, D)``."""
+        emb = self.embeddings
+        seq_len = input_ids.shape[1]
+        if position_ids is None:
+            position_ids = torch.arange(seq_len, device=input_ids.device)[None, :]
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = emb.word_embeddings(input_ids) + emb.token_type_embeddings(token_type_ids)
+        x = emb.dropout(emb.LayerNorm(x + emb.position_embeddings(position_ids)))
+        if self.model_type == "albert":
+            x = self.encoder.embedding_hidden_mapping_in(x)
+        return x
+
+    def project_qkv(self, parts: LayerParts, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(B, L, D)`` -> query, key, value, each ``(B, H, L, D/H)``."""
+        bsz, seq_len, _ = hidden.shape
+
+        def heads(x: Tensor) -> Tensor:
+            return x.view(bsz, seq_len, self.num_heads, self.head_dim).transpose(1, 2)
+
+        return heads(parts.query(hidden)), heads(parts.key(hidden)), heads(parts.value(hidden))
+
+    def attention_probs(self, query: Tensor, key: Tensor, bias: Tensor) -> Tensor:
+        """Eager softmax attention probabilities (before dropout): ``(B, H, Lq, Lk)``."""
+        scores = torch.matmul(query, key.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))
+        return torch.softmax(scores + bias, dim=-1)
+
+    def attend(self, probs: Tensor, value: Tensor) -> Tensor:
+        """Attention dropout then ``P V``: ``(B, H, Lq, Lk), (B, H, Lk, d) -> (B, H, Lq, d)``."""
+        probs = F.dropout(probs, p=self.attn_probs_dropout, training=self.training)
+        return torch.matmul(probs, value)
+
+    def sdpa(self, query: Tensor, key: Tensor, value: Tensor, bias: Tensor) -> Tensor:
+        """Fused attention without probabilities (FlashAttention / memory-efficient kernels where available)."""
+        return F.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            attn_mask=bias,
+            dropout_p=self.attn_probs_dropout if self.training else 0.0,
+            scale=1.0 / math.sqrt(self.head_dim),
+        )
+
+    def attention_output(self, parts: LayerParts, context: Tensor, residual: Tensor) -> Tensor:
+        """Merge heads, output projection, dropout, residual Add & LayerNorm: ``(B, H, L, d) -> (B, L, D)``."""
+        bsz, _, seq_len, _ = context.shape
+        context = context.transpose(1, 2).reshape(bsz, seq_len, self.hidden_size)
+        return parts.attn_norm(parts.attn_dropout(parts.attn_output(context)) + residual)
+
+    def feed_forward(self, parts: LayerParts, hidden: Tensor) -> Tensor:
+        """Feed-forward sub-layer with its residual Add & LayerNorm: ``(B, L, D) -> (B, L, D)``."""
+        out = parts.ffn_out(parts.activation(parts.ffn_in(hidden)))
+        return parts.ffn_norm(parts.ffn_dropout(out) + hidden)
+
+    def pool(self, hidden: Tensor) -> Tensor | None:
+        """``tanh(W h[:, 0] + b)`` or ``None`` without a pooler."""
+        if self.pooler is None:
+            return None
+        if self.model_type == "albert":
+            return torch.tanh(self.pooler(hidden[:, 0]))
+        return torch.tanh(self.pooler.dense(hidden[:, 0]))
+
+    @staticmethod
+    def _default_mask(input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+        if attention_mask is None:
+            return torch.ones_like(input_ids)
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}"
+            )
+        return attention_mask
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> BertEncoderOutput:
+        """Encode a batch.
+
+        Args:
+            input_ids: ``(B, L)`` token ids.
+            attention_mask: ``(B, L)``, 1 for real tokens and 0 for padding (any padding side). Default: all ones.
+            token_type_ids: ``(B, L)`` segment ids. Default: zeros.
+            position_ids: ``(B, L)`` or ``(1, L)``. Default: ``0 .. L-1``.
+            output_attentions: also return each layer's attention probabilities (eager attention in every layer).
+
+        Returns:
+            :class:`BertEncoderOutput`.
+        """
+        mask = self._default_mask(input_ids, attention_mask)
+        hidden = self.embed(input_ids, token_type_ids, position_ids)
+        bias = additive_attention_mask(mask, hidden.dtype)
+        attentions: list[Tensor] = []
+        for index in range(self.num_layers):
+            parts = self.layer_parts(index)
+            q, k, v = self.project_qkv(parts, hidden)
+            if output_attentions:
+                probs = self.attention_probs(q, k, bias)
+                attentions.append(probs)
+                context = self.attend(probs, v)
+            else:
+                context = self.sdpa(q, k, v, bias)
+            hidden = self.feed_forward(parts, self.attention_output(parts, context, hidden))
+        return BertEncoderOutput(
+            last_hidden_state=hidden,
+            attention_mask=mask,
+            pooler_output=self.pool(hidden),
+            attentions=tuple(attentions) if output_attentions else None,
+        )
+
+
+# ---------------------------------------------------------------------- HF folders: config, weights, saving
+def normalize_hf_key(key: str, prefix: str) -> str:
+    """Map a checkpoint key to ``BertModel`` / ``AlbertModel`` naming.
+
+    Strips the task-model prefix (``bert.`` / ``albert.``) and renames TF-era LayerNorm ``gamma``/``beta``.
+    """
+    if key.startswith(prefix + "."):
+        key = key[len(prefix) + 1 :]
+    if key.endswith("LayerNorm.gamma"):
+        key = key[: -len("gamma")] + "weight"
+    elif key.endswith("LayerNorm.beta"):
+        key = key[: -len("beta")] + "bias"
+    return key
+
+
+def load_hf_config(path: str) -> PretrainedConfig:
+    """``AutoConfig.from_pretrained`` with one-line :class:`ConfigError`\\ s (offline misses, bad folders).
+
+    Raises:
+        ConfigError: the config cannot be read, or its model type is not supported.
+    """
+    hf = _hf()
+    try:
+        config = hf.AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"cannot load the model config of {path!r}: {first}") from err
+    check_config(config)
+    return config
+
+
+def _hub_file(repo_id: str, filename: str) -> str | None:
+    """Path of ``filename`` in hub repo ``repo_id`` (downloaded/cached), or ``None`` when the repo lacks it."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return hf_hub_download(repo_id, filename)
+    except EntryNotFoundError:
+        return None
+    except Exception as err:  # offline, unknown repo, gated repo, network: all the same to the user
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"cannot fetch {filename} of {repo_id!r} from the HF hub: {first}") from err
+
+
+def read_hf_weights(path: str) -> dict[str, Tensor]:
+    """Read all weights of an HF model: ``model.safetensors`` (single or sharded) or ``pytorch_model.bin``.
+
+    Args:
+        path: a local folder, or a hub name (files are fetched through ``huggingface_hub``'s cache).
+
+    Raises:
+        ConfigError: no weight file found.
+    """
+    from safetensors.torch import load_file
+
+    folder = Path(path)
+    local = folder.is_dir()
+
+    def find(name: str) -> str | None:
+        if local:
+            return str(folder / name) if (folder / name).is_file() else None
+        return _hub_file(path, name)
+
+    single = find(WEIGHTS_NAME)
+    if single is not None:
+        return load_file(single)
+    index = find(WEIGHTS_INDEX_NAME)
+    if index is not None:
+        with open(index) as fh:
+            shards = sorted(set(json.load(fh)["weight_map"].values()))
+        state: dict[str, Tensor] = {}
+        for shard in shards:
+            shard_path = find(shard)
+            if shard_path is None:
+                raise ConfigError(f"{path}: shard {shard} listed in {WEIGHTS_INDEX_NAME} is missing")
+            state.update(load_file(shard_path))
+        return state
+    legacy = find(TORCH_WEIGHTS_NAME)
+    if legacy is not None:
+        return torch.load(legacy, map_location="cpu", weights_only=True)
+    raise ConfigError(f"{path}: no {WEIGHTS_NAME}, {WEIGHTS_INDEX_NAME} or {TORCH_WEIGHTS_NAME} found")
+
+
+def save_hf_folder(
+    path: str | os.PathLike,
+    config: PretrainedConfig,
+    state_dict: Mapping[str, Tensor],
+    extra_config: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` into ``path`` (created if needed); return the folder.
+
+    ``extra_config`` entries are written into ``config.json`` as well (HF ``AutoConfig`` reads them back as
+    attributes, or as constructor arguments such as ``num_labels``).
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(folder)
+    if extra_config:
+        config_file = folder / CONFIG_NAME
+        data = json.loads(config_file.read_text())
+        data.update(extra_config)
+        config_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    return folder

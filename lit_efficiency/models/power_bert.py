@@ -1,0 +1,605 @@
+r"""PoWER-BERT: progressive word-vector elimination on top of :class:`~lit_efficiency.models.bert.BertEncoder`.
+
+Paper: Goyal, Choudhury, Raje, Chakaravarthy, Sabharwal, Verma, "PoWER-BERT: Accelerating BERT Inference via
+Progressive Word-vector Elimination", ICML 2020, https://arxiv.org/abs/2001.08950 (reference code: IBM/PoWER-BERT,
+Keras). Everything here is written from the paper and the project spec; no code is taken from the reference.
+
+Modifications relative to :class:`~lit_efficiency.models.bert.BertEncoder`, all inside one layer, between the
+attention sub-layer (after its residual Add & LayerNorm) and the feed-forward sub-layer:
+
+* ``mode="soft"`` (configuration search): a :class:`SoftExtract` per layer scales the token of significance rank
+  ``i`` by a learned ``r_j[i]``; nothing is removed.
+* ``mode="hard"`` (retrain / inference): :func:`extract` keeps [CLS] plus the ``l_j - 1`` most significant other
+  tokens, in their original order, so every later matrix product is smaller.
+* ``mode="none"``: the plain encoder.
+
+Differences from the reference implementation:
+
+* The attention mask is *gathered* with the kept indices (the reference truncates it, which is only right under
+  right padding); padded tokens get score ``-inf`` and are eliminated before any real token.
+* Hard mode computes attention probabilities only in layers that drop tokens (elsewhere fused SDPA), and in those
+  layers computes ``P V``, the output projection and the residual LayerNorm for the kept rows only. LayerNorm is
+  row-wise, so this equals "full sub-layer, then gather".
+* With dynamic padding a batch may be shorter than ``l_j``; the layer then keeps everything (``min(l_j, L)``).
+* For ALBERT the layer weights are shared, but every layer application has its own ``r_j`` and ``l_j``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lit_efficiency.errors import ConfigError
+from lit_efficiency.models.bert import (
+    BertEncoder,
+    BertEncoderOutput,
+    additive_attention_mask,
+    load_hf_config,
+    num_layer_applications,
+    read_hf_weights,
+    save_hf_folder,
+)
+from lit_efficiency.models.retention import load_retention
+from lit_efficiency.utils.paths import resolve_pretrained
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["none", "soft", "hard"]
+MODES: tuple[str, ...] = ("none", "soft", "hard")
+
+
+# ---------------------------------------------------------------------- core operators
+def significance_score(probs: Tensor, key_mask: Tensor, mask_padded_queries: bool = False) -> Tensor:
+    r"""Significance of every token: the attention it receives, summed over queries, averaged over heads.
+
+    .. math::
+        \mathrm{sig}[b, k] = \sum_q \frac{1}{H} \sum_h A[b, h, q, k] - \frac{1}{H} \sum_h A[b, h, k, k]
+
+    The self-attention term is subtracted, and padded keys get 0. As in the reference implementation, the rows
+    of padded *queries* still contribute unless ``mask_padded_queries=True`` (as LTP does).
+
+    Args:
+        probs: attention probabilities (softmax output, before dropout).
+        key_mask: 1 for real tokens, 0 for padding.
+        mask_padded_queries: drop the contribution of padded query rows.
+
+    Shapes:
+        - probs: ``(B, H, L, L)``
+        - key_mask: ``(B, L)``
+        - output: ``(B, L)``, same dtype as ``probs``
+    """
+    mean = probs.mean(dim=1)  # (B, H, L, L) -> (B, L, L), rows are queries
+    real = (key_mask != 0).to(mean.dtype)
+    if mask_padded_queries:
+        mean = mean * real[:, :, None]
+    sig = mean.sum(dim=1) - mean.diagonal(dim1=1, dim2=2)
+    return sig * real
+
+
+def select_tokens(sig: Tensor, mask: Tensor, keep: int) -> Tensor:
+    """Positions Extract keeps: [CLS] (position 0) plus the ``keep - 1`` most significant others, ascending.
+
+    Padded positions score ``-inf`` so they are dropped before any real token; ties go to the earlier position
+    (stable sort), which makes the choice deterministic. Position 0 must hold [CLS], as BERT tokenizers put it
+    (pad on the right, or anywhere but position 0; the mask is gathered, never truncated).
+
+    Shapes:
+        - sig, mask: ``(B, L)``
+        - output: ``(B, min(keep, L))`` int64 positions, sorted ascending per row
+    """
+    seq_len = sig.shape[1]
+    keep = min(int(keep), seq_len)
+    score = sig.float().masked_fill(mask == 0, float("-inf"))
+    score[:, 0] = float("inf")  # [CLS] is always kept
+    order = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :keep]
+    return order.sort(dim=1).values
+
+
+def gather_tokens(x: Tensor, indices: Tensor) -> Tensor:
+    """``x[b, indices[b]]`` for every row: ``(B, L, ...)`` and ``(B, K)`` -> ``(B, K, ...)``."""
+    idx = indices.view(*indices.shape, *([1] * (x.dim() - 2))).expand(*indices.shape, *x.shape[2:])
+    return x.gather(1, idx)
+
+
+class Extracted(NamedTuple):
+    """Result of :func:`extract`: the kept hidden states, their mask and original positions."""
+
+    hidden: Tensor  # (B, K, D)
+    mask: Tensor  # (B, K)
+    indices: Tensor  # (B, K), ascending positions into the input
+
+
+def extract(hidden: Tensor, mask: Tensor, sig: Tensor, keep: int) -> Extracted:
+    r"""Extract (hard elimination): keep [CLS] and the top ``keep - 1`` other tokens by significance, in order.
+
+    .. math::
+        \mathcal{K}_b = \{0\} \cup \operatorname{top}_{keep-1}\{\mathrm{sig}[b, k] : k > 0\}, \qquad
+        h'_b = h_b[\operatorname{sorted}(\mathcal{K}_b)]
+
+    Batched (one ``sort`` and ``gather`` for the whole batch); the mask is gathered with the same indices, so any
+    padding side is handled. ``keep >= L`` keeps everything.
+
+    Shapes:
+        - hidden: ``(B, L, D)``; mask, sig: ``(B, L)``
+        - output: hidden ``(B, K, D)``, mask ``(B, K)``, indices ``(B, K)`` with ``K = min(keep, L)``
+    """
+    indices = select_tokens(sig, mask, keep)
+    return Extracted(gather_tokens(hidden, indices), mask.gather(1, indices), indices)
+
+
+class SoftExtract(nn.Module):
+    r"""Soft-Extract layer of the configuration search: scales tokens by a learned weight per significance rank.
+
+    .. math::
+        h'_{b,k} = r[\operatorname{rank}_b(k)] \; h_{b,k}, \qquad r \in [0, 1]^N,\ r \leftarrow \mathbf{1}
+
+    where :math:`\operatorname{rank}_b(k)` is the 0-based rank of token ``k`` by descending significance. Positions
+    are unchanged and nothing is removed; padded tokens (when a mask is given) rank after every real token.
+    The mass :math:`\sum_i r[i]` becomes the layer's retention count
+    (:func:`~lit_efficiency.models.retention.induce_retention`).
+
+    Args:
+        max_seq_len: ``N``, the padded maximum sequence length (one weight per rank).
+
+    Shapes:
+        - hidden: ``(B, L, D)`` with ``L <= N``; sig, mask: ``(B, L)``
+        - output: ``(B, L, D)``
+    """
+
+    def __init__(self, max_seq_len: int) -> None:
+        super().__init__()
+        if max_seq_len < 1:
+            raise ConfigError(f"max_seq_len={max_seq_len}: must be >= 1")
+        self.max_seq_len = int(max_seq_len)
+        self.r = nn.Parameter(torch.ones(self.max_seq_len))
+
+    def reset_parameters(self) -> None:
+        """Set every weight back to 1 (keep everything)."""
+        with torch.no_grad():
+            self.r.fill_(1.0)
+
+    def forward(self, hidden: Tensor, sig: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Scale each token by ``r`` at its significance rank."""
+        seq_len = hidden.shape[1]
+        if seq_len > self.max_seq_len:
+            raise ValueError(f"sequence length {seq_len} exceeds the Soft-Extract max_seq_len={self.max_seq_len}")
+        score = sig.float()
+        if mask is not None:
+            score = score.masked_fill(mask == 0, float("-inf"))
+        order = torch.sort(score, dim=1, descending=True, stable=True).indices  # rank -> position
+        rank = order.argsort(dim=1)  # position -> rank
+        scale = self.r[rank].to(hidden.dtype)  # (B, L), differentiable in r
+        return hidden * scale[..., None]
+
+    @torch.no_grad()
+    def clamp_(self) -> SoftExtract:
+        """Project ``r`` onto ``[0, 1]`` in place (call after every optimizer step)."""
+        self.r.clamp_(0.0, 1.0)
+        return self
+
+    def mass(self) -> Tensor:
+        """``sum(r)``: the expected number of tokens the layer keeps (0-d tensor, differentiable)."""
+        return self.r.sum()
+
+    def extra_repr(self) -> str:
+        return f"max_seq_len={self.max_seq_len}"
+
+
+def mass_penalty(soft_extracts: Iterable[SoftExtract]) -> Tensor:
+    r"""PoWER-BERT's retention penalty :math:`\sum_j j \cdot \sum_k r_j[k]` (``j`` 1-based; not divided by batch size).
+
+    The training loss is ``task_loss + lambda * mass_penalty(...)``.
+    """
+    total: Tensor | None = None
+    for j, layer in enumerate(soft_extracts, start=1):
+        term = j * layer.mass()
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError("mass_penalty needs at least one SoftExtract layer")
+    return total
+
+
+# ---------------------------------------------------------------------- encoder
+@dataclass
+class PowerBertOutput(BertEncoderOutput):
+    """:class:`~lit_efficiency.models.bert.BertEncoderOutput` plus where the surviving tokens came from.
+
+    Attributes:
+        kept_positions: ``(B, L)`` original positions of the returned tokens, ascending (``0 .. L-1`` unless
+            tokens were eliminated). In hard mode ``attentions[j]`` covers layer ``j``'s *input* tokens.
+    """
+
+    kept_positions: Tensor | None = None
+
+
+class PowerBertEncoder(BertEncoder):
+    """BERT / ALBERT encoder with PoWER-BERT word-vector elimination (see the module docstring).
+
+    Args:
+        config: ``transformers`` ``BertConfig`` / ``AlbertConfig``.
+        mode: ``"none"`` (plain), ``"soft"`` (Soft-Extract, configuration search) or ``"hard"`` (Extract).
+        retention: tokens kept per layer application (list, JSON file or ``"64,48,..."``); required for ``"hard"``.
+        max_seq_len: ``N``, the padded maximum length (Soft-Extract size, retention bound). Default: the
+            config's ``max_position_embeddings``.
+        mask_padded_queries: let padded query rows not count in the significance score (reference: they count).
+        add_pooling_layer: build the [CLS] pooler.
+    """
+
+    def __init__(
+        self,
+        config: PretrainedConfig,
+        mode: Mode = "none",
+        retention: Sequence[int] | str | os.PathLike | None = None,
+        max_seq_len: int | None = None,
+        mask_padded_queries: bool = False,
+        add_pooling_layer: bool = True,
+    ) -> None:
+        super().__init__(config, add_pooling_layer=add_pooling_layer)
+        self.max_seq_len = int(max_seq_len if max_seq_len is not None else self.config.max_position_embeddings)
+        if self.max_seq_len < 1:
+            raise ConfigError(f"max_seq_len={self.max_seq_len}: must be >= 1")
+        self.mask_padded_queries = bool(mask_padded_queries)
+        self.mode: Mode = "none"
+        self.retention: list[int] | None = None
+        self.soft_extracts: nn.ModuleList | None = None
+        self.set_mode(mode, retention)
+
+    def set_mode(self, mode: Mode, retention: Sequence[int] | str | os.PathLike | None = None) -> None:
+        """Switch stage: ``"soft"`` adds fresh Soft-Extract layers (r = 1) if absent, other modes drop them.
+
+        Args:
+            mode: ``"none"``, ``"soft"`` or ``"hard"``.
+            retention: new retention configuration; ``"hard"`` needs one (given now or earlier).
+
+        Raises:
+            ConfigError: unknown mode, hard mode without retention, or an invalid retention.
+        """
+        if mode not in MODES:
+            raise ConfigError(f"mode={mode!r}: choose one of {', '.join(MODES)}")
+        if retention is not None:
+            self.retention = load_retention(retention, self.num_layers, self.max_seq_len)
+        if mode == "hard" and self.retention is None:
+            raise ConfigError("mode='hard' needs a retention configuration (one token count per layer)")
+        if mode == "soft":
+            if self.soft_extracts is None:
+                ref = self.embeddings.word_embeddings.weight
+                layers = [SoftExtract(self.max_seq_len) for _ in range(self.num_layers)]
+                self.soft_extracts = nn.ModuleList(layers).to(device=ref.device)
+        else:
+            self.soft_extracts = None
+        self.mode = mode
+
+    def clamp_soft_extracts_(self) -> None:
+        """Clamp every ``r_j`` to ``[0, 1]`` (no-op outside soft mode)."""
+        if self.soft_extracts is not None:
+            for layer in self.soft_extracts:
+                layer.clamp_()
+
+    def soft_extract_masses(self) -> list[float]:
+        """``[sum(r_1), ..., sum(r_n)]`` for :func:`~lit_efficiency.models.retention.induce_retention`."""
+        if self.soft_extracts is None:
+            raise ConfigError("soft_extract_masses needs mode='soft'")
+        return [float(layer.mass().detach()) for layer in self.soft_extracts]
+
+    def optional_weight_prefixes(self) -> tuple[str, ...]:
+        """Soft-Extract weights may be absent from a checkpoint (fresh ones start at 1), as may the pooler."""
+        return (*super().optional_weight_prefixes(), "soft_extracts.")
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> PowerBertOutput:
+        """Encode a batch, eliminating word-vectors as the mode says.
+
+        Args:
+            input_ids: ``(B, L)`` token ids.
+            attention_mask: ``(B, L)`` 1 real / 0 padding (anywhere but position 0, [CLS]). Default: all ones.
+            token_type_ids: ``(B, L)`` segment ids. Default: zeros.
+            position_ids: ``(B, L)`` or ``(1, L)``. Default: ``0 .. L-1``.
+            output_attentions: return every layer's probabilities (forces eager attention everywhere).
+
+        Returns:
+            :class:`PowerBertOutput`; in hard mode ``last_hidden_state`` is ``(B, min(l_n, L), D)``.
+        """
+        mask = self._default_mask(input_ids, attention_mask)
+        hidden = self.embed(input_ids, token_type_ids, position_ids)
+        bsz, seq_len, _ = hidden.shape
+        soft = self.mode == "soft"
+        hard = self.mode == "hard"
+        if soft and seq_len > self.max_seq_len:
+            raise ValueError(f"sequence length {seq_len} exceeds max_seq_len={self.max_seq_len} (Soft-Extract size)")
+        positions = torch.arange(seq_len, device=hidden.device).expand(bsz, seq_len)
+        bias = additive_attention_mask(mask, hidden.dtype)
+        attentions: list[Tensor] = []
+        for index in range(self.num_layers):
+            parts = self.layer_parts(index)
+            n = hidden.shape[1]
+            keep = min(self.retention[index], n) if hard else n
+            q, k, v = self.project_qkv(parts, hidden)
+            residual = hidden
+            if output_attentions or soft or keep < n:
+                probs = self.attention_probs(q, k, bias)  # (B, H, n, n)
+                if output_attentions:
+                    attentions.append(probs)
+                if keep < n:
+                    sig = significance_score(probs, mask, self.mask_padded_queries)
+                    idx = select_tokens(sig, mask, keep)  # (B, keep)
+                    # Only kept query rows go on: P V, output projection and LayerNorm shrink to (B, keep, .).
+                    probs = probs.gather(2, idx[:, None, :, None].expand(bsz, self.num_heads, keep, n))
+                    residual = gather_tokens(hidden, idx)
+                    new_mask = mask.gather(1, idx)
+                    positions = positions.gather(1, idx)
+                context = self.attend(probs, v)
+            else:
+                context = self.sdpa(q, k, v, bias)
+            hidden = self.attention_output(parts, context, residual)
+            if soft:
+                sig = significance_score(probs, mask, self.mask_padded_queries)
+                hidden = self.soft_extracts[index](hidden, sig, mask)
+            if keep < n:
+                mask = new_mask
+                bias = additive_attention_mask(mask, hidden.dtype)
+            hidden = self.feed_forward(parts, hidden)
+        return PowerBertOutput(
+            last_hidden_state=hidden,
+            attention_mask=mask,
+            pooler_output=self.pool(hidden),
+            attentions=tuple(attentions) if output_attentions else None,
+            kept_positions=positions,
+        )
+
+
+#: Alias: the encoder *is* the base model (embeddings + layers + pooler), as HF's ``BertModel``.
+PowerBertModel = PowerBertEncoder
+
+
+# ---------------------------------------------------------------------- sequence classification
+@dataclass
+class PowerBertClassifierOutput:
+    """What :class:`PowerBertForSequenceClassification` returns.
+
+    Attributes:
+        logits: ``(B, num_labels)`` (``num_labels == 1``: regression scores).
+        encoder: the encoder's full output (kept tokens, their mask and positions, optional attentions).
+    """
+
+    logits: Tensor
+    encoder: PowerBertOutput
+
+
+class PowerBertForSequenceClassification(nn.Module):
+    """PoWER-BERT encoder + pooler + dropout + linear classifier, with HF ``*ForSequenceClassification`` keys.
+
+    State-dict keys are those of ``BertForSequenceClassification`` (``bert.*``, ``classifier.*``) or
+    ``AlbertForSequenceClassification`` (``albert.*``, ``classifier.*``), plus ``bert.soft_extracts.{j}.r`` in soft
+    mode; a saved folder therefore also loads in HF (which ignores the Soft-Extract weights).
+
+    Args:
+        config: ``transformers`` ``BertConfig`` / ``AlbertConfig`` (copied).
+        num_labels: number of classes; 1 means regression (MSE). Default: ``config.num_labels``.
+        mode: ``"none"``, ``"soft"`` or ``"hard"`` (see :class:`PowerBertEncoder`).
+        retention: tokens kept per layer (list or JSON file); required for ``"hard"``.
+        max_seq_len: padded maximum length ``N``. Default: ``config.max_position_embeddings``.
+        mask_padded_queries: exclude padded query rows from the significance score.
+    """
+
+    def __init__(
+        self,
+        config: PretrainedConfig,
+        num_labels: int | None = None,
+        mode: Mode = "none",
+        retention: Sequence[int] | str | os.PathLike | None = None,
+        max_seq_len: int | None = None,
+        mask_padded_queries: bool = False,
+    ) -> None:
+        super().__init__()
+        config = copy.deepcopy(config)
+        if num_labels is not None:
+            if num_labels < 1:
+                raise ConfigError(f"num_labels={num_labels}: must be >= 1 (1 means regression)")
+            config.num_labels = int(num_labels)
+        encoder = PowerBertEncoder(
+            config, mode=mode, retention=retention, max_seq_len=max_seq_len, mask_padded_queries=mask_padded_queries
+        )
+        self._prefix = encoder.base_model_prefix
+        self.add_module(self._prefix, encoder)  # "bert" / "albert", as in HF task models
+        if encoder.model_type == "albert":
+            p = config.classifier_dropout_prob
+        else:
+            p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(float(p))
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.reset_classifier()
+
+    @classmethod
+    def from_config(cls, config: PretrainedConfig, **kwargs) -> PowerBertForSequenceClassification:
+        """Randomly initialised model (``kwargs`` as the constructor's)."""
+        return cls(config, **kwargs)
+
+    @property
+    def encoder(self) -> PowerBertEncoder:
+        """The PoWER-BERT base model (also reachable as ``.bert`` / ``.albert``)."""
+        return getattr(self, self._prefix)
+
+    @property
+    def config(self) -> PretrainedConfig:
+        """The HF config (shared with the encoder)."""
+        return self.encoder.config
+
+    @property
+    def num_labels(self) -> int:
+        """Output width; 1 means regression."""
+        return int(self.classifier.out_features)
+
+    @torch.no_grad()
+    def reset_classifier(self) -> None:
+        """Fresh classifier: ``N(0, initializer_range)`` weight, zero bias (HF's initialisation)."""
+        self.classifier.weight.normal_(0.0, float(self.config.initializer_range))
+        self.classifier.bias.zero_()
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> PowerBertClassifierOutput:
+        """Classify a batch (arguments as :meth:`PowerBertEncoder.forward`); logits are ``(B, num_labels)``."""
+        out = self.encoder(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            output_attentions=output_attentions,
+        )
+        logits = self.classifier(self.dropout(out.pooler_output))
+        return PowerBertClassifierOutput(logits=logits, encoder=out)
+
+    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Task loss: mean-squared error when ``num_labels == 1`` (regression), else cross-entropy."""
+        if self.num_labels == 1:
+            return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+        return F.cross_entropy(logits, labels)
+
+    # -------------------------------------------------------------- folders
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        num_labels: int | None = None,
+        mode: Mode | None = None,
+        retention: Sequence[int] | str | os.PathLike | None = None,
+        max_seq_len: int | None = None,
+        mask_padded_queries: bool | None = None,
+    ) -> PowerBertForSequenceClassification:
+        """Load a base checkpoint (new classifier) or a saved fine-tuned folder (everything restored).
+
+        Arguments left at ``None`` come from the folder's ``config.json`` (``num_labels``, ``retention``,
+        ``power_bert``); a saved retention makes the default mode ``"hard"``. The classifier is loaded when the
+        checkpoint has one of the right shape, otherwise freshly initialised.
+
+        Raises:
+            ConfigError: bad path / alias, unsupported model, missing encoder weights, invalid retention.
+        """
+        path = resolve_pretrained(str(name_or_path))
+        config = load_hf_config(path)
+        saved = getattr(config, "power_bert", None) or {}
+        if retention is None:
+            retention = getattr(config, "retention", None)
+        if mode is None:
+            mode = saved.get("mode") or ("hard" if retention is not None else "none")
+        if max_seq_len is None:
+            max_seq_len = saved.get("max_seq_len")
+        if mask_padded_queries is None:
+            mask_padded_queries = bool(saved.get("mask_padded_queries", False))
+        model = cls(
+            config,
+            num_labels=num_labels,
+            mode=mode,
+            retention=retention,
+            max_seq_len=max_seq_len,
+            mask_padded_queries=mask_padded_queries,
+        )
+        state = read_hf_weights(path)
+        model.encoder.load_hf_state_dict(state, source=str(name_or_path))
+        weight, bias = state.get("classifier.weight"), state.get("classifier.bias")
+        if weight is not None and bias is not None and tuple(weight.shape) == tuple(model.classifier.weight.shape):
+            model.classifier.load_state_dict({"weight": weight, "bias": bias})
+        else:
+            log.info("%s: no %d-label classifier in the checkpoint; initialised one", name_or_path, model.num_labels)
+        return model
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Write an HF-style folder: ``config.json`` (with ``num_labels``, ``retention``, ``power_bert``) + weights."""
+        enc = self.encoder
+        config = copy.deepcopy(self.config)
+        head = "AlbertForSequenceClassification" if enc.model_type == "albert" else "BertForSequenceClassification"
+        config.architectures = [head]
+        extra = {
+            "num_labels": self.num_labels,  # HF itself only writes id2label
+            "retention": list(enc.retention) if enc.retention is not None else None,
+            "power_bert": {
+                "mode": enc.mode,
+                "max_seq_len": enc.max_seq_len,
+                "mask_padded_queries": enc.mask_padded_queries,
+            },
+        }
+        return save_hf_folder(path, config, self.state_dict(), extra_config=extra)
+
+
+# ---------------------------------------------------------------------- cost model
+def flops_per_example(config: PretrainedConfig, retention: Sequence[int] | None, seq_len: int) -> int:
+    """Encoder FLOPs for one example of length ``seq_len`` (2 FLOPs per multiply-add).
+
+    Counted: every linear layer of the encoder (Q, K, V, attention output, both FFN matrices; ALBERT's
+    embedding-to-hidden projection) and the two attention matmuls (``Q K^T`` and ``P V``). Not counted:
+    embeddings lookups, softmax, LayerNorm, activations, the significance score and the gathers (all linear in
+    the token count and small), the pooler and the classifier (independent of elimination).
+
+    With elimination, layer ``j`` reads ``n_{j-1}`` tokens and keeps ``n_j = min(l_j, n_{j-1})``: Q, K, V and
+    ``Q K^T`` run on all ``n_{j-1}`` (every query row feeds the score), ``P V``, the output projection and the FFN
+    only on the ``n_j`` kept rows, exactly as :class:`PowerBertEncoder` computes them.
+
+    Args:
+        config: HF config (BERT or ALBERT).
+        retention: tokens kept per layer application, or ``None`` for the unpruned model.
+        seq_len: input length ``L`` (the padded length the batch runs at).
+    """
+    layers = num_layer_applications(config)
+    if retention is not None and len(retention) != layers:
+        raise ConfigError(f"retention has {len(retention)} entries, the model has {layers} layers")
+    d, inter = int(config.hidden_size), int(config.intermediate_size)
+    n = int(seq_len)
+    total = 0
+    if config.model_type == "albert":
+        total += 2 * n * int(config.embedding_size) * d
+    for j in range(layers):
+        kept = n if retention is None else min(int(retention[j]), n)
+        total += 2 * n * d * 3 * d  # Q, K, V projections
+        total += 2 * n * n * d  # Q K^T over all heads
+        total += 2 * kept * n * d  # P V, kept rows
+        total += 2 * kept * d * d  # attention output projection
+        total += 2 * kept * d * inter * 2  # FFN up and down
+        n = kept
+    return total
+
+
+def ideal_speedup(config: PretrainedConfig, retention: Sequence[int], seq_len: int) -> float:
+    """FLOP-proportional speedup of ``retention`` over the unpruned encoder at length ``seq_len``."""
+    return flops_per_example(config, None, seq_len) / flops_per_example(config, retention, seq_len)
+
+
+__all__ = [
+    "MODES",
+    "Extracted",
+    "PowerBertEncoder",
+    "PowerBertForSequenceClassification",
+    "PowerBertModel",
+    "PowerBertOutput",
+    "PowerBertClassifierOutput",
+    "SoftExtract",
+    "extract",
+    "flops_per_example",
+    "gather_tokens",
+    "ideal_speedup",
+    "mass_penalty",
+    "select_tokens",
+    "significance_score",
+]
