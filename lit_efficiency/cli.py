@@ -24,7 +24,9 @@ from lit_efficiency.errors import LitEfficiencyError
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 #: Pipeline subcommands: name -> "module:function" taking the remaining argv (a list of strings).
-PIPELINES: dict[str, str] = {}
+PIPELINES: dict[str, str] = {
+    "power-bert": "lit_efficiency.pipelines.power_bert:main",
+}
 
 
 def default_config_files() -> list[str]:

@@ -1,0 +1,1 @@
+"""Multi-stage pipelines run as ``lit-efficiency <name>`` subcommands."""
