@@ -201,6 +201,17 @@ def _write(tmp_path, name: str, content: str | bytes, gz: bool = False):
             r"twitter_tennis_rg17\.json: snapshot '0' edge 1: node id pair \(1, 2\) outside \[0, 2\)",
         ),
         ("twitter_tennis", "", r"twitter_tennis_rg17\.json: empty file"),
+        (
+            "twitter_tennis",
+            json.dumps(
+                {
+                    "time_periods": 1,
+                    "node_ids": {"a": 0, "b": 1},
+                    "0": {"edges": [[0, 1, 1]], "weights": [1], "X": [[1, 0], [1, 0]], "y": [0, 1]},
+                }
+            ),
+            r"snapshot '0': 'edges' must be a list of \[u, v\] pairs",
+        ),
     ],
 )
 def test_bad_files_give_one_line_errors(tmp_path, name, content, pattern):

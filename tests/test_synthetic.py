@@ -105,6 +105,7 @@ def test_power_law_degrees_are_heavy_tailed():
         ({"window": 0}, "window must be"),
         ({"edges_per_snapshot": 10**9}, "edges_per_snapshot must be"),
         ({"power_law": 1.0}, "power_law must be > 1"),
+        ({"num_nodes": 50, "power_law": 1.2}, "too dense for this power law"),
     ],
 )
 def test_bad_arguments(kwargs, pattern):

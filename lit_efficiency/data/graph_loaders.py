@@ -450,12 +450,17 @@ def load_twitter_tennis(
             if key not in snap:
                 raise _json_error(path, f"snapshot '{t}' has no '{key}'")
         try:
-            edges = torch.tensor(snap["edges"], dtype=torch.float64).reshape(-1, 2)
+            edges = torch.tensor(snap["edges"], dtype=torch.float64)
             weights = torch.tensor(snap["weights"], dtype=torch.float32).reshape(-1)
             x = torch.tensor(snap["X"], dtype=torch.float32)
             y = torch.tensor(snap["y"], dtype=torch.float32).reshape(-1)
         except (TypeError, ValueError, RuntimeError) as err:
-            raise _json_error(path, f"snapshot '{t}': non-numeric or ragged data ({err})") from None
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise _json_error(path, f"snapshot '{t}': non-numeric or ragged data ({reason})") from None
+        if edges.numel() == 0:
+            edges = edges.reshape(0, 2)
+        elif edges.dim() != 2 or edges.shape[1] != 2:
+            raise _json_error(path, f"snapshot '{t}': 'edges' must be a list of [u, v] pairs, got {tuple(edges.shape)}")
         if weights.numel() != edges.shape[0]:
             raise _json_error(path, f"snapshot '{t}': {edges.shape[0]} edges but {weights.numel()} weights")
         if x.shape != (n, 2) or y.shape != (n,):

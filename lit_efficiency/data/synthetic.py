@@ -41,6 +41,8 @@ __all__ = [
 
 #: Largest node count for which the int64 key ``row * N + col`` cannot overflow.
 _MAX_NODES = 3_037_000_499
+#: Rejection-sampling rounds before giving up on drawing new distinct edges (dense graphs, steep power laws).
+_MAX_ROUNDS = 100
 
 
 class EdgeSnapshot(NamedTuple):
@@ -90,7 +92,11 @@ def power_law_weights(num_nodes: int, power_law: float = 2.1) -> Tensor:
 def _sample_new_keys(count: int, cdf: Tensor, num_nodes: int, forbidden: Tensor, gen: torch.Generator) -> Tensor:
     """Draw ``count`` distinct keys ``u * N + v`` (u != v) not in the sorted ``forbidden`` keys, in draw order."""
     chosen = torch.zeros(0, dtype=torch.long)
-    while chosen.numel() < count:
+    stalled = 0
+    for _ in range(_MAX_ROUNDS):
+        if chosen.numel() >= count or stalled >= 5:
+            break
+        before = chosen.numel()
         need = count - chosen.numel()
         draw = 2 * need + 16  # oversample: some draws are self-loops or repeats
         uv = torch.searchsorted(cdf, torch.rand(2, draw, dtype=torch.float64, generator=gen), right=True)
@@ -106,6 +112,13 @@ def _sample_new_keys(count: int, cdf: Tensor, num_nodes: int, forbidden: Tensor,
         first = torch.full((uniq.numel(),), keys.numel(), dtype=torch.long)
         first.scatter_reduce_(0, inverse, torch.arange(keys.numel()), reduce="amin")
         chosen = keys[torch.sort(first).values][:count]
+        # Stalled: a round added under 0.1% of what was missing (a dense graph, or a very steep power law).
+        stalled = stalled + 1 if chosen.numel() - before < max(1, need // 1000) else 0
+    if chosen.numel() < count:
+        raise ConfigError(
+            f"could not draw {count} new distinct edges (after {chosen.numel()}): the graph is too dense for this "
+            "power law (lower edges_per_snapshot or churn, or raise num_nodes or power_law)"
+        )
     return chosen
 
 
