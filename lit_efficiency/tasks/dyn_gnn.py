@@ -1,0 +1,287 @@
+r"""Lightning task for dynamic GNNs: link prediction, edge-sign classification and node regression over snapshots.
+
+The task follows EvolveGCN's protocol (Pareja et al., AAAI 2020, https://arxiv.org/abs/1902.10191) and the TM-GCN
+code (IBM/TM-GCN): node embeddings :math:`Z_t` computed from snapshots ``0 .. t`` score the candidates of snapshot
+``t + 1`` (:class:`~lit_efficiency.data.snapshot_datamodule.SnapshotDataModule` builds them),
+
+.. math::
+    s_{uv} = [Z_t[u] \,\|\, Z_t[v]]\, U, \qquad
+    \mathcal{L}_t = -\frac{1}{|C_t|}\sum_{(u,v) \in C_t} \big(w_+\, y_{uv} \log\sigma(s_{uv})
+    + (1 - y_{uv}) \log(1 - \sigma(s_{uv}))\big)
+
+with :math:`w_+ = \#\text{negatives} / \#\text{positives}` by default (positives weighted up as the sampled
+negatives outnumber them), averaged over the block's snapshots.
+
+**State across blocks.** A training batch is a block of consecutive snapshots. The temporal state (LSTM ``(h, c)``,
+TM-GCN history, EvolveGCN weights) returned by one block is passed, detached, to the next block of the same epoch:
+truncated back-propagation through time at block boundaries. It is reset at snapshot 0 (each epoch). Validation and
+test batches run from snapshot 0 in order with the current weights, so the state reaching the evaluated snapshots
+is built chronologically from the whole past (training period included).
+
+Metrics (torchmetrics): link prediction MAP / MRR (one ranking per source node and snapshot) and AUC
+(:class:`~lit_efficiency.metrics.LinkPredictionMetrics`); edge sign accuracy / F1 / AUC; node regression MSE / MAE.
+Logged as ``train/loss``, ``val/loss``, ``val/map``, ``val/mrr``, ``val/auc`` (``test/...`` likewise).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from typing_extensions import override
+
+from lit_efficiency.data.snapshot_datamodule import SnapshotBatch, SnapshotTarget, TaskName
+from lit_efficiency.errors import ConfigError
+from lit_efficiency.metrics import LinkPredictionMetrics, edge_sign_metrics, node_regression_metrics
+from lit_efficiency.models.dyn_gnn import (
+    MODEL_NAMES,
+    DynamicGNN,
+    EdgeClassifier,
+    LinkPredictor,
+    NodeRegressor,
+    build_model,
+    detach_state,
+)
+
+__all__ = ["DynGNNTask", "model_kwargs"]
+
+
+def model_kwargs(
+    name: str,
+    num_features: int,
+    num_nodes: int,
+    hidden_dim: int,
+    out_dim: int,
+    num_layers: int,
+    bandwidth: int,
+    mixing: Literal["input", "output"],
+) -> dict[str, Any]:
+    """Constructor arguments of :func:`~lit_efficiency.models.dyn_gnn.build_model` for model ``name``."""
+    key = name.lower()
+    common = {"num_features": num_features, "hidden_dim": hidden_dim, "out_dim": out_dim, "num_nodes": num_nodes}
+    if key in ("wdgcn", "cdgcn"):
+        return {**common, "num_gcn_layers": num_layers}
+    if key == "tmgcn":
+        return {**common, "num_layers": num_layers, "bandwidth": bandwidth, "mixing": mixing}
+    return {**common, "num_layers": num_layers}
+
+
+class DynGNNTask(L.LightningModule):
+    """Train a dynamic GNN (:data:`~lit_efficiency.models.dyn_gnn.MODEL_NAMES`) on blocks of snapshots.
+
+    ``num_nodes``, ``num_features`` and ``task`` default to the data module's (read in ``setup``) and are then
+    stored in the hyperparameters, so checkpoints reload without the data.
+
+    Args:
+        model: ``wdgcn``, ``cdgcn``, ``tmgcn``, ``evolvegcn-o`` or ``evolvegcn-h``.
+        hidden_dim: GCN hidden size (also the learnable node-embedding size when the data has no features).
+        out_dim: embedding size of the model's output.
+        num_layers: GCN layers.
+        bandwidth: TM-GCN: time steps averaged by ``M``.
+        mixing: TM-GCN: ``input`` (exact M-product) or ``output`` (mix GCN outputs per vertex).
+        head_hidden_dim: hidden size of the prediction head's MLP (0: linear head).
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        task: ``link_prediction``, ``edge_sign`` or ``node_regression``; default: the data module's.
+        pos_weight: link prediction: weight of the positive class, ``auto`` = negatives / positives of each
+            snapshot, 1.0 = unweighted.
+        balance_classes: edge sign: weight the two signs inversely to their frequency in each snapshot.
+        num_nodes: ``N``; default: the data module's.
+        num_features: node feature size (0 = learnable embedding); default: the data module's.
+    """
+
+    def __init__(
+        self,
+        model: str = "wdgcn",
+        hidden_dim: int = 32,
+        out_dim: int = 32,
+        num_layers: int = 2,
+        bandwidth: int = 3,
+        mixing: Literal["input", "output"] = "input",
+        head_hidden_dim: int = 32,
+        lr: float = 0.01,
+        weight_decay: float = 0.0,
+        task: TaskName | None = None,
+        pos_weight: float | Literal["auto"] = "auto",
+        balance_classes: bool = True,
+        num_nodes: int | None = None,
+        num_features: int | None = None,
+    ) -> None:
+        super().__init__()
+        if model.lower() not in MODEL_NAMES:
+            raise ConfigError(f"model.model: unknown dynamic GNN {model!r}; valid names: {', '.join(MODEL_NAMES)}")
+        if pos_weight != "auto" and not (isinstance(pos_weight, (int, float)) and pos_weight > 0):
+            raise ConfigError(f"model.pos_weight must be 'auto' or a positive number, got {pos_weight!r}")
+        self.save_hyperparameters()
+        self.net: DynamicGNN | None = None
+        self.head: nn.Module | None = None
+        self._train_state: Any = None
+        self._eval_state: Any = None
+        if num_nodes is not None and num_features is not None and task is not None:
+            self._build(num_nodes, num_features, task)
+
+    # ------------------------------------------------------------------ construction
+    def _build(self, num_nodes: int, num_features: int, task: TaskName) -> None:
+        hp = self.hparams
+        kwargs = model_kwargs(
+            hp.model, num_features, num_nodes, hp.hidden_dim, hp.out_dim, hp.num_layers, hp.bandwidth, hp.mixing
+        )
+        self.net = build_model(hp.model, **kwargs)
+        if task == "link_prediction":
+            self.head = LinkPredictor(self.net.out_dim, hp.head_hidden_dim)
+            self.val_metrics: nn.Module = LinkPredictionMetrics()
+            self.test_metrics: nn.Module = LinkPredictionMetrics()
+        elif task == "edge_sign":
+            self.head = EdgeClassifier(self.net.out_dim, 2, hp.head_hidden_dim)
+            self.val_metrics, self.test_metrics = edge_sign_metrics(), edge_sign_metrics()
+        elif task == "node_regression":
+            self.head = NodeRegressor(self.net.out_dim, hp.head_hidden_dim)
+            self.val_metrics, self.test_metrics = node_regression_metrics(), node_regression_metrics()
+        else:
+            raise ConfigError(f"model.task: unknown task {task!r}")
+        resolved = {"num_nodes": num_nodes, "num_features": num_features, "task": task}
+        self.hparams.update(resolved)
+        # Loggers merge the *initial* hparams with the data module's and refuse differing values for shared keys
+        # (``num_nodes``, ``task``); the resolved values are what this run really used, so record them there too.
+        if getattr(self, "_hparams_initial", None) is not None:
+            self._hparams_initial.update(resolved)
+
+    @override
+    def setup(self, stage: str) -> None:
+        """Build the network from the data module's ``num_nodes`` / ``num_features`` / ``task`` if not given."""
+        if self.net is not None:
+            return
+        dm = getattr(self.trainer, "datamodule", None)
+        hp = self.hparams
+        num_nodes = hp.num_nodes if hp.num_nodes is not None else getattr(dm, "num_nodes", None)
+        num_features = hp.num_features if hp.num_features is not None else getattr(dm, "num_features", None)
+        task = hp.task if hp.task is not None else getattr(dm, "task", None)
+        if num_nodes is None or num_features is None or task is None:
+            raise ConfigError(
+                "DynGNNTask needs num_nodes, num_features and task: give them or use a SnapshotDataModule"
+            )
+        dm_task = getattr(dm, "task", None)
+        if dm_task is not None and dm_task != task:
+            raise ConfigError(f"model.task={task!r} differs from data.task={dm_task!r}")
+        self._build(int(num_nodes), int(num_features), task)
+
+    # ------------------------------------------------------------------ forward and loss
+    @override
+    def forward(self, batch: SnapshotBatch, state: Any = None) -> tuple[Tensor, Any]:
+        """Embeddings of a block: ``((S, N, out_dim), new state)``."""
+        if self.net is None:
+            raise ConfigError("DynGNNTask is not built yet (setup() has not run and num_nodes/num_features not given)")
+        out = self.net(batch.x, batch.adjs, state)
+        return out.z, out.state
+
+    def predict_target(self, z_t: Tensor, target: SnapshotTarget) -> Tensor:
+        """Head output for one snapshot: link logits ``(C,)``, sign logits ``(C, 2)`` or node values ``(N,)``."""
+        assert self.head is not None
+        if target.edge_index is None:
+            return self.head(z_t)
+        return self.head(z_t, target.edge_index)
+
+    def target_loss(self, out: Tensor, target: SnapshotTarget) -> Tensor:
+        """Loss of one snapshot's prediction (see the module docstring)."""
+        task = self.hparams.task
+        label = target.label
+        if task == "link_prediction":
+            if self.hparams.pos_weight == "auto":
+                num_pos = label.sum().clamp_min(1.0)
+                pos_weight = (label.numel() - num_pos).clamp_min(1.0) / num_pos
+            else:
+                pos_weight = torch.tensor(float(self.hparams.pos_weight), device=out.device)
+            return F.binary_cross_entropy_with_logits(out, label.float(), pos_weight=pos_weight)
+        if task == "edge_sign":
+            weight = None
+            if self.hparams.balance_classes:
+                counts = torch.bincount(label, minlength=2).float().clamp_min(1.0)
+                weight = counts.sum() / (2.0 * counts)
+            return F.cross_entropy(out, label, weight=weight)
+        return F.mse_loss(out, label.float())
+
+    def _block(self, batch: SnapshotBatch, state: Any) -> tuple[list[tuple[int, Tensor, SnapshotTarget]], Tensor, Any]:
+        z, state = self(batch, state)
+        outputs, losses = [], []
+        for s, target in enumerate(batch.targets):
+            if target is None:
+                continue
+            out = self.predict_target(z[s], target)
+            outputs.append((batch.t0 + s, out, target))
+            losses.append(self.target_loss(out, target))
+        loss = torch.stack(losses).mean() if losses else z.sum() * 0.0
+        return outputs, loss, state
+
+    # ------------------------------------------------------------------ training
+    @override
+    def training_step(self, batch: SnapshotBatch, batch_idx: int) -> Tensor:
+        state = None if batch.t0 == 0 else self._train_state
+        _, loss, state = self._block(batch, state)
+        self._train_state = detach_state(state)  # truncated BPTT: no gradient into the previous block
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=1)
+        return loss
+
+    @override
+    def on_train_epoch_start(self) -> None:
+        self._train_state = None
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_step(self, batch: SnapshotBatch, stage: str) -> None:
+        state = None if batch.t0 == 0 else self._eval_state
+        outputs, loss, self._eval_state = self._block(batch, state)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        if not outputs:
+            return
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(outputs))
+        task = self.hparams.task
+        for t, out, target in outputs:
+            if task == "link_prediction":
+                assert target.edge_index is not None
+                metrics.update(out, target.label, target.edge_index[0], t, batch.num_nodes)
+            elif task == "edge_sign":
+                metrics.update(out.softmax(-1)[:, 1], target.label)
+            else:
+                metrics.update(out, target.label.float())
+        self._eval_updated = True
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        if getattr(self, "_eval_updated", False):
+            values = metrics.compute()
+            self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val")
+        metrics.reset()
+        self._eval_updated = False
+        self._eval_state = None
+
+    @override
+    def on_validation_epoch_start(self) -> None:
+        self._eval_state = None
+        self._eval_updated = False
+
+    @override
+    def validation_step(self, batch: SnapshotBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    @override
+    def on_test_epoch_start(self) -> None:
+        self._eval_state = None
+        self._eval_updated = False
+
+    @override
+    def test_step(self, batch: SnapshotBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    @override
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
