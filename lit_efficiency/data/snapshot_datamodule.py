@@ -103,9 +103,7 @@ class SnapshotBatch:
         return dataclasses.replace(self, adjs=adjs, x=move(self.x), targets=targets)
 
 
-def chronological_split(
-    num_pairs: int, train_frac: float, val_frac: float, test_frac: float
-) -> dict[str, range]:
+def chronological_split(num_pairs: int, train_frac: float, val_frac: float, test_frac: float) -> dict[str, range]:
     """Split the prediction pairs ``(t, t + 1)``, ``t = 0 .. num_pairs - 1``, into consecutive ranges of ``t``.
 
     Counts are ``round(frac * num_pairs)`` for train and val; test gets the rest when the fractions sum to 1,

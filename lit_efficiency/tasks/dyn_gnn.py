@@ -205,11 +205,13 @@ class DynGNNTask(L.LightningModule):
 
     def _block(self, batch: SnapshotBatch, state: Any) -> tuple[list[tuple[int, Tensor, SnapshotTarget]], Tensor, Any]:
         z, state = self(batch, state)
+        # One unbind instead of S selects: each select's backward would write a zero-filled (S, N, d) gradient.
+        zs = z.unbind(0)
         outputs, losses = [], []
         for s, target in enumerate(batch.targets):
             if target is None:
                 continue
-            out = self.predict_target(z[s], target)
+            out = self.predict_target(zs[s], target)
             outputs.append((batch.t0 + s, out, target))
             losses.append(self.target_loss(out, target))
         loss = torch.stack(losses).mean() if losses else z.sum() * 0.0
