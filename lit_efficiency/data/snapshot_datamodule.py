@@ -416,8 +416,6 @@ class SnapshotDataModule(L.LightningDataModule):
         """Load the graph, normalise every snapshot's adjacency, build targets and the chronological split."""
         if self.store is not None:
             return
-        from lit_efficiency.models.dyn_gnn import gcn_norm_adj
-
         hp = self.hparams
         raw = self.load_graph()
         if raw.num_snapshots < 2:
@@ -427,21 +425,9 @@ class SnapshotDataModule(L.LightningDataModule):
         if self.task == "node_regression" and raw.y is None:
             raise ConfigError(f"data.task=node_regression needs node targets; dataset {self.dataset!r} has none")
         model_graph = raw.with_window(self.window)
-        n = raw.num_nodes
         self.splits = chronological_split(raw.num_snapshots - 1, hp.train_frac, hp.val_frac, hp.test_frac)
 
-        adjs = []
-        for t in range(model_graph.num_snapshots):
-            ei = model_graph.edge_indices[t]
-            w = model_graph.edge_weights[t] if (hp.use_edge_weights and model_graph.edge_weights) else None
-            if hp.undirected:
-                from torch_geometric.utils import to_undirected
-
-                if w is None:
-                    ei = to_undirected(ei, num_nodes=n)
-                else:
-                    ei, w = to_undirected(ei, w, num_nodes=n, reduce="max")
-            adjs.append(gcn_norm_adj(ei, n, w))
+        adjs = self.build_inputs(model_graph)
 
         x = raw.x.float() if raw.x is not None else None
         if x is not None and hp.standardize_features:
@@ -459,7 +445,7 @@ class SnapshotDataModule(L.LightningDataModule):
         if y is not None and hp.log_targets and self.task == "node_regression":
             y = torch.log1p(y.clamp_min(0))
         self.graph = raw
-        self.store = SnapshotStore(
+        self.store = self.make_store(
             adjs=adjs,
             x=x,
             target_edges=target_edges,
@@ -470,6 +456,39 @@ class SnapshotDataModule(L.LightningDataModule):
             eval_num_negatives=hp.eval_num_negatives or hp.num_negatives,
             seed=hp.seed,
         )
+
+    def model_snapshots(self, model_graph: DynamicGraph) -> list[tuple[Tensor, Tensor | None]]:
+        """The model's input snapshots as ``(edge_index, weight or None)`` in canonical order (sorted by
+        ``row * N + col``, no duplicates): symmetrised when ``undirected``, weighted when ``use_edge_weights``."""
+        hp = self.hparams
+        n = model_graph.num_nodes
+        out: list[tuple[Tensor, Tensor | None]] = []
+        for t in range(model_graph.num_snapshots):
+            ei = model_graph.edge_indices[t]
+            w = model_graph.edge_weights[t] if (hp.use_edge_weights and model_graph.edge_weights) else None
+            if hp.undirected:
+                from torch_geometric.utils import to_undirected
+
+                if w is None:
+                    ei = to_undirected(ei, num_nodes=n)
+                else:
+                    ei, w = to_undirected(ei, w, num_nodes=n, reduce="max")
+            out.append((ei, w))
+        return out
+
+    def build_inputs(self, model_graph: DynamicGraph) -> list[Any]:
+        """Per snapshot, what the store keeps for the model's adjacency (here: the normalised CSR, host-resident).
+
+        Override (with :meth:`make_store`) to keep another representation, e.g. diff-encoded keys.
+        """
+        from lit_efficiency.models.dyn_gnn import gcn_norm_adj
+
+        n = model_graph.num_nodes
+        return [gcn_norm_adj(ei, n, w) for ei, w in self.model_snapshots(model_graph)]
+
+    def make_store(self, **kwargs: Any) -> SnapshotStore:
+        """Build the :class:`SnapshotStore` from :meth:`build_inputs`' output (``adjs``) and the targets."""
+        return SnapshotStore(**kwargs)
 
     # ------------------------------------------------------------------ properties for the task
     def _require_setup(self) -> SnapshotStore:
