@@ -38,15 +38,125 @@ from lit_efficiency.errors import ConfigError
 from lit_efficiency.metrics import LinkPredictionMetrics, edge_sign_metrics, node_regression_metrics
 from lit_efficiency.models.dyn_gnn import (
     MODEL_NAMES,
+    WDGCN,
     DynamicGNN,
+    DynGNNOutput,
     EdgeClassifier,
+    Features,
     LinkPredictor,
     NodeRegressor,
     build_model,
     detach_state,
 )
 
-__all__ = ["DynGNNTask", "model_kwargs"]
+__all__ = ["DynGNNTask", "bounded_forward", "model_kwargs"]
+
+
+def _spatial_block(net: DynamicGNN, xs: list[Tensor | None], adjs: list[Tensor]) -> Tensor:
+    return net.spatial(xs, adjs)
+
+
+def _temporal_chunk(net: DynamicGNN, h: Tensor, h0: Tensor | None, c0: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    out, (hn, cn) = net.temporal(h, None if h0 is None else (h0, c0))
+    return out, hn, cn
+
+
+def bounded_forward(
+    net: DynamicGNN,
+    xs: Features,
+    adjs: list[Tensor],
+    state: Any = None,
+    spatial_block_size: int | None = None,
+    checkpoint_spatial: bool = False,
+    temporal_chunk_size: int | None = None,
+    checkpoint_temporal: bool = False,
+) -> DynGNNOutput:
+    r"""``net(xs, adjs, state)`` computed block-wise with bounded activation memory; same values and gradients.
+
+    The spatial stage runs ``spatial_block_size`` snapshots at a time; with ``checkpoint_spatial`` each block is an
+    activation checkpoint (:func:`torch.utils.checkpoint.checkpoint`, non-reentrant): only its output
+    :math:`H_{b} \in \mathbb{R}^{B \times N \times d}` is kept and the GCN layers are recomputed in backward, so the
+    GCN intermediates alive at once are those of one block. The temporal stage (an LSTM over each vertex's series, so
+    vertices are independent) runs on ``temporal_chunk_size`` vertices at a time, each chunk optionally checkpointed,
+    so the LSTM's gate activations alive at once are those of one chunk:
+
+    .. math::
+        Z_{:, V_c} = \mathrm{LSTM}(H_{:, V_c};\ h_0[V_c], c_0[V_c]), \qquad V = V_1 \cup \dots \cup V_C
+
+    What still scales with ``S * N``: the block's spatial output ``H`` and the embeddings ``Z`` the head reads.
+
+    Shapes:
+        - xs: ``(S, N, F)``, a list of ``S`` ``(N, F)`` or ``None``; adjs: ``S`` sparse ``(N, N)``
+        - output: ``z`` ``(S, N, out_dim)``, state as ``net``'s
+
+    Args:
+        net: Any :class:`DynamicGNN` using the base ``forward`` (``spatial`` then ``temporal``); vertex chunking needs
+            an LSTM temporal stage (WD-GCN, CD-GCN).
+        xs: Node features of the block.
+        adjs: Normalised adjacencies of the block.
+        state: Temporal state from the previous block.
+        spatial_block_size: Snapshots per spatial block (``None``: the whole block at once).
+        checkpoint_spatial: Checkpoint each spatial block.
+        temporal_chunk_size: Vertices per temporal chunk (``None``: all at once).
+        checkpoint_temporal: Checkpoint each temporal chunk.
+
+    Returns:
+        :class:`DynGNNOutput` equal (up to float summation order) to ``net(xs, adjs, state)``.
+
+    Raises:
+        ConfigError: Chunking/checkpointing asked for a model whose forward is not ``temporal(spatial(...))`` or
+            vertex chunking for a non-LSTM temporal stage; non-positive sizes.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    from lit_efficiency.models.dyn_gnn import _as_list
+
+    for name, value in (("spatial_block_size", spatial_block_size), ("temporal_chunk_size", temporal_chunk_size)):
+        if value is not None and value < 1:
+            raise ConfigError(f"model.{name} must be >= 1 or null, got {value}")
+    plain = spatial_block_size is None and temporal_chunk_size is None
+    if plain and not checkpoint_spatial and not checkpoint_temporal:
+        return net(xs, adjs, state)
+    if type(net).forward is not DynamicGNN.forward:
+        raise ConfigError(
+            f"model: block-wise/checkpointed processing needs a spatial-then-temporal model (wdgcn, cdgcn), "
+            f"got {type(net).__name__}"
+        )
+    num_steps = len(adjs)
+    x_list = _as_list(xs, num_steps)
+    block = spatial_block_size or max(num_steps, 1)
+    grad = torch.is_grad_enabled()
+    hs = []
+    for b0 in range(0, num_steps, block):
+        bx, ba = x_list[b0 : b0 + block], list(adjs[b0 : b0 + block])
+        if checkpoint_spatial and grad:
+            hs.append(checkpoint(_spatial_block, net, bx, ba, use_reentrant=False))
+        else:
+            hs.append(_spatial_block(net, bx, ba))
+    h = torch.cat(hs) if len(hs) > 1 else hs[0]
+    if temporal_chunk_size is None and not checkpoint_temporal:
+        z, state = net.temporal(h, state)
+        return DynGNNOutput(z, state)
+    if not isinstance(net, WDGCN):
+        raise ConfigError(
+            f"model.temporal_chunk_size needs an LSTM temporal stage (wdgcn, cdgcn), got {type(net).__name__}"
+        )
+    n = h.shape[1]
+    chunk = temporal_chunk_size or n
+    outs, hns, cns = [], [], []
+    for v0 in range(0, n, chunk):
+        h0 = None if state is None else state[0][:, v0 : v0 + chunk]
+        c0 = None if state is None else state[1][:, v0 : v0 + chunk]
+        args = (net, h[:, v0 : v0 + chunk], h0, c0)
+        out, hn, cn = (
+            checkpoint(_temporal_chunk, *args, use_reentrant=False)
+            if checkpoint_temporal and grad
+            else (_temporal_chunk(*args))
+        )
+        outs.append(out)
+        hns.append(hn)
+        cns.append(cn)
+    return DynGNNOutput(torch.cat(outs, 1), (torch.cat(hns, 1), torch.cat(cns, 1)))
 
 
 def model_kwargs(
@@ -91,6 +201,11 @@ class DynGNNTask(L.LightningModule):
         balance_classes: edge sign: weight the two signs inversely to their frequency in each snapshot.
         num_nodes: ``N``; default: the data module's.
         num_features: node feature size (0 = learnable embedding); default: the data module's.
+        spatial_block_size: bounded memory: snapshots of a batch processed per spatial block (see
+            :func:`bounded_forward`; ``None`` = the whole batch).
+        checkpoint_spatial: bounded memory: activation-checkpoint each spatial block (GCN recomputed in backward).
+        temporal_chunk_size: bounded memory: vertices per LSTM chunk (``None`` = all vertices at once).
+        checkpoint_temporal: bounded memory: activation-checkpoint each temporal chunk.
     """
 
     def __init__(
@@ -109,8 +224,15 @@ class DynGNNTask(L.LightningModule):
         balance_classes: bool = True,
         num_nodes: int | None = None,
         num_features: int | None = None,
+        spatial_block_size: int | None = None,
+        checkpoint_spatial: bool = False,
+        temporal_chunk_size: int | None = None,
+        checkpoint_temporal: bool = False,
     ) -> None:
         super().__init__()
+        for name, value in (("spatial_block_size", spatial_block_size), ("temporal_chunk_size", temporal_chunk_size)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"model.{name} must be an int >= 1 or null, got {value!r}")
         if model.lower() not in MODEL_NAMES:
             raise ConfigError(f"model.model: unknown dynamic GNN {model!r}; valid names: {', '.join(MODEL_NAMES)}")
         if pos_weight != "auto" and not (isinstance(pos_weight, (int, float)) and pos_weight > 0):
@@ -174,7 +296,17 @@ class DynGNNTask(L.LightningModule):
         """Embeddings of a block: ``((S, N, out_dim), new state)``."""
         if self.net is None:
             raise ConfigError("DynGNNTask is not built yet (setup() has not run and num_nodes/num_features not given)")
-        out = self.net(batch.x, batch.adjs, state)
+        hp = self.hparams
+        out = bounded_forward(
+            self.net,
+            batch.x,
+            batch.adjs,
+            state,
+            spatial_block_size=hp.get("spatial_block_size"),
+            checkpoint_spatial=bool(hp.get("checkpoint_spatial", False)),
+            temporal_chunk_size=hp.get("temporal_chunk_size"),
+            checkpoint_temporal=bool(hp.get("checkpoint_temporal", False)),
+        )
         return out.z, out.state
 
     def predict_target(self, z_t: Tensor, target: SnapshotTarget) -> Tensor:
