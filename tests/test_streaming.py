@@ -1,0 +1,227 @@
+"""Streaming snapshot DataModule: diff vs full training equality, device rebuild vs an independent reference,
+corrupted items inside the DataModule path, TransferProfiler figures from a real fit, streaming encoder."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lit_efficiency.callbacks.profilers import TransferProfiler
+from lit_efficiency.data.snapshot_datamodule import SnapshotBatch, SnapshotDataModule
+from lit_efficiency.data.snapshot_diff import SnapshotDiff, encode_snapshots
+from lit_efficiency.data.streaming import StreamingSnapshotDataModule, encode_stream, rebuild_adjacency
+from lit_efficiency.data.synthetic import iter_synthetic_snapshots, synthetic_dynamic_graph
+from lit_efficiency.errors import ConfigError, DataError
+from lit_efficiency.models.dyn_gnn import gcn_norm_adj
+from lit_efficiency.tasks.dyn_gnn import DynGNNTask
+
+ROOT = Path(__file__).resolve().parents[1]
+DM_ARGS = dict(
+    dataset="synthetic", num_nodes=50, num_snapshots=9, edges_per_snapshot=160, churn=0.1, block_size=3,
+    num_negatives=3, num_node_features=4,
+)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _trainer(**kwargs) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
+
+
+def _fit(dm: SnapshotDataModule, max_steps: int = 3):
+    """Fit a tiny WD-GCN; returns per-step losses and the final parameters."""
+    L.seed_everything(0, verbose=False)
+    task = DynGNNTask(hidden_dim=8, out_dim=8, num_layers=1, head_hidden_dim=8, lr=0.05)
+    losses: list[float] = []
+
+    class Keep(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+    _trainer(max_steps=max_steps, limit_val_batches=0, callbacks=[Keep()]).fit(task, dm)
+    return losses, [p.detach().clone() for p in task.parameters()]
+
+
+def test_diff_and_full_transfer_train_identically():
+    """Same seed: diff transfer gives bit-identical losses and weights to full transfer over several steps."""
+    dm_diff = StreamingSnapshotDataModule(**DM_ARGS, transfer="diff")
+    dm_full = StreamingSnapshotDataModule(**DM_ARGS, transfer="full")
+    loss_d, par_d = _fit(dm_diff, max_steps=4)
+    loss_f, par_f = _fit(dm_full, max_steps=4)
+    assert len(loss_d) == 4 and loss_d == loss_f
+    for a, b in zip(par_d, par_f, strict=True):
+        assert torch.equal(a, b)
+    assert dm_diff.encoded is not None and "diff" in dm_diff.encoded.kinds  # the diff path really ran
+
+
+@pytest.mark.slow
+def test_streaming_trains_like_resident_datamodule():
+    """Same losses as the resident base DataModule (adjacencies from PyG's normalisation), up to rounding."""
+    loss_s, _ = _fit(StreamingSnapshotDataModule(**DM_ARGS), max_steps=4)
+    loss_r, _ = _fit(SnapshotDataModule(**DM_ARGS), max_steps=4)
+    torch.testing.assert_close(torch.tensor(loss_s), torch.tensor(loss_r), rtol=1e-5, atol=1e-6)
+
+
+def test_first_step_gradients_equal_between_transfers():
+    grads = {}
+    for transfer in ("diff", "full"):
+        dm = StreamingSnapshotDataModule(**DM_ARGS, transfer=transfer)
+        dm.setup("fit")
+        batch = dm.transfer_batch_to_device(next(iter(dm.train_dataloader())), torch.device("cpu"), 0)
+        L.seed_everything(0, verbose=False)
+        task = DynGNNTask(hidden_dim=8, out_dim=8, num_layers=1, head_hidden_dim=8)
+        task._build(dm.num_nodes, dm.num_features, dm.task)
+        _, loss, _ = task._block(batch, None)
+        loss.backward()
+        grads[transfer] = [p.grad.clone() for p in task.parameters()]
+    for a, b in zip(grads["diff"], grads["full"], strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("undirected", [True, False])
+def test_device_rebuild_matches_pyg_normalisation(undirected):
+    """Rebuilt adjacencies equal the base DataModule's (gcn_norm_adj, i.e. PyG's gcn_norm) for every snapshot."""
+    args = {**DM_ARGS, "undirected": undirected, "block_size": 4}
+    base, stream = SnapshotDataModule(**args), StreamingSnapshotDataModule(**args)
+    base.setup("fit")
+    stream.setup("fit")
+    for b_host, s_host in zip(base.train_dataloader(), stream.train_dataloader(), strict=True):
+        s_dev = stream.transfer_batch_to_device(s_host, torch.device("cpu"), 0)
+        assert isinstance(s_dev, SnapshotBatch) and len(s_dev.adjs) == len(b_host.adjs)
+        for a, b in zip(s_dev.adjs, b_host.adjs, strict=True):
+            torch.testing.assert_close(a.to_dense(), b.to_dense(), rtol=1e-6, atol=1e-7)
+
+
+def test_rebuild_adjacency_directed_is_in_degree_transpose():
+    """Hand-checked 3-vertex directed graph: 0->1, 0->2, 1->2 (keys source*N+target)."""
+    keys = torch.tensor([1, 2, 5])
+    adj = rebuild_adjacency(keys, None, 3, directed=True).to_dense()
+    ref = gcn_norm_adj(torch.tensor([[0, 0, 1], [1, 2, 2]]), 3).to_dense()
+    torch.testing.assert_close(adj, ref)
+    # in-degrees with self loops: d = (1, 2, 3); adj[2, 0] = 1 / sqrt(1 * 3)
+    assert adj[2, 0].item() == pytest.approx(3**-0.5)
+
+
+def test_corrupted_item_in_datamodule_names_snapshot():
+    dm = StreamingSnapshotDataModule(**DM_ARGS)
+    dm.setup("fit")
+    store = dm.store
+    t = next(i for i, item in enumerate(store.items) if isinstance(item, SnapshotDiff) and item.added_keys.numel())
+    good = store.items[t]
+    # bad checksum
+    store.items[t] = dataclasses.replace(good, checksum=good.checksum + 1)
+    with pytest.raises(DataError, match=rf"^snapshot {t}: checksum mismatch") as err:
+        for batch in dm.train_dataloader():
+            dm.transfer_batch_to_device(batch, torch.device("cpu"), 0)
+    assert "\n" not in str(err.value)
+    # truncated diff
+    store.items[t] = dataclasses.replace(good, added_keys=good.added_keys[:-1])
+    dm._last = None
+    with pytest.raises(DataError, match=rf"^snapshot {t}: truncated diff"):
+        for batch in dm.train_dataloader():
+            dm.transfer_batch_to_device(batch, torch.device("cpu"), 0)
+    # deleted position out of range
+    bad_pos = good.deleted_pos.clone()
+    bad_pos[-1] = good.prev_num_edges + 5
+    store.items[t] = dataclasses.replace(good, deleted_pos=bad_pos)
+    dm._last = None
+    with pytest.raises(DataError, match=rf"^snapshot {t}: deleted position out of range"):
+        for batch in dm.train_dataloader():
+            dm.transfer_batch_to_device(batch, torch.device("cpu"), 0)
+
+
+def test_transfer_profiler_gets_real_figures_during_fit():
+    """Bytes logged by the profiler equal the encoded item sizes of the blocks the epoch shipped."""
+    dm = StreamingSnapshotDataModule(**DM_ARGS)
+    prof = TransferProfiler()
+    L.seed_everything(0, verbose=False)
+    task = DynGNNTask(hidden_dim=8, out_dim=8, num_layers=1, head_hidden_dim=8)
+    _trainer(max_epochs=1, limit_val_batches=0, callbacks=[prof]).fit(task, dm)
+    train = dm.splits["train"]
+    items = dm.encoded.items[: train.stop]
+    assert prof.totals["data/h2d_bytes"] == sum(item.nbytes for item in items)
+    assert prof.totals["data/full_bytes"] == sum(dm.encoded.full_nbytes[: train.stop])
+    assert prof.totals["data/h2d_bytes"] < prof.totals["data/full_bytes"]
+    assert prof.totals["time/rebuild_ms"] > 0 and prof.totals["time/h2d_ms"] > 0
+
+
+def test_cache_miss_ships_previous_snapshot_whole():
+    """A block whose predecessor is not on the device: the previous snapshot is shipped whole (bytes counted)."""
+    dm = StreamingSnapshotDataModule(**{**DM_ARGS, "block_size": 2})
+    dm.setup("fit")
+    blocks = list(dm.train_dataloader())
+    second = blocks[1]
+    assert isinstance(second.items[0], SnapshotDiff)
+    out = dm.transfer_batch_to_device(second, torch.device("cpu"), 0)  # no block 0 before it
+    (event,) = dm.transfer_recorder.drain()
+    prev = dm.encoded.full_nbytes[second.t0 - 1] - 48  # keys only (header not shipped)
+    assert event.h2d_bytes == sum(item.nbytes for item in second.items) + prev
+    ref = SnapshotDataModule(**{**DM_ARGS, "block_size": 2})
+    ref.setup("fit")
+    for a, b in zip(out.adjs, ref.store.adjs[second.t0 : second.t0 + 2], strict=True):
+        torch.testing.assert_close(a.to_dense(), b.to_dense(), rtol=1e-6, atol=1e-7)
+
+
+def test_encode_stream_equals_encode_snapshots():
+    snaps = list(iter_synthetic_snapshots(40, 6, 120, churn=0.1, window=2, seed=3))
+    edge_indices = [s.edge_index for s in snaps]
+    weights = [s.edge_weight for s in snaps]
+    ref = encode_snapshots(edge_indices, 40, weights)
+    got = encode_stream(zip(edge_indices, weights, strict=True), 40, keep_inverse=True)
+    assert got.kinds == ref.kinds and got.full_nbytes == ref.full_nbytes and got.weighted
+    assert got.encoded_bytes() == ref.encoded_bytes() and got.inverse_bytes() == ref.inverse_bytes()
+    for a, b in zip(got.items, ref.items, strict=True):
+        assert a.checksum == b.checksum and a.nbytes == b.nbytes
+    lean = encode_stream(zip(edge_indices, weights, strict=True), 40)
+    assert all(i is None for i in lean.inverse) and lean.encoded_bytes() == ref.encoded_bytes()
+    with pytest.raises(DataError, match="snapshot 1: weighted and unweighted"):
+        encode_stream([(edge_indices[0], weights[0]), (edge_indices[1], None)], 40)
+
+
+def test_host_memory_diff_smaller_than_full():
+    g = synthetic_dynamic_graph(200, 8, 1000, churn=0.05, seed=0)
+    args = dict(dataset="synthetic_churn", num_nodes=200, num_snapshots=8, edges_per_snapshot=1000, churn=0.05)
+    d, f = StreamingSnapshotDataModule(**args, transfer="diff"), StreamingSnapshotDataModule(**args, transfer="full")
+    d.setup("fit")
+    f.setup("fit")
+    assert d.num_snapshots == f.num_snapshots == g.num_snapshots
+    assert d.host_bytes() * 3 < f.host_bytes()
+    assert f.host_bytes() == sum(d.encoded.full_nbytes)
+
+
+def test_bad_transfer_option():
+    with pytest.raises(ConfigError, match="data.transfer"):
+        StreamingSnapshotDataModule(transfer="zip")
+
+
+@pytest.mark.slow
+def test_streaming_configs_parse():
+    for cfg in sorted((ROOT / "conf" / "dyngnn").glob("streaming*.yaml")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "lit_efficiency", "fit", "--config", str(cfg), "--print_config"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "StreamingSnapshotDataModule" in proc.stdout and "TransferProfiler" in proc.stdout
