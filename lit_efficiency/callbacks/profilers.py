@@ -159,9 +159,10 @@ class CommProfiler(L.Callback):
     """Log the redistribution all-to-alls and DDP's gradient all-reduce, per step and per epoch.
 
     Keys: ``time/alltoall_ms``, ``data/alltoall_bytes`` (bytes this rank sent to other ranks, forward and backward),
-    ``time/allreduce_ms``, ``data/allreduce_bytes`` (gradient bytes this rank reduced). Under a DDP strategy the
-    callback registers a timing communication hook on the wrapped model at fit start, unless one was configured on
-    the strategy (then all-reduce is not timed and a warning says so).
+    ``time/allreduce_ms``, ``data/allreduce_bytes`` (gradient bytes this rank reduced); the all-to-alls of validation
+    and test batches are logged under ``val_`` / ``test_`` prefixes (``val_data/alltoall_bytes``, ...). Under a DDP
+    strategy the callback registers a timing communication hook on the wrapped model at fit start, unless one was
+    configured on the strategy (then all-reduce is not timed and a warning says so).
     """
 
     def __init__(self) -> None:
@@ -191,18 +192,28 @@ class CommProfiler(L.Callback):
             return
         model.register_comm_hook(AllReduceTimer(self.allreduce, group=model.process_group), AllReduceTimer.hook)
 
-    def _log(self, pl_module: L.LightningModule) -> None:
+    def _log(self, pl_module: L.LightningModule, prefix: str = "") -> None:
         metrics = {
             **CommRecorder.metrics(self.alltoall.drain(), "alltoall"),
             **CommRecorder.metrics(self.allreduce.drain(), "allreduce"),
         }
         for key, value in metrics.items():
-            self.totals[key] = self.totals.get(key, 0.0) + value
-            pl_module.log(key, value, on_step=True, on_epoch=True, reduce_fx="sum", batch_size=1)
+            self.totals[prefix + key] = self.totals.get(prefix + key, 0.0) + value
+            pl_module.log(prefix + key, value, on_step=True, on_epoch=True, reduce_fx="sum", batch_size=1)
 
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._log(pl_module)
+
+    @override
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        # Evaluation all-to-alls (forward only) are logged apart, under ``val_``; without this they were drained
+        # into the next training step's figures.
+        self._log(pl_module, "val_")
+
+    @override
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._log(pl_module, "test_")
 
     @override
     def on_fit_end(self, trainer, pl_module) -> None:

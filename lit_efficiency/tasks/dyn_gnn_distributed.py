@@ -1,0 +1,276 @@
+r"""Distributed dynamic-GNN training: snapshot-partitioned spatial stage, one all-to-all, vertex-partitioned temporal.
+
+The SC'21 scheme (Chakaravarthy et al., "Efficient Scaling of Dynamic Graph Neural Networks",
+https://arxiv.org/abs/2109.07893; ``docs/dynamic_gnn.md`` section 4) on top of
+:class:`~lit_efficiency.tasks.dyn_gnn.DynGNNTask`, run by Lightning's DDP strategy (weights replicated, gradients
+all-reduced by DDP). Per global block of ``T`` snapshots (a :class:`~lit_efficiency.data.partitioned.PartitionedBatch`
+from :class:`~lit_efficiency.data.partitioned.PartitionedSnapshotDataModule`), rank ``p`` runs
+
+1. the **spatial** stage on its snapshots ``S_p``: :math:`H = \mathrm{spatial}(X_{S_p}, \hat{A}_{S_p})`,
+   ``(T_p, N, d)``, no communication;
+2. :func:`~lit_efficiency.distributed.redistribute.snapshot_to_vertex`: ``(T, N_p, d)``, all snapshots of its
+   vertex block ``V_p``;
+3. the **temporal** stage on ``V_p`` over all ``T`` (state carried across blocks per vertex block);
+4. :func:`~lit_efficiency.distributed.redistribute.vertex_to_snapshot` back to ``(T_p, N, d_out)``: the embeddings
+   of **every** vertex at its own snapshots, so every candidate edge of its targets has both endpoints local;
+5. the loss of its own targets.
+
+**Choice for the loss: redistribute back** (not an endpoint exchange). Its volume is fixed,
+:math:`4 N T d_\mathrm{out} (P-1)/P` bytes (fp32) forward and the same backward, whatever the number of candidate
+edges; an endpoint exchange would ship :math:`2 C d_\mathrm{out}` values per snapshot for ``C`` candidates, and with
+19 sampled negatives per edge ``C`` is ``20 |E_{t+1}|``, usually more than ``N``. Per training step the all-to-alls
+thus move :math:`4 N T (d + d_\mathrm{out})(P-1)/P` bytes forward and as much backward. TM-GCN with
+``mixing="input"`` has an identity temporal stage: it needs no redistribution at all, only a temporal **halo** of the
+``bandwidth - 1`` snapshots before ``S_p`` (read from the data by each rank, see :attr:`temporal_halo`).
+
+**Loss scaling.** Rank ``p`` computes :math:`\ell_p = \frac{1}{n}\sum_{t \in S_p} \mathcal{L}_t` with ``n`` the
+number of targeted snapshots of the whole block (the single-process loss is :math:`\sum_p \ell_p`) and back-propagates
+:math:`P \ell_p`: DDP averages the ``P`` gradients, and the all-to-all backward routes every rank's embedding
+gradients to the rank that computed them, so the averaged gradient equals the single-process one. ``train/loss`` logs
+:math:`\sum_p \ell_p` (one scalar all-reduce).
+
+**Empty ranks** (``P`` larger than a block): the rank still joins every collective (an empty block is promoted to a
+grad-requiring leaf by the redistribution) and adds :math:`0 \cdot \sum \theta` to its loss so every parameter gets a
+gradient and DDP runs without ``find_unused_parameters``.
+
+**Failures.** The redistribution group has its own timeout (``redistribution_timeout_s``); a collective that fails
+(a peer died, or the timeout passed) raises :class:`DistributedTrainingError` naming the rank, the collective and how
+to resume. Set the strategy's ``timeout`` to the same value so DDP's all-reduce is bounded too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from typing_extensions import override
+
+from lit_efficiency.data.partitioned import PartitionedBatch
+from lit_efficiency.data.snapshot_datamodule import SnapshotBatch, SnapshotTarget
+from lit_efficiency.distributed.partition import vertex_blocks
+from lit_efficiency.distributed.redistribute import new_redistribution_group, snapshot_to_vertex, vertex_to_snapshot
+from lit_efficiency.errors import ConfigError, LitEfficiencyError
+from lit_efficiency.models.dyn_gnn import TMGCN, detach_state
+from lit_efficiency.tasks.dyn_gnn import DynGNNTask
+
+__all__ = ["DistributedDynGNNTask", "DistributedTrainingError"]
+
+#: Models whose spatial/temporal split the snapshot partition can use (EvolveGCN is sequential in time).
+PARTITIONABLE_MODELS = ("wdgcn", "cdgcn", "tmgcn")
+
+
+class DistributedTrainingError(LitEfficiencyError, RuntimeError):
+    """A collective failed: a peer rank died or did not answer within the timeout."""
+
+
+class DistributedDynGNNTask(DynGNNTask):
+    """:class:`~lit_efficiency.tasks.dyn_gnn.DynGNNTask` trained snapshot-partitioned under DDP (module docstring).
+
+    Use with :class:`~lit_efficiency.data.partitioned.PartitionedSnapshotDataModule` and a DDP strategy
+    (``conf/trainer/ddp.yaml``, ``conf/trainer/ddp_cpu.yaml``). With one process it trains exactly like the parent.
+
+    Args:
+        redistribution_timeout_s: timeout of the redistribution process group's collectives, seconds.
+        **kwargs: the parent's arguments (``model``, ``hidden_dim``, ..., ``num_nodes``, ``num_features``, ``task``).
+    """
+
+    def __init__(self, redistribution_timeout_s: float = 300.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if redistribution_timeout_s <= 0:
+            raise ConfigError(f"model.redistribution_timeout_s must be > 0, got {redistribution_timeout_s}")
+        self._group: Any = None
+        self._group_ready = False
+        self._eval_any = False
+
+    # ------------------------------------------------------------------ process layout
+    @property
+    def temporal_halo(self) -> int:
+        """Snapshots before its block a rank needs: ``bandwidth - 1`` for TM-GCN with ``mixing="input"``, else 0."""
+        hp = self.hparams
+        if hp.model.lower() == "tmgcn" and hp.mixing == "input":
+            return int(hp.bandwidth) - 1
+        return 0
+
+    @property
+    def _world(self) -> int:
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+    @property
+    def _temporal_is_identity(self) -> bool:
+        return isinstance(self.net, TMGCN) and self.net.mixing == "input"
+
+    @override
+    def setup(self, stage: str) -> None:
+        """Build the network (parent), check the model can be partitioned, create the redistribution group."""
+        super().setup(stage)
+        world = self._world
+        if world > 1 and self.hparams.model.lower() not in PARTITIONABLE_MODELS:
+            raise ConfigError(
+                f"model.model={self.hparams.model!r} is sequential in time and cannot be snapshot-partitioned; "
+                f"use one of {', '.join(PARTITIONABLE_MODELS)} or a single process"
+            )
+        if world > 1 and not self._group_ready:
+            self._group = new_redistribution_group(timeout_s=self.hparams.redistribution_timeout_s)
+            self._group_ready = True
+
+    # ------------------------------------------------------------------ collectives with clear errors
+    def _collective(self, what: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except RuntimeError as err:  # gloo/NCCL report a dead peer or a timeout as RuntimeError
+            rank = dist.get_rank() if dist.is_initialized() else 0
+            raise DistributedTrainingError(
+                f"rank {rank}: {what} failed (a peer rank died or timed out after "
+                f"{self.hparams.redistribution_timeout_s:g} s): {str(err).splitlines()[0] if str(err) else err!r}; "
+                "rerun the same command with ckpt_path=last to resume from the last checkpoint"
+            ) from err
+
+    def _global_sum(self, value: Tensor) -> Tensor:
+        """Sum of a detached scalar over ranks (identity on one process)."""
+        if self._world == 1:
+            return value
+        out = value.detach().clone()
+        self._collective("loss all-reduce", dist.all_reduce, out, dist.ReduceOp.SUM, self._group)
+        return out
+
+    # ------------------------------------------------------------------ forward
+    def partitioned_embeddings(self, batch: PartitionedBatch, state: Any) -> tuple[Tensor, Any]:
+        """Embeddings of this rank's snapshots, every vertex: ``((T_p, N, out_dim), new state of the vertex block)``.
+
+        Shapes:
+            - **batch:** ``num_halo + T_p`` snapshots held; the block has ``T`` snapshots in all.
+            - **output:** ``(T_p, N, out_dim)``.
+        """
+        net = self.net
+        if net is None:
+            raise ConfigError("DistributedDynGNNTask is not built yet (setup() has not run)")
+        num_nodes = batch.num_nodes
+        xs, adjs = batch.x, list(batch.adjs)
+        if isinstance(net, TMGCN) and net.mixing == "input":
+            # The halo makes the causal M-mixing of the first snapshots exact without a carried state.
+            xs, adjs, _ = net.mix_inputs(xs, adjs, None)
+        halo = batch.num_halo
+        adjs = adjs[halo:]
+        if xs is not None:
+            xs = xs[halo:] if isinstance(xs, Tensor) else list(xs)[halo:]
+        if adjs:
+            h = net.spatial(xs, adjs)
+        else:
+            h = torch.zeros(0, num_nodes, net.spatial_dim, device=self.device)
+        if self._temporal_is_identity:
+            return h, state
+        world = self._world
+        snaps = batch.relative_blocks() if world > 1 else (range(0, len(adjs)),)
+        verts = tuple(vertex_blocks(num_nodes, world))
+        hv = self._collective("snapshot->vertex all-to-all", snapshot_to_vertex, h, snaps, verts, self._group)
+        if hv.shape[1] == 0:  # more ranks than vertices: nothing to run, keep the shape
+            zv = hv.new_zeros(hv.shape[0], 0, net.out_dim)
+        else:
+            zv, state = net.temporal(hv, state)
+        z = self._collective("vertex->snapshot all-to-all", vertex_to_snapshot, zv, snaps, verts, self._group)
+        return z, state
+
+    def _partitioned_block(
+        self, batch: SnapshotBatch, state: Any
+    ) -> tuple[list[tuple[int, Tensor, SnapshotTarget]], Tensor, Any, int]:
+        """Outputs of this rank's targets, the sum of their losses, the new state and the block's target count."""
+        if not isinstance(batch, PartitionedBatch):
+            raise ConfigError("DistributedDynGNNTask needs a PartitionedSnapshotDataModule (PartitionedBatch batches)")
+        z, state = self.partitioned_embeddings(batch, state)
+        zs = z.unbind(0)
+        first = batch.t0 + batch.num_halo
+        outputs, losses = [], []
+        for s, target in enumerate(batch.targets[batch.num_halo :]):
+            if target is None:
+                continue
+            out = self.predict_target(zs[s], target)
+            outputs.append((first + s, out, target))
+            losses.append(self.target_loss(out, target))
+        local_sum = torch.stack(losses).sum() if losses else z.sum() * 0.0
+        return outputs, local_sum, state, batch.num_targets
+
+    def _touch_all_parameters(self) -> Tensor:
+        """``0 * sum(theta)``: every parameter takes part in the graph (empty ranks, heads without targets)."""
+        return sum((p.sum() for p in self.parameters() if p.requires_grad), torch.zeros((), device=self.device)) * 0.0
+
+    # ------------------------------------------------------------------ training
+    @override
+    def training_step(self, batch: PartitionedBatch, batch_idx: int) -> Tensor:
+        state = None if batch.block_start == 0 else self._train_state
+        _, local_sum, state, num_targets = self._partitioned_block(batch, state)
+        self._train_state = detach_state(state)
+        local = local_sum / max(num_targets, 1)
+        total = self._global_sum(local.detach())
+        self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=True, batch_size=1)
+        return local * self._world + self._touch_all_parameters()
+
+    # ------------------------------------------------------------------ evaluation
+    @override
+    def _eval_step(self, batch: SnapshotBatch, stage: str) -> None:
+        state = None if batch.block_start == 0 else self._eval_state  # type: ignore[attr-defined]
+        outputs, local_sum, self._eval_state, num_targets = self._partitioned_block(batch, state)
+        if num_targets == 0:
+            return
+        loss = self._global_sum(local_sum.detach()) / num_targets
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=num_targets)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        task = self.hparams.task
+        for t, out, target in outputs:
+            if task == "link_prediction":
+                assert target.edge_index is not None
+                metrics.update(out, target.label, target.edge_index[0], t, batch.num_nodes)
+            elif task == "edge_sign":
+                metrics.update(out.softmax(-1)[:, 1], target.label)
+            else:
+                metrics.update(out, target.label.float())
+        self._eval_any = True
+
+    def _gather_metric_states(self, module: torch.nn.Module) -> None:
+        """Replace every torchmetrics state by its all-rank reduction, then compute locally (no torchmetrics sync).
+
+        torchmetrics' own sync fails when a rank holds no sample of a list state (``No samples to concatenate``),
+        which is normal here: a rank whose snapshots have no target in the split adds nothing. List states are
+        gathered (all ranks' tensors, in rank order), tensor states reduced with their reduction function.
+        """
+        from torchmetrics import Metric
+
+        world = self._world
+        for metric in module.modules():
+            if not isinstance(metric, Metric):
+                continue
+            metric.sync_on_compute = False
+            metric._to_sync = False
+            if world == 1:
+                continue
+            for name, reduce in metric._reductions.items():
+                value = getattr(metric, name)
+                local = [v.cpu() for v in value] if isinstance(value, list) else value.cpu()
+                gathered: list[Any] = [None] * world
+                self._collective("metric all-gather", dist.all_gather_object, gathered, local, self._group)
+                if isinstance(value, list):
+                    setattr(metric, name, [v.to(self.device) for part in gathered for v in part])
+                elif callable(reduce):
+                    setattr(metric, name, reduce(torch.stack(gathered)).to(self.device))
+                else:
+                    raise ConfigError(f"metric state {name!r} has no reduction: cannot combine it across ranks")
+
+    @override
+    def _eval_epoch_end(self, stage: str) -> None:
+        # Every rank must take part in the gather, or none: decide on "any rank updated".
+        self._eval_updated = bool(self._global_sum(torch.tensor(float(self._eval_any), device=self.device)) > 0)
+        self._eval_any = False
+        if self._eval_updated:
+            self._gather_metric_states(self.val_metrics if stage == "val" else self.test_metrics)
+        super()._eval_epoch_end(stage)
+
+    @override
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+        self._eval_any = False
+
+    @override
+    def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
+        self._eval_any = False
