@@ -14,6 +14,7 @@ from lit_efficiency.errors import ConfigError
 from lit_efficiency.metrics import LinkPredictionMetrics
 from lit_efficiency.models.dyn_gnn import MODEL_NAMES, detach_state
 from lit_efficiency.tasks.dyn_gnn import DynGNNTask
+from lit_efficiency.utils.paths import resolve_data_root
 
 TINY_DATA = dict(num_nodes=60, num_snapshots=10, edges_per_snapshot=200, num_communities=3, num_node_features=4)
 
@@ -153,3 +154,17 @@ def test_smoke_fit_through_cli(tmp_path, monkeypatch):
     # The checkpoint restores without the data module (num_nodes / num_features / task are in the hparams).
     restored = DynGNNTask.load_from_checkpoint(ckpts[0])
     assert restored.net is not None and restored.hparams.num_nodes == 120
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(resolve_data_root() is None, reason="shared data not found")
+def test_real_dataset_fit_with_logger(tmp_path):
+    # The loggers merge task and data hparams: the data module's num_nodes must become the real graph's N.
+    from lightning.pytorch.loggers import CSVLogger
+
+    dm = SnapshotDataModule(dataset="uci_messages", num_negatives=2, eval_num_negatives=2)
+    task = DynGNNTask(model="tmgcn", hidden_dim=8, out_dim=8, num_layers=1, head_hidden_dim=0)
+    trainer = _trainer(max_epochs=1, logger=CSVLogger(tmp_path), num_sanity_val_steps=0)
+    trainer.fit(task, dm)
+    assert task.hparams.num_nodes == dm.hparams.num_nodes == 1899
+    assert math.isfinite(float(trainer.callback_metrics["val/map"]))

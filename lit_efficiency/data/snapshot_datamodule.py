@@ -294,8 +294,8 @@ class SnapshotDataModule(L.LightningDataModule):
         num_steps: real data: number of equal-width time steps (default: the loader's step size).
         step_size: real data: step width in seconds.
         window: edge-life window ``w`` of the model's input snapshots (targets stay the raw next step).
-        num_nodes: synthetic: ``N``.
-        num_snapshots: synthetic: ``T``.
+        num_nodes: synthetic: ``N`` (for real data replaced by the loaded graph's ``N`` in ``setup``).
+        num_snapshots: synthetic: ``T`` (for real data replaced by the loaded graph's ``T`` in ``setup``).
         edges_per_snapshot: synthetic: edges per step.
         churn: synthetic: fraction of edges replaced per step (``synthetic``: ``1 - persistence``).
         num_communities: ``synthetic``: planted communities.
@@ -444,6 +444,12 @@ class SnapshotDataModule(L.LightningDataModule):
         y = raw.y.float() if raw.y is not None else None
         if y is not None and hp.log_targets and self.task == "node_regression":
             y = torch.log1p(y.clamp_min(0))
+        # For real data ``num_nodes`` / ``num_snapshots`` are not inputs: record the loaded graph's values, so the
+        # saved config says what ran and the loggers' hparam merge agrees with the task's ``num_nodes``.
+        resolved = {"num_nodes": raw.num_nodes, "num_snapshots": raw.num_snapshots}
+        self.hparams.update(resolved)
+        if getattr(self, "_hparams_initial", None) is not None:
+            self._hparams_initial.update(resolved)
         self.graph = raw
         self.store = self.make_store(
             adjs=adjs,
