@@ -1,0 +1,203 @@
+"""Bytes and time of shipping snapshots full versus diff-encoded, on every shared dataset and a synthetic churn graph.
+
+For each graph (the five shared datasets with window 1 and with a 10-step edge-life window; a synthetic 5%-churn
+graph) the snapshots' canonical keys (unweighted, as the model's default input) are encoded with
+:func:`~lit_efficiency.data.streaming.encode_stream` and, per record:
+
+* ``full_bytes`` / ``diff_bytes``: bytes shipped when every snapshot goes full / with the adaptive encoding (also the
+  host memory of the two representations); ``bytes_ratio = full_bytes / diff_bytes``; ``theory_ratio``: the same
+  ratio from entry counts alone (:func:`~lit_efficiency.data.snapshot_diff.theoretical_bytes_ratio` per snapshot,
+  adaptive choice, headers ignored); ``entries_ratio``: full entries over diff entries (the figure of
+  ``docs/dynamic_gnn.md``: 5.1x chess, 6.6x twitter-tennis windowed).
+* ``exact``: every snapshot decoded on the device equals the original keys (and its checksum verifies).
+* ``full_ms``: ship every snapshot's keys to the device; ``diff_ms``: ship the encoded items and rebuild the keys on
+  the device (position-based deletion, merge of added keys); ``time_ratio = full_ms / diff_ms``; both medians of
+  ``--repeats`` passes after a warm-up, CUDA-synchronised (:class:`~lit_efficiency.utils.timing.Timer`), from pinned
+  memory on a GPU. ``norm_ms``: CSR + GCN normalisation from degrees, needed by both paths, reported apart. On a CPU
+  a "transfer" is a memory copy (``device`` says which device).
+
+Run::
+
+    python benchmarks/snapshot_transfer.py                          # writes benchmarks/results/snapshot_transfer.json
+    python benchmarks/snapshot_transfer.py --synthetic-edges 32000000 --synthetic-nodes 4000000 --datasets none \\
+        --out benchmarks/results/snapshot_transfer_gpu.json        # the GPU target (32M edges, 5% churn)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lit_efficiency.data.snapshot_diff import (  # noqa: E402
+    HEADER_BYTES,
+    EncodedGraph,
+    SnapshotDiff,
+    decode_snapshot,
+    iter_decode,
+    key_dtype,
+    position_dtype,
+    theoretical_bytes_ratio,
+)
+from lit_efficiency.data.streaming import encode_stream, rebuild_adjacency, ship, ship_item  # noqa: E402
+from lit_efficiency.data.synthetic import iter_synthetic_snapshots  # noqa: E402
+from lit_efficiency.utils.timing import Timer  # noqa: E402
+
+DATASETS = ("bitcoin_otc", "bitcoin_alpha", "uci_messages", "chess", "twitter_tennis")
+
+
+def theory_ratio(encoded: EncodedGraph, header: int = 0) -> float:
+    """``sum_t full_t / sum_t min(full_t, diff_t)`` from entry counts alone, plus ``header`` bytes per item.
+
+    ``diff_t`` comes from :func:`theoretical_bytes_ratio` for snapshots shipped as diffs; a snapshot shipped full
+    (the first one, or one whose diff was not smaller) counts its full bytes.
+    """
+    b_k = torch.empty((), dtype=key_dtype(encoded.num_nodes)).element_size()
+    full_total = diff_total = 0.0
+    for item in encoded.items:
+        full_t = item.num_edges * b_k + header
+        full_total += full_t
+        if isinstance(item, SnapshotDiff):
+            ratio = theoretical_bytes_ratio(
+                item.num_edges, item.added_keys.numel(), item.deleted_pos.numel(), item.num_nodes
+            )
+            diff_total += min(full_t, (full_t - header) / ratio + header)
+        else:
+            diff_total += full_t
+    return full_total / max(diff_total, 1.0)
+
+
+def time_paths(encoded: EncodedGraph, device: torch.device, repeats: int) -> dict[str, float]:
+    """Median ms of: shipping every snapshot full; shipping the encoded items and rebuilding; CSR + normalisation."""
+    full_keys = [d.keys.cpu() for d in iter_decode(encoded, "cpu", verify=False)]
+    items = list(encoded.items)
+    if device.type == "cuda":
+        full_keys = [k.pin_memory() for k in full_keys]
+        items = [item.pin_memory() for item in items]
+
+    def full_pass() -> None:
+        for k in full_keys:
+            ship(k, device)
+
+    def diff_pass() -> None:
+        keys = None
+        for item in items:
+            keys, _ = decode_snapshot(keys, None, ship_item(item, device), device, verify=False)
+
+    dev_keys = [k.to(device) for k in full_keys[: min(3, len(full_keys))]]
+
+    def norm_pass() -> None:
+        for k in dev_keys:
+            rebuild_adjacency(k, None, encoded.num_nodes)
+
+    out = {}
+    for name, fn in (("full_ms", full_pass), ("diff_ms", diff_pass), ("norm_ms_per_snapshot", norm_pass)):
+        fn()  # warm-up
+        times = []
+        for _ in range(repeats):
+            with Timer(device) as timer:
+                fn()
+            times.append(timer.ms)
+        out[name] = statistics.median(times)
+    out["norm_ms_per_snapshot"] /= max(len(dev_keys), 1)
+    return out
+
+
+def record(name: str, window: int, snapshots: list, num_nodes: int, device: torch.device, repeats: int) -> dict:
+    start = time.perf_counter()
+    encoded = encode_stream(((ei, None) for ei in snapshots), num_nodes)
+    exact = True
+    for t, dec in enumerate(iter_decode(encoded, device, verify=True)):
+        ref = snapshots[t][0].to(torch.int64) * num_nodes + snapshots[t][1].to(torch.int64)
+        exact &= torch.equal(dec.keys.cpu().to(torch.int64), ref)
+    stats = encoded.stats()
+    times = time_paths(encoded, device, repeats)
+    rec = {
+        "dataset": name,
+        "window": window,
+        "num_nodes": num_nodes,
+        "num_snapshots": len(encoded),
+        "edges_total": sum(encoded.num_edges),
+        "full_bytes": stats.full_bytes,
+        "diff_bytes": stats.encoded_bytes,
+        "bytes_ratio": round(stats.bytes_ratio, 4),
+        "theory_ratio": round(theory_ratio(encoded), 4),
+        "theory_ratio_with_headers": round(theory_ratio(encoded, HEADER_BYTES), 4),
+        "entries_ratio": round(stats.entries_ratio, 4),
+        "host_full_bytes": stats.full_bytes,
+        "host_encoded_bytes": stats.encoded_bytes,
+        "diff_items": encoded.kinds.count("diff"),
+        "exact": bool(exact),
+        "device": str(device) if device.type != "cuda" else f"cuda ({torch.cuda.get_device_name(device)})",
+        "full_ms": round(times["full_ms"], 3),
+        "diff_ms": round(times["diff_ms"], 3),
+        "time_ratio": round(times["full_ms"] / max(times["diff_ms"], 1e-9), 3),
+        "norm_ms_per_snapshot": round(times["norm_ms_per_snapshot"], 3),
+        "wall_s": 0.0,
+    }
+    rec["wall_s"] = round(time.perf_counter() - start, 2)
+    print(
+        f"{name:16s} w={window:2d} bytes {rec['bytes_ratio']:.2f}x (theory {rec['theory_ratio']:.2f}x, entries "
+        f"{rec['entries_ratio']:.2f}x) exact={exact} full {rec['full_ms']:.2f} ms diff {rec['diff_ms']:.2f} ms "
+        f"-> {rec['time_ratio']:.2f}x",
+        flush=True,
+    )
+    return rec
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--datasets", default=",".join(DATASETS), help="comma list, or 'none'")
+    p.add_argument("--windows", default="1,10")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--synthetic-nodes", type=int, default=200_000)
+    p.add_argument("--synthetic-edges", type=int, default=1_000_000, help="edges per synthetic snapshot (0: skip)")
+    p.add_argument("--synthetic-snapshots", type=int, default=6)
+    p.add_argument("--churn", type=float, default=0.05)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "snapshot_transfer.json"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    records = []
+    names = [] if args.datasets == "none" else [d for d in args.datasets.split(",") if d]
+    if names:
+        from lit_efficiency.data.graph_loaders import load_dataset
+
+        for name in names:
+            raw = load_dataset(name, data_dir=args.data_dir)
+            for w in (int(x) for x in args.windows.split(",")):
+                graph = raw.with_window(w)
+                records.append(record(name, w, list(graph.edge_indices), graph.num_nodes, device, args.repeats))
+    if args.synthetic_edges > 0:
+        n, e, steps = args.synthetic_nodes, args.synthetic_edges, args.synthetic_snapshots
+        snaps = [s.edge_index for s in iter_synthetic_snapshots(n, steps, e, churn=args.churn, seed=0)]
+        name = f"synthetic(N={n}, E={e}, churn={args.churn})"
+        records.append(record(name, 1, snaps, n, device, args.repeats))
+        del snaps
+    meta = {
+        "note": "full_ms: ship all snapshots full; diff_ms: ship items + rebuild keys on the device; on CPU a "
+        "transfer is a memcpy. bytes = host memory of each representation.",
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "position_dtype_small": str(position_dtype(1000)),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
+    return records
+
+
+if __name__ == "__main__":
+    main()
