@@ -60,17 +60,20 @@ class LinkPredictionMetrics(nn.Module):
         """Add the candidates of one target snapshot.
 
         Args:
-            scores: ``(E,)`` logits (any monotone score).
+            scores: ``(E,)`` logits (any real score; only the order within a query matters).
             labels: ``(E,)`` 1 for true edges, 0 for sampled non-edges.
             source: ``(E,)`` source node of each candidate.
             t: snapshot index (makes the query ids unique across snapshots).
             num_nodes: ``N``.
         """
-        scores = scores.detach().float()
+        # torchmetrics' retrieval metrics treat a candidate with a score <= 0 as not relevant (they zero its target),
+        # so raw logits would lose every positive with a negative logit. The sigmoid keeps the ranking and is > 0;
+        # in float64 it underflows to 0 only below a logit of about -745.
+        scores = torch.sigmoid(scores.detach().to(torch.float64))
         target = labels.to(torch.long)
         self.map.update(scores, target, indexes=query_index(source, t, num_nodes))
         self.mrr.update(scores, target, indexes=query_index(source, t, num_nodes))
-        self.auc.update(scores.sigmoid(), target)
+        self.auc.update(scores, target)
         self.num_updates += 1
 
     def compute(self) -> dict[str, Tensor]:

@@ -55,6 +55,19 @@ def test_link_metrics_match_hand_computed_ranking():
     assert math.isclose(float(out["auc"]), expected_auc, rel_tol=1e-6)
     metrics.reset()
     assert metrics.num_updates == 0
+    # Logits may be negative: only the order matters (torchmetrics alone drops positives scored <= 0).
+    metrics.update(
+        torch.tensor([0.9, 0.5, 0.3, 0.8, 0.7, 0.1]) - 5.0,
+        torch.tensor([1, 0, 1, 0, 0, 1]),
+        torch.tensor([1, 1, 1, 2, 2, 2]),
+        t=0,
+        num_nodes=10,
+    )
+    metrics.update(torch.tensor([0.2, 0.6]) - 5.0, torch.tensor([1, 0]), torch.tensor([1, 1]), t=1, num_nodes=10)
+    out = metrics.compute()
+    assert math.isclose(float(out["map"]), expected_map, rel_tol=1e-6)
+    assert math.isclose(float(out["mrr"]), expected_mrr, rel_tol=1e-6)
+    assert math.isclose(float(out["auc"]), expected_auc, rel_tol=1e-6)
 
 
 def test_link_loss_weights_positives_by_negative_ratio():
