@@ -4,6 +4,7 @@ corrupted items inside the DataModule path, TransferProfiler figures from a real
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 import warnings
@@ -225,3 +226,22 @@ def test_streaming_configs_parse():
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "StreamingSnapshotDataModule" in proc.stdout and "TransferProfiler" in proc.stdout
+
+
+def test_snapshot_transfer_benchmark_cpu_path(tmp_path):
+    """Small synthetic run of the benchmark: exact rebuild, bytes ratio equal to the count-based theory with headers."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import snapshot_transfer
+
+    out = tmp_path / "st.json"
+    (rec,) = snapshot_transfer.main(
+        ["--datasets", "none", "--synthetic-nodes", "500", "--synthetic-edges", "3000", "--synthetic-snapshots", "4",
+         "--repeats", "1", "--out", str(out)]
+    )  # fmt: skip
+    keys = {"dataset", "window", "full_bytes", "diff_bytes", "bytes_ratio", "exact", "device", "full_ms", "diff_ms"}
+    assert keys | {"time_ratio"} <= rec.keys() and rec["device"] == "cpu" and rec["exact"]
+    assert rec["full_bytes"] == 4 * (3000 * 4 + 48)  # int32 keys (N*N < 2**31) + header, 4 snapshots
+    # 5% churn: 150 added int32 keys + 150 deleted int32 positions per diff
+    assert rec["diff_bytes"] == (3000 * 4 + 48) + 3 * (300 * 4 + 48)
+    assert rec["bytes_ratio"] == pytest.approx(rec["theory_ratio_with_headers"], rel=1e-4)
+    assert json.loads(out.read_text())["records"][0]["diff_bytes"] == rec["diff_bytes"]
