@@ -299,7 +299,7 @@ def run(
 
     task = canonical_task(task)
     resolve_pretrained(model)  # fail early on a bad model path
-    out = Path(output_dir)
+    out = Path(output_dir).absolute()
     config = {
         "task": task,
         "model": model,
