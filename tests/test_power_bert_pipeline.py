@@ -169,9 +169,10 @@ def test_pipeline_bad_inputs_are_one_line_errors(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_pipeline_end_to_end_and_resume(tmp_path, capsys):
+def test_pipeline_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"
-    main(["power-bert", "--config", str(SMOKE), "--output_dir", str(out)])
+    main(["power-bert", "--config", str(SMOKE), "--output_dir", "run"])  # relative, as `make demo` passes it
     report = json.loads((out / "report.json").read_text())
     for key in ("task", "metric_name", "baseline_metric", "power_bert_metric", "retention", "baseline_ms",
                 "power_bert_ms", "speedup", "dynamic_padding_ms", "speedup_vs_dynamic_padding", "ideal_speedup",
