@@ -1,0 +1,174 @@
+"""Communication volume of snapshot-partitioned training vs. vertex-partitioned GCN halos, measured with real runs.
+
+For each world size ``P`` this trains :class:`~lit_efficiency.tasks.dyn_gnn_distributed.DistributedDynGNNTask` on
+``P`` CPU processes (Lightning DDP, gloo, forked workers) with :class:`~lit_efficiency.callbacks.profilers.CommProfiler`
+and records, per training epoch (one block = the whole training sequence, so one redistribution per epoch):
+
+- ``alltoall_bytes``: bytes of the snapshot -> vertex all-to-all (forward), summed over ranks, as measured by the
+  :class:`~lit_efficiency.distributed.redistribute.CommRecorder` inside the autograd Function;
+- ``formula_bytes``: ``4*N*T*d*(P-1)/P`` (:func:`~lit_efficiency.distributed.partition.alltoall_bytes`);
+- ``halo_bytes``: forward halo volume of vertex-partitioning the GCN stage instead, from the real training snapshots
+  (:func:`~lit_efficiency.distributed.partition.halo_bytes`, all GCN layers);
+- ``allreduce_bytes``: DDP gradient all-reduce bytes per rank per epoch (timing comm hook);
+- ``epoch_s``: wall time of one training epoch (rank 0, median over the epochs after the first);
+- extra context: ``total_alltoall_bytes`` (all four all-to-alls: both directions, forward and backward),
+  ``alltoall_ms`` (rank 0), ``num_nodes``, ``num_snapshots``, ``dim``.
+
+    python benchmarks/comm_volume.py --world-sizes 1 2 4            # uci_messages, writes results/comm_volume.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.strategies import DDPStrategy
+
+from lit_efficiency.callbacks.profilers import CommProfiler
+from lit_efficiency.data.partitioned import PartitionedSnapshotDataModule
+from lit_efficiency.distributed.partition import alltoall_bytes, halo_bytes
+from lit_efficiency.distributed.redistribute import CommRecorder
+from lit_efficiency.tasks.dyn_gnn_distributed import DistributedDynGNNTask
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class _KeepingRecorder(CommRecorder):
+    """Keeps (epoch-tagged) copies of the events that CommProfiler drains every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept: list[tuple[str, int, float]] = []
+
+    def record(self, kind, nbytes, ms, nbytes_received=None) -> None:
+        super().record(kind, nbytes, ms, nbytes_received)
+        self.kept.append((kind, int(nbytes), float(ms)))
+
+
+class _Dump(L.Callback):
+    def __init__(self, out: Path, profiler: CommProfiler) -> None:
+        self.out, self.profiler = out, profiler
+        self.epoch_s: list[float] = []
+        self.allreduce_bytes: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+        self._reduced = self.profiler.totals.get("data/allreduce_bytes", 0.0)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.epoch_s.append(time.perf_counter() - self._start)
+        self.allreduce_bytes.append(self.profiler.totals.get("data/allreduce_bytes", 0.0) - self._reduced)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        payload = {"events": self.profiler.alltoall.kept, "epoch_s": self.epoch_s, "allreduce": self.allreduce_bytes}
+        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(payload))
+
+
+def run(world: int, args: argparse.Namespace, data: dict, model: dict) -> dict:
+    """Train on ``world`` processes; return the record for this world size."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        profiler = CommProfiler()
+        profiler.alltoall = _KeepingRecorder()
+        strategy: object = "auto"
+        if world > 1:
+            strategy = DDPStrategy(
+                start_method="fork", process_group_backend="gloo", timeout=datetime.timedelta(seconds=600)
+            )
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=world,
+            strategy=strategy,
+            max_epochs=args.epochs,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            callbacks=[profiler, _Dump(out, profiler)],
+        )
+        torch.manual_seed(0)
+        trainer.fit(DistributedDynGNNTask(**model), PartitionedSnapshotDataModule(**data))
+        ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+    probe = PartitionedSnapshotDataModule(world_size=world, rank=0, **data)
+    probe.setup("fit")
+    graph = probe.store
+    train_stop = probe.splits["train"].stop
+    num_nodes = graph.num_nodes
+    dim = model["hidden_dim"]
+    fwd = sum(b for r in ranks for kind, b, _ in r["events"] if kind == "snapshot_to_vertex") / args.epochs
+    total = sum(b for r in ranks for _, b, _ in r["events"]) / args.epochs
+    edge_indices = [adj.to_sparse_coo().coalesce().indices() for adj in graph.adjs[:train_stop]] if world == 1 else None
+    if edge_indices is None:
+        full = PartitionedSnapshotDataModule(world_size=1, rank=0, **data)
+        full.setup("fit")
+        edge_indices = [adj.to_sparse_coo().coalesce().indices() for adj in full.store.adjs[:train_stop]]
+    # Self loops are local; the normalised adjacency is symmetric, so "directed" counts each stored entry once.
+    edge_indices = [ei[:, ei[0] != ei[1]] for ei in edge_indices]
+    epoch_times = ranks[0]["epoch_s"][1:] or ranks[0]["epoch_s"]
+    return {
+        "world_size": world,
+        "alltoall_bytes": fwd,
+        "formula_bytes": alltoall_bytes(num_nodes, train_stop, dim, world),
+        "halo_bytes": halo_bytes(edge_indices, num_nodes, dim, world, num_layers=model["num_layers"], directed=True),
+        "allreduce_bytes": statistics.mean(ranks[0]["allreduce"]),
+        "epoch_s": statistics.median(epoch_times),
+        "total_alltoall_bytes": total,
+        "alltoall_ms": sum(ms for _, _, ms in ranks[0]["events"]) / args.epochs,
+        "num_nodes": num_nodes,
+        "num_snapshots": train_stop,
+        "dim": dim,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--world-sizes", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--dataset", default="uci_messages")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--num-steps", type=int, default=None, help="time steps of the real dataset")
+    parser.add_argument("--model", default="wdgcn")
+    parser.add_argument("--hidden-dim", type=int, default=32)
+    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--out", type=Path, default=RESULTS / "comm_volume.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    data = {"dataset": args.dataset, "data_dir": args.data_dir, "num_steps": args.num_steps, "num_negatives": 19}
+    model = {
+        "model": args.model,
+        "hidden_dim": args.hidden_dim,
+        "out_dim": args.hidden_dim,
+        "num_layers": args.num_layers,
+        "head_hidden_dim": args.hidden_dim,
+    }
+    records = []
+    for world in args.world_sizes:
+        record = run(world, args, data, model)
+        print(json.dumps(record))
+        records.append(record)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "dataset": args.dataset,
+        "model": model,
+        "epochs": args.epochs,
+        "threads_per_process": args.threads,
+        "machine": f"{torch.get_num_threads()} torch threads/process, {__import__('os').cpu_count()} CPU cores, gloo",
+        "torch": torch.__version__,
+        "units": "bytes per training epoch; alltoall/formula/halo summed over ranks, allreduce per rank",
+    }
+    args.out.write_text(json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
