@@ -129,6 +129,8 @@ def plot(records: list[dict], path: Path, title: str) -> None:
     for ax in axes:
         ax.set_xlabel("snapshots T")
         ax.set_xscale("log", base=2)
+        ts = sorted({r["num_snapshots"] for r in records})
+        ax.set_xticks(ts, [str(t) for t in ts])
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title, fontsize=10)
@@ -148,6 +150,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--temporal-chunk", type=int, default=4096)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--replot", action="store_true", help="only redraw the PNG from the JSON at --out")
     p.add_argument("--point", default=None, help=argparse.SUPPRESS)  # "config:T", run one point and print JSON
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "memory.json"))
     args = p.parse_args(argv)
@@ -155,6 +158,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         config, t = args.point.rsplit(":", 1)
         print("RESULT " + json.dumps(measure(config, int(t), args)))
         return []
+    if args.replot:
+        saved = json.loads(Path(args.out).read_text())
+        m = saved["meta"]
+        title = (
+            f"WD-GCN link prediction, synthetic churn graph N={m['num_nodes']}, E={m['edges_per_snapshot']}/snapshot, "
+            f"hidden {m['hidden_dim']}, block {m['block_size']}, {m['device']}"
+        )
+        plot(saved["records"], Path(args.out).with_suffix(".png"), title)
+        return saved["records"]
     records = []
     passthrough = [
         f"--num-nodes={args.num_nodes}", f"--edges={args.edges}", f"--hidden={args.hidden}", f"--block={args.block}",
