@@ -162,6 +162,8 @@ def run(args: argparse.Namespace) -> dict:
         )
         save()
     result["status"] = "done"
+    result["edges_epoch_inputs"] = sum(encoded.num_edges[: num_t - 1])  # the last snapshot only supplies targets
+    result["wall_s"] = round(result["encode_s"] + result["epoch_s"], 1)
     save()
     return result
 
