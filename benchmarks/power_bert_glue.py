@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--model", default="minilm-l6")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads for training and timing (1 is robust on shared machines)"
+        "--threads", type=int, default=1, help="torch CPU threads (1: robust on shared machines)"
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -86,7 +86,9 @@ def _is_pipeline_config(name: str) -> bool:
 
 
 ALL_CONFIGS = sorted(
-    name for name in (p.relative_to(CONF_DIR).as_posix() for p in CONF_DIR.rglob("*.yaml")) if not _is_pipeline_config(name)
+    name
+    for name in (p.relative_to(CONF_DIR).as_posix() for p in CONF_DIR.rglob("*.yaml"))
+    if not _is_pipeline_config(name)
 )
 
 

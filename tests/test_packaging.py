@@ -1,9 +1,9 @@
 """pyproject.toml, environment.yml and constraints.txt agree; no machine paths; plain-torch invariant."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +51,8 @@ def test_package_import_is_light():
     import subprocess
     import sys
 
-    code = "import sys, lit_efficiency; print(sorted(m for m in ('wandb','transformers','torch_geometric','lightning') if m in sys.modules))"
+    heavy = "('wandb', 'transformers', 'torch_geometric', 'lightning')"
+    code = f"import sys, lit_efficiency; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -156,9 +156,8 @@ def test_pipeline_bad_inputs_are_one_line_errors(tmp_path, capsys):
     code, err = _run_cli(["power-bert", "--config", str(SMOKE), "--output_dir", str(tmp_path / "a"), "--task", "nope"],
                          capsys)  # fmt: skip
     assert code == 2 and "unknown task 'nope'" in err and err.count("lit-efficiency: error:") == 1
-    code, err = _run_cli(
-        ["power-bert", "--config", str(SMOKE), "--output_dir", str(tmp_path / "b"), "--model", "./no/such/model"], capsys
-    )
+    args = ["power-bert", "--config", str(SMOKE), "--output_dir", str(tmp_path / "b"), "--model", "./no/such/model"]
+    code, err = _run_cli(args, capsys)
     assert code == 2 and "no/such/model" in err
     busy = tmp_path / "busy"
     busy.mkdir()

@@ -20,14 +20,13 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from lit_efficiency.errors import ConfigError, LitEfficiencyError
+from lit_efficiency.errors import ConfigError
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -217,7 +216,8 @@ def _timing_batches(datamodule, batch_size: int, num_batches: int, max_seq_len: 
 
     datamodule.setup("validate")
     dev = datamodule.datasets["dev"]
-    features = [{"input_ids": ids, "token_type_ids": tt} for ids, tt in zip(dev["input_ids"], dev["token_type_ids"])]
+    pairs = zip(dev["input_ids"], dev["token_type_ids"], strict=True)
+    features = [{"input_ids": ids, "token_type_ids": tt} for ids, tt in pairs]
     wanted = batch_size * num_batches
     features = [features[i % len(features)] for i in range(wanted)]  # repeat cyclically when dev is small
     pad_id = datamodule.tokenizer.pad_token_id or 0
@@ -456,10 +456,3 @@ def main(argv: list[str]) -> None:
     kwargs = {k: v for k, v in vars(init).items() if k != "config" and not k.startswith("__")}
     run(**kwargs)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    try:
-        main(sys.argv[1:])
-    except LitEfficiencyError as err:
-        print(f"lit-efficiency: error: {err}", file=sys.stderr)
-        sys.exit(2)
