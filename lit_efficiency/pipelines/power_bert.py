@@ -138,7 +138,7 @@ def _trainer(stage_dir: Path, cfg: TrainerConfig, stage: StageConfig, name: str,
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
-    loggers: list[Any] = [CSVLogger(stage_dir, name="csv", version=0)]
+    loggers: list[Any] = [CSVLogger(stage_dir, name="csv")]  # a resumed stage logs to a new version
     if cfg.logger == "wandb":
         from lit_efficiency.loggers import WandbLogger
 
