@@ -235,22 +235,68 @@ def test_tmgcn_output_mixing_equals_definition_on_static_graph() -> None:
 # ---------------------------------------------------------------------------------------------- EvolveGCN
 
 
+def _leaky(x: Tensor) -> Tensor:
+    """RReLU's evaluation form: slope (1/8 + 1/3) / 2 for negative inputs, written out."""
+    return torch.where(x >= 0, x, x * (11.0 / 48.0))
+
+
+def _gate(cell: nn.Module, g: int, x: Tensor, h: Tensor) -> Tensor:
+    """Pre-activation of gate ``g`` of a matrix cell, entry by entry: W_g X + U_g H + B_g."""
+    wx, wh, b = cell.weight_x[g], cell.weight_h[g], cell.bias[g]
+    rows, cols = x.shape
+    out = torch.empty(rows, cols)
+    for i in range(rows):
+        for j in range(cols):
+            out[i, j] = sum(wx[i, k] * x[k, j] + wh[i, k] * h[k, j] for k in range(rows)) + b[i, j]
+    return out
+
+
+def test_mat_lstm_cell_matches_elementwise_equations() -> None:
+    torch.manual_seed(0)
+    cell = dg.MatLSTMCell(3, 4)
+    with torch.no_grad():
+        cell.bias.normal_()  # per-entry biases, all different
+        x, h, c = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)
+        i, f, o = (torch.sigmoid(_gate(cell, g, x, h)) for g in range(3))
+        c_ref = f * c + i * torch.tanh(_gate(cell, 3, x, h))
+        h_new, c_new = cell(x, (h, c))
+    assert_close(c_new, c_ref)
+    assert_close(h_new, o * torch.tanh(c_ref))
+    # Initialisation: forget bias 1, candidate bias spread over entries, input/output biases 0.
+    fresh = dg.MatLSTMCell(3, 4)
+    assert (fresh.bias[1] == 1).all() and (fresh.bias[0] == 0).all() and (fresh.bias[2] == 0).all()
+    assert fresh.bias[3].std() > 0 and fresh.bias[3].abs().max() <= 1.0
+
+
+def test_mat_gru_cell_matches_elementwise_equations() -> None:
+    torch.manual_seed(1)
+    cell = dg.MatGRUCell(3, 4)
+    assert (cell.bias == 0).all()  # the authors' initialisation
+    with torch.no_grad():
+        cell.bias.normal_()
+        x, h = torch.randn(3, 4), torch.randn(3, 4)
+        z = torch.sigmoid(_gate(cell, 0, x, h))
+        r = torch.sigmoid(_gate(cell, 1, x, h))
+        h_tilde = torch.tanh(_gate(cell, 2, x, r * h))  # U_H acts on R o H
+        assert_close(cell(x, h), (1 - z) * h + z * h_tilde)
+
+
 def test_evolvegcn_o_matches_manual_recurrence() -> None:
     xs, adjs = _snapshots(4, 9, 5, seed=5)
     model = _make("evolvegcn-o", 5, 0, num_layers=2)
-    cells = [nn.LSTMCell(5, 5), nn.LSTMCell(8, 8)]
-    for ref, ours in zip(cells, model.cells, strict=True):
-        ref.load_state_dict(ours.state_dict())
-    w = [p.detach().t().clone() for p in model.initial_weights]  # (D_in, D_out)
+    w = [p.detach().clone() for p in model.initial_weights]  # (D_in, D_out)
     c = [torch.zeros_like(p) for p in model.initial_weights]
     expected = []
     with torch.no_grad():
         for t in range(4):
             h = xs[t]
             for layer in range(2):
-                w_t, c[layer] = cells[layer](w[layer].t(), (w[layer].t(), c[layer]))
-                w[layer] = w_t.t()
-                h = torch.relu(adjs[t].to_dense() @ h @ w[layer])
+                cell = model.cells[layer]
+                # LSTM whose input and hidden state are both W_{t-1}.
+                pre = [cell.weight_x[g] @ w[layer] + cell.weight_h[g] @ w[layer] + cell.bias[g] for g in range(4)]
+                c[layer] = torch.sigmoid(pre[1]) * c[layer] + torch.sigmoid(pre[0]) * torch.tanh(pre[3])
+                w[layer] = torch.sigmoid(pre[2]) * torch.tanh(c[layer])
+                h = _leaky(adjs[t].to_dense() @ h @ w[layer])
             expected.append(h)
         assert_close(model(xs, adjs).z, torch.stack(expected))
         weights, _ = model.weight_sequence(4)
@@ -261,28 +307,108 @@ def test_evolvegcn_h_matches_manual_recurrence() -> None:
     num_nodes = 9
     xs, adjs = _snapshots(3, num_nodes, 5, seed=6)
     model = _make("evolvegcn-h", 5, 0, num_layers=2)
+    with torch.no_grad():
+        for cell in model.cells:
+            cell.bias.normal_(0.0, 0.3)  # per-entry biases (zero at init) must be used entry by entry
     expected = []
-    w = [p.detach().clone() for p in model.initial_weights]  # W^T, (D_out, D_in)
+    w = [p.detach().clone() for p in model.initial_weights]  # W, (D_in, D_out)
     with torch.no_grad():
         for t in range(3):
             h = xs[t]
             for layer in range(2):
                 p = model.scorers[layer]
                 y = (h @ p) / p.norm()
-                k = w[layer].shape[0]
+                k = w[layer].shape[1]
                 order = sorted(range(num_nodes), key=lambda i, y=y: -float(y[i]))[:k]
-                z = torch.stack([h[i] * torch.tanh(y[i]) for i in order])
+                z = torch.stack([h[i] * torch.tanh(y[i]) for i in order]).t()  # (D_in, k)
                 cell = model.cells[layer]
-                d = cell.hidden_size
-                gi = z @ cell.weight_ih.t() + cell.bias_ih  # gates in PyTorch's order: reset, update, new
-                gh = w[layer] @ cell.weight_hh.t() + cell.bias_hh
-                r = torch.sigmoid(gi[:, :d] + gh[:, :d])
-                u = torch.sigmoid(gi[:, d : 2 * d] + gh[:, d : 2 * d])
-                n = torch.tanh(gi[:, 2 * d :] + r * gh[:, 2 * d :])
-                w[layer] = (1 - u) * n + u * w[layer]  # GRU update written out
-                h = torch.relu(adjs[t].to_dense() @ h @ w[layer].t())
+                wx, wh, b = cell.weight_x, cell.weight_h, cell.bias
+                upd = torch.sigmoid(wx[0] @ z + wh[0] @ w[layer] + b[0])
+                rst = torch.sigmoid(wx[1] @ z + wh[1] @ w[layer] + b[1])
+                cand = torch.tanh(wx[2] @ z + wh[2] @ (rst * w[layer]) + b[2])
+                w[layer] = (1 - upd) * w[layer] + upd * cand  # GRU update written out
+                h = _leaky(adjs[t].to_dense() @ h @ w[layer])
             expected.append(h)
         assert_close(model(xs, adjs).z, torch.stack(expected))
+
+
+@pytest.mark.parametrize("name", ["evolvegcn-o", "evolvegcn-h"])
+def test_evolvegcn_activation_options(name: str) -> None:
+    xs, adjs = _snapshots(2, 9, 5, seed=12)
+    torch.manual_seed(0)
+    relu = build_model(name, num_features=5, hidden_dim=8, out_dim=6, num_layers=1, activation="relu")
+    torch.manual_seed(0)
+    rrelu = build_model(name, num_features=5, hidden_dim=8, out_dim=6, num_layers=1, activation="rrelu")
+    torch.manual_seed(0)
+    leaky = build_model(name, num_features=5, hidden_dim=8, out_dim=6, num_layers=1)
+    with torch.no_grad():
+        z_leaky = leaky(xs, adjs).z
+        assert (z_leaky < 0).any()  # one layer: the output is the activation of a signed pre-activation
+        assert_close(relu(xs, adjs).z, z_leaky.clamp(min=0))  # same pre-activation, negatives cut
+        rrelu.eval()  # RReLU in eval mode is the leaky ReLU with the mean slope
+        assert_close(rrelu(xs, adjs).z, z_leaky)
+    with pytest.raises(ConfigError, match="activation"):
+        build_model(name, num_features=5, activation="tanh")
+
+
+@pytest.mark.parametrize("name", ["evolvegcn-o", "evolvegcn-h"])
+def test_evolvegcn_embeddings_do_not_collapse_over_20_snapshots(name: str) -> None:
+    # Regression: nn.LSTMCell/GRUCell on W's columns (shared bias) drove W_t to rank one and ReLU then zeroed
+    # whole rows (EvolveGCN-O: 100% zero rows by t=10); zero matrix-LSTM biases made W_t shrink to ~0.
+    num_nodes = 100
+    _, adjs = _snapshots(20, num_nodes, 0, seed=13)
+    for seed in range(2):
+        torch.manual_seed(seed)
+        model = build_model(name, num_features=0, hidden_dim=16, out_dim=16, num_nodes=num_nodes)
+        with torch.no_grad():
+            z = model(None, adjs).z  # (20, N, 16)
+        zero_rows = (z == 0).all(-1).float().mean(-1)
+        assert (zero_rows < 0.5).all(), zero_rows
+        # Neither vanishing nor rank one: the last snapshot keeps a sizeable, spread embedding.
+        rms = z.pow(2).mean((1, 2)).sqrt()
+        assert rms[-1] > 0.1 * rms[0] and torch.isfinite(z).all(), rms
+        sv = torch.linalg.svdvals(z[-1])
+        assert sv[1] > 0.05 * sv[0], sv
+        if name == "evolvegcn-o":
+            w = model.weight_sequence(20)[0][-1]
+            for w_l, w_0 in zip(w, model.initial_weights, strict=True):
+                assert w_l.pow(2).mean() > 0.25 * w_0.pow(2).mean()
+                s = torch.linalg.svdvals(w_l)
+                assert s[s.numel() // 2] > 0.1 * s[0], s  # not columns converging to one vector (rank one)
+
+
+@pytest.mark.slow
+def test_evolvegcn_o_learns_synthetic_links() -> None:
+    import lightning as L
+
+    from lit_efficiency.data.snapshot_datamodule import SnapshotDataModule
+    from lit_efficiency.tasks.dyn_gnn import DynGNNTask
+
+    L.seed_everything(0, verbose=False)
+    dm = SnapshotDataModule(
+        num_nodes=60,
+        num_snapshots=20,
+        edges_per_snapshot=200,
+        num_communities=3,
+        num_node_features=0,
+        num_negatives=5,
+        block_size=4,
+    )
+    task = DynGNNTask(model="evolvegcn-o", hidden_dim=16, out_dim=16, num_layers=2, head_hidden_dim=16, lr=0.02)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        max_epochs=8,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=100,
+    )
+    trainer.fit(task, dm)
+    metrics = trainer.validate(task, dm, verbose=False)[0]
+    assert metrics["val/auc"] > 0.6, metrics
 
 
 def test_evolvegcn_h_summary_pads_small_graphs() -> None:

@@ -41,10 +41,13 @@ __all__ = [
     "DynGNNOutput",
     "DynamicGNN",
     "EdgeClassifier",
+    "EvolveActivation",
     "EvolveGCNH",
     "EvolveGCNO",
     "GCNLayer",
     "LinkPredictor",
+    "MatGRUCell",
+    "MatLSTMCell",
     "MODEL_NAMES",
     "NodeRegressor",
     "TMGCN",
@@ -580,35 +583,163 @@ class TMGCN(DynamicGNN):
         return super().forward(xs, adjs, state)
 
 
+class MatGRUCell(nn.Module):
+    r"""GRU over a weight matrix (EvolveGCN's appendix, https://arxiv.org/abs/1902.10191): the ``cols`` columns are
+    the batch, the biases are per entry.
+
+    .. math::
+        Z &= \sigma(W_Z X + U_Z H + B_Z), \quad R = \sigma(W_R X + U_R H + B_R), \\
+        \tilde{H} &= \tanh(W_H X + U_H (R \circ H) + B_H), \quad H' = (1 - Z) \circ H + Z \circ \tilde{H}
+
+    with :math:`W_\cdot, U_\cdot \in \mathbb{R}^{r \times r}` and :math:`B_\cdot \in \mathbb{R}^{r \times c}`. A
+    bias per entry (not one per row shared by all columns, as ``nn.GRUCell`` on the columns would have) matters: a
+    shared bias pulls every column towards the same fixed point, so the evolved ``W`` drifts to rank one.
+    Initialisation as the authors' code: :math:`W, U \sim U(\pm 1/\sqrt{r})`, :math:`B = 0`.
+
+    Args:
+        rows: ``r`` (the GCN layer's input size).
+        cols: ``c`` (the GCN layer's output size).
+
+    Shapes:
+        x ``(r, c)``, h ``(r, c)`` -> ``(r, c)``.
+    """
+
+    num_gates = 3
+
+    def __init__(self, rows: int, cols: int) -> None:
+        super().__init__()
+        self.rows, self.cols = rows, cols
+        self.weight_x = nn.Parameter(torch.empty(self.num_gates, rows, rows))
+        self.weight_h = nn.Parameter(torch.empty(self.num_gates, rows, rows))
+        self.bias = nn.Parameter(torch.empty(self.num_gates, rows, cols))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``U(±1/sqrt(rows))`` matrices, zero biases."""
+        bound = 1.0 / math.sqrt(self.rows)
+        nn.init.uniform_(self.weight_x, -bound, bound)
+        nn.init.uniform_(self.weight_h, -bound, bound)
+        nn.init.zeros_(self.bias)
+
+    def _mix(self, weight: Tensor, m: Tensor) -> Tensor:
+        """``weight[g] @ m`` for every gate ``g`` at once: ``(G, r, r)``, ``(r, c)`` -> ``(G, r, c)``."""
+        return (weight.reshape(-1, self.rows) @ m).view(-1, self.rows, m.shape[1])
+
+    def forward(self, x: Tensor, h: Tensor) -> Tensor:
+        """One step: input ``x`` and previous hidden ``h`` -> new hidden."""
+        gx = self._mix(self.weight_x, x) + self.bias
+        gh = self._mix(self.weight_h[:2], h)
+        z = torch.sigmoid(gx[0] + gh[0])
+        r = torch.sigmoid(gx[1] + gh[1])
+        h_new = torch.tanh(gx[2] + self.weight_h[2] @ (r * h))
+        return (1 - z) * h + z * h_new
+
+    def extra_repr(self) -> str:
+        return f"rows={self.rows}, cols={self.cols}"
+
+
+class MatLSTMCell(MatGRUCell):
+    r"""LSTM over a weight matrix, built like :class:`MatGRUCell` (per-entry biases, columns as the batch).
+
+    .. math::
+        I &= \sigma(W_I X + U_I H + B_I), \quad F = \sigma(W_F X + U_F H + B_F), \quad
+        O = \sigma(W_O X + U_O H + B_O), \\
+        C' &= F \circ C + I \circ \tanh(W_C X + U_C H + B_C), \quad H' = O \circ \tanh(C')
+
+    Args:
+        rows: ``r``.
+        cols: ``c``.
+
+    Shapes:
+        x ``(r, c)``, state ``(h, c)`` each ``(r, c)`` -> ``(h', c')``.
+    """
+
+    num_gates = 4
+
+    def reset_parameters(self) -> None:
+        r"""As :class:`MatGRUCell`, but forget bias ``1`` and candidate bias :math:`B_C \sim U(\pm 2/\sqrt{c})`.
+
+        With zero biases and the LSTM fed its own output (EvolveGCN-O) the map contracts to ``W = 0`` (about
+        ``0.6x`` per step at init: ``W_t`` was ``1e-4`` of ``W_0`` after 16 snapshots, the embeddings vanished and
+        gradients to ``W_0`` with them). With these biases the fixed point at init is roughly :math:`B_C` itself, a
+        random full-rank matrix of Glorot-like size, so ``W_t`` keeps its scale over long sequences. The paper does
+        not fix an initialisation; the authors' code uses zero biases (with a GRU).
+        """
+        super().reset_parameters()
+        with torch.no_grad():
+            self.bias[1].fill_(1.0)
+            bound = 2.0 / math.sqrt(self.cols)
+            self.bias[3].uniform_(-bound, bound)
+
+    def forward(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        """One step: input ``x`` and previous ``(hidden, cell)`` -> new ``(hidden, cell)``."""
+        h, c = state
+        g = self._mix(self.weight_x, x) + self._mix(self.weight_h, h) + self.bias
+        i, f, o = torch.sigmoid(g[0]), torch.sigmoid(g[1]), torch.sigmoid(g[2])
+        c_new = f * c + i * torch.tanh(g[3])
+        return o * torch.tanh(c_new), c_new
+
+
+EvolveActivation = Literal["leaky_relu", "rrelu", "relu"]
+"""Activation of EvolveGCN's GCN layers (every layer, the last included)."""
+
+_RRELU_LOWER, _RRELU_UPPER = 1.0 / 8.0, 1.0 / 3.0  # nn.RReLU's defaults, used by the EvolveGCN authors' code
+
+
 class _EvolveGCN(DynamicGNN):
-    """Shared parts of EvolveGCN-O/-H: a GCN stack whose weights ``W_t`` evolve through a recurrent cell.
+    r"""Shared parts of EvolveGCN-O/-H: a GCN stack whose weights ``W_t`` evolve through a matrix recurrent cell.
 
     The recurrence runs over the weights (``D_in x D_out`` per layer), not over vertices, and is sequential in time
     (-H even reads the snapshot), so these models have no useful spatial/temporal cut: they are the single-process
     baseline. :meth:`spatial` takes explicit per-layer weights (a pure per-snapshot GCN given ``W_t``), :meth:`temporal`
     is the identity, and :meth:`forward` steps through time, carrying the weight state across blocks.
+
+    Every GCN layer, the last one included, is followed by the activation :math:`\sigma`, as in the authors' code
+    (IBM/EvolveGCN, which uses ``nn.RReLU``). ``activation="leaky_relu"`` (default) is RReLU's evaluation-mode form,
+    a leaky ReLU of slope ``(1/8 + 1/3) / 2 = 11/48``, in training too: deterministic, so that a sequence cut into
+    blocks gives exactly the whole sequence's values. ``"rrelu"`` samples the slope in ``[1/8, 1/3]`` in training as
+    the authors do; ``"relu"`` was this project's first choice and lets whole rows die (see :class:`EvolveGCNO`).
     """
 
-    def __init__(self, num_features: int, hidden_dim: int, out_dim: int, num_layers: int, num_nodes: int) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        hidden_dim: int,
+        out_dim: int,
+        num_layers: int,
+        num_nodes: int,
+        activation: EvolveActivation,
+    ) -> None:
         super().__init__()
         if num_layers < 1:
             raise ConfigError(f"num_layers must be >= 1, got {num_layers}")
+        if activation not in ("leaky_relu", "rrelu", "relu"):
+            raise ConfigError(f"activation must be 'leaky_relu', 'rrelu' or 'relu', got {activation!r}")
+        self.activation = activation
         self.features = NodeFeatures(num_features, num_nodes, hidden_dim)
         self.dims = [self.features.out_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-        # Initial weights, stored transposed (D_out, D_in): the cells treat the D_out columns of W as a batch.
         self.initial_weights = nn.ParameterList(
-            nn.Parameter(torch.empty(d_out, d_in)) for d_in, d_out in zip(self.dims[:-1], self.dims[1:], strict=True)
+            nn.Parameter(torch.empty(d_in, d_out)) for d_in, d_out in zip(self.dims[:-1], self.dims[1:], strict=True)
         )
         self.spatial_dim = out_dim
         self.out_dim = out_dim
 
     def reset_parameters(self) -> None:
-        """Glorot initial weights."""
+        """Initial weights ``W_0 ~ U(±1/sqrt(D_out))`` (the authors' code); the cells initialise themselves."""
         for w in self.initial_weights:
-            nn.init.xavier_uniform_(w)
+            bound = 1.0 / math.sqrt(w.shape[1])
+            nn.init.uniform_(w, -bound, bound)
+
+    def act(self, x: Tensor) -> Tensor:
+        """The layer activation :math:`\\sigma` (see the class docstring)."""
+        if self.activation == "relu":
+            return torch.relu(x)
+        if self.activation == "rrelu":
+            return nn.functional.rrelu(x, _RRELU_LOWER, _RRELU_UPPER, training=self.training)
+        return nn.functional.leaky_relu(x, (_RRELU_LOWER + _RRELU_UPPER) / 2)
 
     def spatial(self, x: Tensor | None, adj: Tensor, weights: Sequence[Tensor] = ()) -> Tensor:  # type: ignore[override]
-        r"""GCN on one snapshot with the given weights: :math:`H^{l+1} = \mathrm{ReLU}(\hat{A} H^l W^l)`.
+        r"""GCN on one snapshot with the given weights: :math:`H^{l+1} = \sigma(\hat{A} H^l W^l)`.
 
         Args:
             x: ``(N, F)`` features or ``None``.
@@ -619,7 +750,7 @@ class _EvolveGCN(DynamicGNN):
             raise ValueError(f"expected {len(self.initial_weights)} weight matrices, got {len(weights)}")
         h = self.features(x, adj.shape[0])
         for w in weights:
-            h = torch.relu(_spmm(adj, h @ w))
+            h = self.act(_spmm(adj, h @ w))
         return h
 
     def temporal(self, h: Tensor, state: Any = None) -> tuple[Tensor, Any]:
@@ -627,7 +758,7 @@ class _EvolveGCN(DynamicGNN):
         return h, state
 
     def evolve(self, layer: int, h: Tensor, state: Any) -> tuple[Tensor, Any]:
-        """Advance layer ``layer``'s weight state by one step given its input ``h`` ``(N, D_in)``; return ``W_t^T``."""
+        """Advance layer ``layer``'s weight state by one step given its input ``h`` ``(N, D_in)``; return ``W_t``."""
         raise NotImplementedError
 
     def initial_state(self) -> list[Any]:
@@ -642,7 +773,7 @@ class _EvolveGCN(DynamicGNN):
         for layer, layer_state in enumerate(state):
             w_t, layer_state = self.evolve(layer, h, layer_state)
             new_state.append(layer_state)
-            h = torch.relu(_spmm(adj, h @ w_t.t()))
+            h = self.act(_spmm(adj, h @ w_t))
         return h, new_state
 
     def forward(self, xs: Features, adjs: Sequence[Tensor], state: list[Any] | None = None) -> DynGNNOutput:
@@ -657,12 +788,22 @@ class EvolveGCNO(_EvolveGCN):
     r"""EvolveGCN-O (Pareja et al., https://arxiv.org/abs/1902.10191): GCN weights are the output of an LSTM.
 
     .. math::
-        W^l_t = \mathrm{LSTM}(W^l_{t-1}), \qquad H^{l+1}_t = \mathrm{ReLU}(\hat{A}_t H^l_t W^l_t)
+        W^l_t = \mathrm{LSTM}(W^l_{t-1}), \qquad H^{l+1}_t = \sigma(\hat{A}_t H^l_t W^l_t)
 
-    The LSTM's input is its own previous output (the weights), the columns of :math:`W` form the LSTM batch
-    (``nn.LSTMCell(D_in, D_in)``); :math:`W_0` is learnable, the initial cell state zero. The weights do not depend on
-    the data, so :meth:`weight_sequence` can produce all ``W_t`` first and :meth:`spatial` then runs every snapshot
-    independently. State: per layer ``(W_t^T, C_t)``, each ``(D_out, D_in)``.
+    The matrix LSTM (:class:`MatLSTMCell`, per-entry biases) takes its own previous output (the weights) as input and
+    hidden state; :math:`W_0` is learnable, the initial cell state zero. The weights do not depend on the data, so
+    :meth:`weight_sequence` can produce all ``W_t`` first and :meth:`spatial` then runs every snapshot independently.
+    State: per layer ``(W_t, C_t)``, each ``(D_in, D_out)``.
+
+    Why not ``nn.LSTMCell`` on the columns of ``W`` (this class's first version): its bias is shared by all
+    columns, and with ``W`` as both input and hidden state the recurrence contracts, so every column converged to
+    the same vector (relative column spread ``0.7 -> 0.002`` in 16 steps): ``W_t`` became rank one, every output
+    channel the same, and ReLU then zeroed whole rows (up to all of them). Per-entry biases (the paper's appendix)
+    keep the columns apart, a leaky activation keeps rows alive, and :class:`MatLSTMCell`'s initial biases stop
+    ``W_t`` shrinking to zero over long sequences.
+
+    Deviations: the authors' code (IBM/EvolveGCN ``egcn_o.py``) evolves -O's weights with the GRU of -H fed ``W``
+    as input; this class follows the paper's LSTM. See :class:`_EvolveGCN` for the activation.
 
     Args:
         num_features: node feature size ``F``; ``0`` for a learnable node embedding (then ``num_nodes`` is needed).
@@ -670,16 +811,25 @@ class EvolveGCNO(_EvolveGCN):
         out_dim: size of the last GCN layer.
         num_layers: number of GCN layers.
         num_nodes: ``N``, only needed when ``num_features == 0``.
+        activation: ``"leaky_relu"`` (slope 11/48), ``"rrelu"`` or ``"relu"``, after every layer.
 
     Shapes:
         xs ``(T, N, F)`` or ``None``, ``T`` adjacencies ``(N, N)`` -> z ``(T, N, out_dim)``.
     """
 
     def __init__(
-        self, num_features: int, hidden_dim: int = 32, out_dim: int = 32, num_layers: int = 2, num_nodes: int = 0
+        self,
+        num_features: int,
+        hidden_dim: int = 32,
+        out_dim: int = 32,
+        num_layers: int = 2,
+        num_nodes: int = 0,
+        activation: EvolveActivation = "leaky_relu",
     ) -> None:
-        super().__init__(num_features, hidden_dim, out_dim, num_layers, num_nodes)
-        self.cells = nn.ModuleList(nn.LSTMCell(d_in, d_in) for d_in in self.dims[:-1])
+        super().__init__(num_features, hidden_dim, out_dim, num_layers, num_nodes, activation)
+        self.cells = nn.ModuleList(
+            MatLSTMCell(d_in, d_out) for d_in, d_out in zip(self.dims[:-1], self.dims[1:], strict=True)
+        )
         self.reset_parameters()
 
     def initial_state(self) -> list[tuple[Tensor, Tensor]]:
@@ -701,7 +851,7 @@ class EvolveGCNO(_EvolveGCN):
             new_state = []
             for layer, layer_state in enumerate(state):
                 w_t, layer_state = self.evolve(layer, None, layer_state)  # type: ignore[arg-type]
-                step.append(w_t.t())
+                step.append(w_t)
                 new_state.append(layer_state)
             weights.append(step)
             state = new_state
@@ -713,19 +863,28 @@ class EvolveGCNH(_EvolveGCN):
 
     .. math::
         y = H^l_t p / \|p\|, \quad i = \mathrm{top}_k(y), \quad Z_t = [H^l_t \circ \tanh(y)]_{i}, \quad
-        W^l_t = \mathrm{GRU}(Z_t^\top, W^l_{t-1})
+        W^l_t = \mathrm{GRU}(Z_t^\top, W^l_{t-1}), \quad H^{l+1}_t = \sigma(\hat{A}_t H^l_t W^l_t)
 
     with ``k = D_out`` (the number of columns of :math:`W`; zero rows pad the summary when ``N < k``), a learnable
-    scoring vector :math:`p` per layer, and ``nn.GRUCell(D_in, D_in)`` whose batch is the columns of :math:`W`. The
-    summary reads the snapshot, so layers and time steps are strictly sequential. State: per layer ``W_t^T``
-    ``(D_out, D_in)``. Arguments as :class:`EvolveGCNO`.
+    scoring vector :math:`p` per layer, and the matrix GRU :class:`MatGRUCell` (per-entry biases, as the paper's
+    appendix and the authors' code). The summary reads the snapshot, so layers and time steps are strictly
+    sequential. State: per layer ``W_t`` ``(D_in, D_out)``. Arguments as :class:`EvolveGCNO`. Deviation from the
+    authors' code: a graph with fewer than ``k`` nodes is padded with zero rows (they repeat the last index).
     """
 
     def __init__(
-        self, num_features: int, hidden_dim: int = 32, out_dim: int = 32, num_layers: int = 2, num_nodes: int = 0
+        self,
+        num_features: int,
+        hidden_dim: int = 32,
+        out_dim: int = 32,
+        num_layers: int = 2,
+        num_nodes: int = 0,
+        activation: EvolveActivation = "leaky_relu",
     ) -> None:
-        super().__init__(num_features, hidden_dim, out_dim, num_layers, num_nodes)
-        self.cells = nn.ModuleList(nn.GRUCell(d_in, d_in) for d_in in self.dims[:-1])
+        super().__init__(num_features, hidden_dim, out_dim, num_layers, num_nodes, activation)
+        self.cells = nn.ModuleList(
+            MatGRUCell(d_in, d_out) for d_in, d_out in zip(self.dims[:-1], self.dims[1:], strict=True)
+        )
         self.scorers = nn.ParameterList(nn.Parameter(torch.empty(d_in)) for d_in in self.dims[:-1])
         self.reset_parameters()
 
@@ -748,7 +907,7 @@ class EvolveGCNH(_EvolveGCN):
         return z
 
     def evolve(self, layer: int, h: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        w_t = self.cells[layer](self.summarize(layer, h, state.shape[0]), state)
+        w_t = self.cells[layer](self.summarize(layer, h, state.shape[1]).t(), state)
         return w_t, w_t
 
 
