@@ -125,11 +125,11 @@ def test_bounded_config_errors():
         bounded_forward(tm, None, adjs, checkpoint_spatial=True)
 
 
-def test_scale_run_cpu_path_tiny(tmp_path):
-    import scale_run
+def test_scale_cpu_path_tiny(tmp_path):
+    import scale
 
     out = tmp_path / "scale.json"
-    res = scale_run.main(
+    res = scale.main(
         ["--num-nodes", "300", "--num-snapshots", "5", "--edges", "1500", "--targets", "100", "--block", "2",
          "--temporal-chunk", "128", "--out", str(out)]
     )  # fmt: skip

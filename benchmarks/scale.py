@@ -15,8 +15,8 @@ checkpointed LSTM. Embeddings at ``t`` score the sampled positives of ``t + 1`` 
 
 Run (about 25 min on 2 cores)::
 
-    python benchmarks/scale_run.py                      # N=1M, T=100, E=10M, churn 5%: 1e9 edges
-    python benchmarks/scale_run.py --num-nodes 2000 --num-snapshots 6 --edges 20000 --out /tmp/s.json   # quick
+    python benchmarks/scale.py                      # N=1M, T=100, E=10M, churn 5%: 1e9 edges
+    python benchmarks/scale.py --num-nodes 2000 --num-snapshots 6 --edges 20000 --out /tmp/s.json   # quick
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=5)
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "scale_run.json"))
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "scale.json"))
     return run(p.parse_args(argv))
 
 
