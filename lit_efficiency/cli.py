@@ -40,9 +40,7 @@ class LitEfficiencyCLI(LightningCLI):
 
     def __init__(self, args: ArgsType = None, run: bool = True, **kwargs: Any) -> None:
         defaults = {"default_config_files": default_config_files()}
-        epilog = "pipelines (each has its own --help):\n" + "\n".join(
-            f"  {name:<14} lit-efficiency {name} --help" for name in PIPELINES
-        )
+        epilog = "pipelines: " + "; ".join(f"{name} (see: lit-efficiency {name} --help)" for name in PIPELINES)
         parser_kwargs = kwargs.pop("parser_kwargs", None) or {
             **{sub: dict(defaults) for sub in self.subcommands()},
             "epilog": epilog,
