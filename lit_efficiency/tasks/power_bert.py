@@ -223,6 +223,8 @@ class PowerBertSearch(PowerBertModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/task_loss", task_loss, batch_size=size)
         self.log("train/mass_penalty", penalty, batch_size=size)
+        for j, layer in enumerate(self.model.encoder.soft_extracts, start=1):
+            self.log(f"search/mass_layer_{j}", layer.mass().detach(), batch_size=size)
         return loss
 
     @override
@@ -235,13 +237,6 @@ class PowerBertSearch(PowerBertModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Runs after the optimiser step of this batch: keep every r_j in [0, 1].
         self.model.encoder.clamp_soft_extracts_()
-
-    @override
-    def on_train_epoch_end(self) -> None:
-        masses = self.masses()
-        for j, mass in enumerate(masses, start=1):
-            self.log(f"search/mass_layer_{j}", mass)
-        self.log("search/total_mass", float(sum(masses)))
 
     def masses(self) -> list[float]:
         """Current ``sum_k r_j[k]`` per layer."""
