@@ -14,7 +14,6 @@ from lit_efficiency.cli import CONF_DIR, main
 from lit_efficiency.errors import ConfigError
 from lit_efficiency.models.power_bert import PowerBertForSequenceClassification
 from lit_efficiency.models.retention import load_retention
-from lit_efficiency.pipelines import power_bert as pipeline
 from lit_efficiency.tasks.power_bert import (
     PowerBertFinetune,
     PowerBertRetrain,
@@ -165,6 +164,10 @@ def test_pipeline_bad_inputs_are_one_line_errors(tmp_path, capsys):
     code, err = _run_cli(["power-bert", "--config", str(SMOKE), "--output_dir", str(busy)], capsys)
     assert code == 2 and "not empty" in err
     assert sorted(p.name for p in busy.iterdir()) == ["precious.txt"]
+    code, err = _run_cli(
+        ["power-bert", "--config", str(SMOKE), "--output_dir", str(tmp_path / "c"), "--trainer.devices", "2"], capsys
+    )
+    assert code == 2 and "one device" in err
 
 
 @pytest.mark.slow
@@ -173,6 +176,7 @@ def test_pipeline_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     main(["power-bert", "--config", str(SMOKE), "--output_dir", "run"])  # relative, as `make demo` passes it
     report = json.loads((out / "report.json").read_text())
+    assert report["eval_padding"] == "static"
     for key in ("task", "metric_name", "baseline_metric", "power_bert_metric", "retention", "baseline_ms",
                 "power_bert_ms", "speedup", "dynamic_padding_ms", "speedup_vs_dynamic_padding", "ideal_speedup",
                 "batch_size", "max_seq_len", "device"):  # fmt: skip
@@ -192,24 +196,52 @@ def test_pipeline_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
     assert "finetune: already done" in printed and "search: already done" in printed
     assert "retrain: resuming from" in printed
     assert json.loads((out / "report.json").read_text())["retention"] == retention
-    # A different task in the same directory is refused and changes nothing.
+    # A different task, or changed training settings, in the same directory is refused and changes nothing.
     before = (out / "pipeline.json").read_text()
-    with pytest.raises(SystemExit):
-        main(["power-bert", "--config", str(SMOKE), "--output_dir", str(out), "--task", "cola"])
+    for change in (["--task", "cola"], ["--search.mass_lambda", "0.5"]):
+        with pytest.raises(SystemExit):
+            main(["power-bert", "--config", str(SMOKE), "--output_dir", str(out), *change])
     assert (out / "pipeline.json").read_text() == before
+    capsys.readouterr()
+    main(["power-bert", "--config", str(SMOKE), "--output_dir", str(out), "--timing.repeats", "3"])  # timing may change
+    assert "retrain: already done" in capsys.readouterr().out
 
 
 @pytest.mark.slow
-def test_finetune_stage_runs_alone_through_fit(tmp_path, monkeypatch, tiny_model):
+def test_stages_run_alone_through_fit_and_chain(tmp_path, monkeypatch, tiny_model):
+    """finetune -> search -> retrain as three `lit-efficiency fit` runs, handing off through exported folders."""
     monkeypatch.chdir(tmp_path)
-    cfg = CONF_DIR / "power_bert" / "stages" / "finetune.yaml"
-    main([
-        "fit", "--config", str(cfg), "--trainer.accelerator=cpu", "--trainer.max_steps=3", "--trainer.max_epochs=1",
-        f"--model.init_args.model_name_or_path={tiny_model}", "--model.init_args.task=rte",
-        "--data.init_args.task=rte", "--data.init_args.train_limit=48", "--data.init_args.eval_limit=32",
-        "--data.init_args.max_seq_len=32", "--model.init_args.max_seq_len=32",
-        "--trainer.callbacks.monitor=val/accuracy", "--trainer.log_every_n_steps=1",
-    ])  # fmt: skip
+    stages = CONF_DIR / "power_bert" / "stages"
+    common = [
+        "--trainer.accelerator=cpu", "--trainer.max_steps=3", "--trainer.max_epochs=1", "--trainer.log_every_n_steps=1",
+        "--model.init_args.task=rte", "--data.init_args.task=rte", "--data.init_args.train_limit=48",
+        "--data.init_args.eval_limit=32", "--data.init_args.max_seq_len=32", "--model.init_args.max_seq_len=32",
+        "--data.init_args.tokenizer_name=tiny-random-bert",
+    ]  # fmt: skip
+    main(["fit", "--config", str(stages / "finetune.yaml"), *common,
+          f"--model.init_args.model_name_or_path={tiny_model}", "--model.init_args.export_dir=ft"])  # fmt: skip
     metrics = next(Path("runs/csv").glob("version_*/metrics.csv")).read_text()
-    assert "val/accuracy" in metrics and "train/loss" in metrics
-    assert Path(pipeline.__file__).is_file()
+    assert "val/score" in metrics and "val/accuracy" in metrics and "train/loss" in metrics
+    assert (tmp_path / "ft" / "model.safetensors").is_file() and (tmp_path / "ft" / "tokenizer.json").is_file()
+    main(["fit", "--config", str(stages / "search.yaml"), *common, "--model.init_args.model_name_or_path=ft",
+          "--model.init_args.retention_file=ret.json", "--model.init_args.export_dir=sr"])  # fmt: skip
+    retention = load_retention(tmp_path / "ret.json", num_layers=2, max_seq_len=32)
+    main(["fit", "--config", str(stages / "retrain.yaml"), *common, "--model.init_args.model_name_or_path=sr",
+          "--model.init_args.retention=ret.json", "--model.init_args.export_dir=pb"])  # fmt: skip
+    shipped = PowerBertForSequenceClassification.from_pretrained(tmp_path / "pb")
+    assert shipped.encoder.mode == "hard" and list(shipped.encoder.retention) == retention
+    # A second search must refuse the existing retention file before training, not after.
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(stages / "search.yaml"), *common, "--model.init_args.model_name_or_path=ft",
+              "--model.init_args.retention_file=ret.json"])  # fmt: skip
+    assert exc.value.code == 2
+    assert load_retention(tmp_path / "ret.json", num_layers=2, max_seq_len=32) == retention
+
+
+def test_model_and_data_must_agree(tiny_model, tmp_path, capsys):
+    args = ["fit", "--config", str(CONF_DIR / "power_bert" / "stages" / "finetune.yaml"),
+            f"--model.init_args.model_name_or_path={tiny_model}", "--model.init_args.task=rte",
+            "--data.init_args.task=cola", "--trainer.accelerator=cpu", "--trainer.max_steps=1",
+            f"--trainer.default_root_dir={tmp_path}"]  # fmt: skip
+    code, err = _run_cli(args, capsys)
+    assert code == 2 and "model task 'rte' != data task 'cola'" in err

@@ -181,7 +181,7 @@ def _run_stage(
         return json.loads(done.read_text())
     module = make_module()
     ckpt_dir = stage_dir / "checkpoints"
-    monitor = f"val/{module.headline_metric}" if monitor_best else None
+    monitor = "val/score" if monitor_best else None  # the task's headline metric
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir,
         filename="best",
@@ -245,20 +245,36 @@ def time_inference(model, batches: list[dict[str, torch.Tensor]], device: torch.
     return result.median_ms / len(batches)
 
 
+#: Config sections that only affect timing and execution, not the trained models: they may change on a rerun.
+_RERUNNABLE = ("timing", "trainer")
+
+
 def _check_output_dir(out: Path, fingerprint: dict[str, Any]) -> None:
+    """Refuse a directory holding another run (or unrelated files); record the config once, never rewrite it."""
     config_file = out / "pipeline.json"
     if config_file.is_file():
         previous = json.loads(config_file.read_text())
-        for key in ("task", "model"):
-            if previous.get(key) != fingerprint.get(key):
-                raise ConfigError(
-                    f"output_dir {out} holds a {key}={previous.get(key)!r} run; this one has {key}="
-                    f"{fingerprint.get(key)!r} (choose another --output_dir; nothing was changed)"
-                )
-    elif out.exists() and any(out.iterdir()):
+        changed = sorted(k for k in fingerprint if k not in _RERUNNABLE and previous.get(k) != fingerprint[k])
+        if changed:
+            raise ConfigError(
+                f"output_dir {out} holds a run with different {', '.join(changed)} (its settings are in "
+                f"{config_file}); choose another --output_dir to train with new settings (nothing was changed)"
+            )
+        return
+    if out.exists() and any(out.iterdir()):
         raise ConfigError(f"output_dir {out} is not empty and holds no pipeline.json (choose another --output_dir)")
     out.mkdir(parents=True, exist_ok=True)
     config_file.write_text(json.dumps(fingerprint, indent=2, default=str))
+
+
+def evaluate(module, datamodule, accelerator: str) -> dict[str, float]:
+    """Dev-set metrics of ``module`` on ``datamodule`` (one device, no logging)."""
+    import lightning as L
+
+    trainer = L.Trainer(
+        accelerator=accelerator, devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    return {k: float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
 
 
 def run(
@@ -299,6 +315,11 @@ def run(
 
     task = canonical_task(task)
     resolve_pretrained(model)  # fail early on a bad model path
+    if str(trainer.devices) != "1":
+        raise ConfigError(
+            f"trainer.devices={trainer.devices}: the power-bert pipeline runs on one device; for DDP run each stage "
+            "with `lit-efficiency fit --config conf/power_bert/stages/<stage>.yaml --config conf/trainer/ddp.yaml`"
+        )
     out = Path(output_dir).absolute()
     config = {
         "task": task,
@@ -365,8 +386,22 @@ def run(
     num_layers = len(retention)
     load_retention(retention_file, num_layers, max_seq_len)  # validate the artifact as users will load it
     pruned.save_pretrained(out / "model")
+    dm.setup("validate")  # loads the tokenizer when every stage was already done
     dm.tokenizer.save_pretrained(out / "model")
     save_retention(out / "model" / "retention.json", retention, overwrite=True, task=task, max_seq_len=max_seq_len)
+
+    # Metrics of the two compared models, both evaluated with static padding to N: the setting that is timed
+    # (with mask_padded_queries=False, the reference default, padding changes the significance scores).
+    eval_dm = datamodule(padding="static")
+    eval_device = "cpu" if trainer.accelerator == "cpu" else "auto"
+    baseline_eval = evaluate(
+        PowerBertFinetune(model_name_or_path=str(out / "finetune" / "model"), **common), eval_dm, eval_device
+    )
+    pruned_eval = evaluate(
+        PowerBertRetrain(model_name_or_path=str(out / "retrain" / "model"), retention=retention, **common),
+        eval_dm,
+        eval_device,
+    )
 
     # Timing: same device, same examples, warm-up, median of repeats.
     device = torch.device("cuda" if timing.device == "auto" and torch.cuda.is_available() else
@@ -384,10 +419,13 @@ def run(
     report = {
         "task": task,
         "metric_name": metric_name,
-        "baseline_metric": _headline(ft["metrics"], metric_name),
-        "power_bert_metric": _headline(rt["metrics"], metric_name),
+        "baseline_metric": _headline(baseline_eval, metric_name),
+        "power_bert_metric": _headline(pruned_eval, metric_name),
         "search_metric": _headline(sr["metrics"], metric_name),
-        "all_metrics": {"baseline": ft["metrics"], "search": sr["metrics"], "power_bert": rt["metrics"]},
+        "eval_padding": "static",
+        "all_metrics": {"baseline": baseline_eval, "power_bert": pruned_eval},
+        "training_metrics": {"finetune": ft["metrics"], "search": sr["metrics"], "retrain": rt["metrics"]},
+        "train_padding": data.padding,
         "retention": retention,
         "masses": sr.get("masses"),
         "word_vectors_kept": int(sum(retention)),

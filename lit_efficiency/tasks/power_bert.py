@@ -65,7 +65,13 @@ class PowerBertModule(L.LightningModule):
         warmup_ratio: fraction of the training steps with linear warm-up.
         weight_decay: decoupled weight decay of the BERT weights (reference: 0).
         max_seq_len: padded length N (Soft-Extract size, retention bound); None = the task default.
-        mask_padded_queries: exclude padded query rows from the significance score (reference: they count).
+        mask_padded_queries: exclude padded query rows from the significance score (reference: they count). With
+            dynamic padding, set it so a token's score does not depend on how much padding its batch has.
+        export_dir: at the end of fit, write the model (best checkpoint when one is monitored, else the last
+            weights) as an HF-style folder with the tokenizer, ready for the next stage's ``model_name_or_path``.
+
+    Besides the task's GLUE metrics, ``val/score`` (and ``test/score``) logs the headline metric under a
+    task-independent name, so one checkpoint config (``monitor: val/score``) serves every task.
     """
 
     mode: Mode = "none"
@@ -79,8 +85,10 @@ class PowerBertModule(L.LightningModule):
         weight_decay: float = 0.0,
         max_seq_len: int | None = None,
         mask_padded_queries: bool = False,
+        export_dir: str | None = None,
     ) -> None:
         super().__init__()
+        self.save_hyperparameters()  # checkpoints rebuild the module with load_from_checkpoint
         self.task = canonical_task(task)
         if not 0.0 <= warmup_ratio < 1.0:
             raise ConfigError(f"warmup_ratio: must be in [0, 1), got {warmup_ratio}")
@@ -91,8 +99,11 @@ class PowerBertModule(L.LightningModule):
         self.max_seq_len = int(max_seq_len if max_seq_len is not None else defaults.max_seq_len)
         self.info = TASK_INFO[self.task]
         self.model = self.build_model(model_name_or_path, mask_padded_queries)
+        self.export_dir = export_dir
         self.val_metrics = glue_metrics(self.task).clone(prefix="val/")
         self.test_metrics = glue_metrics(self.task).clone(prefix="test/")
+        self.val_score = glue_metrics(self.task)[self.headline_metric].clone()
+        self.test_score = glue_metrics(self.task)[self.headline_metric].clone()
 
     def build_model(self, model_name_or_path: str, mask_padded_queries: bool) -> PowerBertForSequenceClassification:
         """Load the stage's model (overridden by stages that need a retention configuration)."""
@@ -128,19 +139,51 @@ class PowerBertModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["labels"].shape[0])
         return loss
 
-    def _eval_step(self, batch: dict[str, Tensor], metrics: torchmetrics.MetricCollection, stage: str) -> None:
+    def _eval_step(self, batch: dict[str, Tensor], metrics, score, stage: str) -> None:
         logits = self(batch)
-        self.log(f"{stage}/loss", self.task_loss(logits, batch["labels"]), batch_size=batch["labels"].shape[0])
-        metrics.update(self.predictions(logits), batch["labels"])
-        self.log_dict(metrics, batch_size=batch["labels"].shape[0])
+        size = batch["labels"].shape[0]
+        self.log(f"{stage}/loss", self.task_loss(logits, batch["labels"]), batch_size=size, sync_dist=True)
+        preds = self.predictions(logits)
+        metrics.update(preds, batch["labels"])
+        score.update(preds, batch["labels"])
+        self.log_dict(metrics, batch_size=size)
+        self.log(f"{stage}/score", score, batch_size=size)
 
     @override
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics, "val")
+        self._eval_step(batch, self.val_metrics, self.val_score, "val")
 
     @override
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, "test")
+        self._eval_step(batch, self.test_metrics, self.test_score, "test")
+
+    @override
+    def setup(self, stage: str) -> None:
+        # A model and data module configured for different tasks or lengths fail later and obscurely: check now.
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None:
+            return
+        if getattr(dm, "task", self.task) != self.task:
+            raise ConfigError(f"model task {self.task!r} != data task {dm.task!r} (set both model and data task)")
+        if getattr(dm, "max_seq_len", 0) > self.max_seq_len:
+            raise ConfigError(
+                f"data max_seq_len={dm.max_seq_len} exceeds the model's max_seq_len={self.max_seq_len} "
+                "(set model.init_args.max_seq_len too)"
+            )
+
+    @override
+    def on_fit_end(self) -> None:
+        if self.export_dir is None or not self.trainer.is_global_zero:
+            return
+        callback = self.trainer.checkpoint_callback
+        best = getattr(callback, "best_model_path", "") if callback is not None else ""
+        if best and getattr(callback, "monitor", None):
+            self.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+        folder = self.save_pretrained(self.export_dir)
+        tokenizer = getattr(getattr(self.trainer, "datamodule", None), "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+        rank_zero_info(f"exported {'best' if best else 'last'} model to {folder}")
 
     @override
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
@@ -234,9 +277,18 @@ class PowerBertSearch(PowerBertModule):
         return [*groups, {"params": retention, "lr": self.retention_lr, "weight_decay": 0.0}]
 
     @override
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # Runs after the optimiser step of this batch: keep every r_j in [0, 1].
-        self.model.encoder.clamp_soft_extracts_()
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.model.encoder.clamp_soft_extracts_()  # keep every r_j in [0, 1] after each step
+
+    @override
+    def on_fit_start(self) -> None:
+        # Fail before training, not after it, when the retention file would have to be overwritten.
+        path = Path(self.retention_file) if self.retention_file else None
+        if path is not None and path.exists() and not self.overwrite_retention:
+            raise ConfigError(
+                f"retention_file {path} already exists (choose another path or set overwrite_retention: true)"
+            )
 
     def masses(self) -> list[float]:
         """Current ``sum_k r_j[k]`` per layer."""
@@ -248,6 +300,7 @@ class PowerBertSearch(PowerBertModule):
 
     @override
     def on_fit_end(self) -> None:
+        super().on_fit_end()
         retention = self.retention()
         rank_zero_info(f"PoWER-BERT search: retention {retention} (masses {[round(m, 2) for m in self.masses()]})")
         if self.retention_file is not None and self.trainer.is_global_zero:
