@@ -36,7 +36,7 @@ corruption check, not a cryptographic hash.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -488,32 +488,77 @@ def encode_snapshots(
         missing = [t for t, w in enumerate(edge_weights) if w is None]
         if missing:
             raise DataError(f"snapshot {missing[0]}: weights missing while other snapshots are weighted")
+    if not edge_indices:
+        return EncodedGraph(num_nodes, (), (), (), (), weighted)
+    weights = list(edge_weights) if weighted else [None] * len(edge_indices)  # type: ignore[arg-type]
+    return encode_stream(zip(edge_indices, weights, strict=True), num_nodes, keep_inverse=True)
+
+
+def encode_stream(
+    snapshots: Iterable[tuple[Tensor, Tensor | None]],
+    num_nodes: int,
+    keep_inverse: bool = False,
+    on_snapshot: Callable[[int, Tensor, Tensor | None], None] | None = None,
+) -> EncodedGraph:
+    """Adaptive full/diff encoding of a snapshot *stream*, holding only two snapshots' keys at a time.
+
+    Same items as :func:`encode_snapshots` (which needs the whole list in memory),
+    so a graph far larger than memory can be encoded from a generator such as
+    :func:`~lit_efficiency.data.synthetic.iter_synthetic_snapshots`.
+
+    Args:
+        snapshots: ``(edge_index (2, E_t), weights (E_t,) or None)`` per snapshot, in canonical order.
+        num_nodes: ``N``.
+        keep_inverse: Also keep the inverse items (backward-in-time application); off by default to save host memory.
+        on_snapshot: Called as ``on_snapshot(t, keys_int64, weights)`` for every snapshot (e.g. to sample targets).
+
+    Returns:
+        The :class:`EncodedGraph` (``inverse`` all ``None`` unless
+        ``keep_inverse``).
+
+    Raises:
+        DataError: A snapshot is not canonical, out of range, or its weights are inconsistent (names the snapshot).
+    """
+    if num_nodes <= 0:
+        raise DataError(f"num_nodes must be positive, got {num_nodes}")
     kd = key_dtype(num_nodes)
     items: list[Item] = []
     inverse: list[Item | None] = []
     full_nbytes: list[int] = []
     diff_entries: list[int] = []
     prev: FullSnapshot | None = None
-    prev_keys64: Tensor | None = None
+    prev_keys: Tensor | None = None
+    weighted: bool | None = None
     w_dtype: torch.dtype | None = None
-    for t, edge_index in enumerate(edge_indices):
-        keys64 = _canonical_keys(edge_index.detach().to("cpu"), num_nodes, t)
-        w = _check_weights(edge_weights[t] if weighted else None, keys64.numel(), t, w_dtype)  # type: ignore[index]
+    for t, snap in enumerate(snapshots):
+        edge_index, weights = snap[0], snap[1]
+        keys = _canonical_keys(edge_index.detach().to("cpu"), num_nodes, t)
+        if weighted is None:
+            weighted = weights is not None
+        elif weighted != (weights is not None):
+            raise DataError(f"snapshot {t}: weighted and unweighted snapshots mixed")
+        w = _check_weights(weights, keys.numel(), t, w_dtype)
         w_dtype = None if w is None else w.dtype
-        checksum = int(snapshot_checksum(keys64, w))
-        full = FullSnapshot(t, num_nodes, keys64.numel(), keys64.to(kd), w, checksum)
+        if on_snapshot is not None:
+            on_snapshot(t, keys, w)
+        checksum = int(snapshot_checksum(keys, w))
+        full = FullSnapshot(t, num_nodes, keys.numel(), keys.to(kd), w, checksum)
         full_nbytes.append(full.nbytes)
-        if prev is None or prev_keys64 is None:
+        if prev is None or prev_keys is None:
             items.append(full)
             inverse.append(None)
             diff_entries.append(full.num_edges)
         else:
-            fwd, inv = _diff_pair(t, num_nodes, prev_keys64, prev.weights, prev.checksum, keys64, w, checksum)
+            fwd, inv = _diff_pair(t, num_nodes, prev_keys, prev.weights, prev.checksum, keys, w, checksum)
             items.append(fwd if fwd.nbytes < full.nbytes else full)
-            inverse.append(inv if inv.nbytes < prev.nbytes else prev)
+            inverse.append((inv if inv.nbytes < prev.nbytes else prev) if keep_inverse else None)
             diff_entries.append(fwd.num_entries)
-        prev, prev_keys64 = full, keys64
-    return EncodedGraph(num_nodes, tuple(items), tuple(inverse), tuple(full_nbytes), tuple(diff_entries), weighted)
+        prev, prev_keys = full, keys
+    if not items:
+        raise DataError("encode_stream: the snapshot stream is empty")
+    return EncodedGraph(
+        num_nodes, tuple(items), tuple(inverse), tuple(full_nbytes), tuple(diff_entries), bool(weighted)
+    )
 
 
 def encode_graph(graph: Any) -> EncodedGraph:

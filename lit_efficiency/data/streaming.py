@@ -26,7 +26,6 @@ Only the adjacencies are streamed this way; node features and targets of the blo
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -44,13 +43,13 @@ from lit_efficiency.data.snapshot_diff import (
     SnapshotDiff,
     _canonical_keys,
     _check_weights,
-    _diff_pair,
     decode_snapshot,
+    encode_stream,
     gcn_norm_csr,
     key_dtype,
     snapshot_checksum,
 )
-from lit_efficiency.errors import ConfigError, DataError
+from lit_efficiency.errors import ConfigError
 from lit_efficiency.utils.timing import Timer
 
 __all__ = [
@@ -64,73 +63,6 @@ __all__ = [
 ]
 
 Transfer = Literal["diff", "full"]
-
-
-def encode_stream(
-    snapshots: Iterable[tuple[Tensor, Tensor | None]],
-    num_nodes: int,
-    keep_inverse: bool = False,
-    on_snapshot: Callable[[int, Tensor, Tensor | None], None] | None = None,
-) -> EncodedGraph:
-    """Adaptive full/diff encoding of a snapshot *stream*, holding only two snapshots' keys at a time.
-
-    Same items as :func:`~lit_efficiency.data.snapshot_diff.encode_snapshots` (which needs the whole list in memory),
-    so a graph far larger than memory can be encoded from a generator such as
-    :func:`~lit_efficiency.data.synthetic.iter_synthetic_snapshots`.
-
-    Args:
-        snapshots: ``(edge_index (2, E_t), weights (E_t,) or None)`` per snapshot, in canonical order.
-        num_nodes: ``N``.
-        keep_inverse: Also keep the inverse items (backward-in-time application); off by default to save host memory.
-        on_snapshot: Called as ``on_snapshot(t, keys_int64, weights)`` for every snapshot (e.g. to sample targets).
-
-    Returns:
-        The :class:`~lit_efficiency.data.snapshot_diff.EncodedGraph` (``inverse`` all ``None`` unless
-        ``keep_inverse``).
-
-    Raises:
-        DataError: A snapshot is not canonical, out of range, or its weights are inconsistent (names the snapshot).
-    """
-    if num_nodes <= 0:
-        raise DataError(f"num_nodes must be positive, got {num_nodes}")
-    kd = key_dtype(num_nodes)
-    items: list[Item] = []
-    inverse: list[Item | None] = []
-    full_nbytes: list[int] = []
-    diff_entries: list[int] = []
-    prev: FullSnapshot | None = None
-    prev_keys: Tensor | None = None
-    weighted: bool | None = None
-    w_dtype: torch.dtype | None = None
-    for t, snap in enumerate(snapshots):
-        edge_index, weights = snap[0], snap[1]
-        keys = _canonical_keys(edge_index.detach().to("cpu"), num_nodes, t)
-        if weighted is None:
-            weighted = weights is not None
-        elif weighted != (weights is not None):
-            raise DataError(f"snapshot {t}: weighted and unweighted snapshots mixed")
-        w = _check_weights(weights, keys.numel(), t, w_dtype)
-        w_dtype = None if w is None else w.dtype
-        if on_snapshot is not None:
-            on_snapshot(t, keys, w)
-        checksum = int(snapshot_checksum(keys, w))
-        full = FullSnapshot(t, num_nodes, keys.numel(), keys.to(kd), w, checksum)
-        full_nbytes.append(full.nbytes)
-        if prev is None or prev_keys is None:
-            items.append(full)
-            inverse.append(None)
-            diff_entries.append(full.num_edges)
-        else:
-            fwd, inv = _diff_pair(t, num_nodes, prev_keys, prev.weights, prev.checksum, keys, w, checksum)
-            items.append(fwd if fwd.nbytes < full.nbytes else full)
-            inverse.append((inv if inv.nbytes < prev.nbytes else prev) if keep_inverse else None)
-            diff_entries.append(fwd.num_entries)
-        prev, prev_keys = full, keys
-    if not items:
-        raise DataError("encode_stream: the snapshot stream is empty")
-    return EncodedGraph(
-        num_nodes, tuple(items), tuple(inverse), tuple(full_nbytes), tuple(diff_entries), bool(weighted)
-    )
 
 
 def ship(x: Tensor | None, device: torch.device, non_blocking: bool = True) -> Tensor | None:

@@ -370,16 +370,22 @@ class DynGNNTask(L.LightningModule):
         if not outputs:
             return
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(outputs))
+        self.update_eval_metrics(metrics, outputs, batch.num_nodes)
+        self._eval_updated = True
+
+    def update_eval_metrics(
+        self, metrics: Any, outputs: list[tuple[int, Tensor, SnapshotTarget]], num_nodes: int
+    ) -> None:
+        """Feed one block's predictions to the task's metrics (ranking per (snapshot, source) for links)."""
         task = self.hparams.task
         for t, out, target in outputs:
             if task == "link_prediction":
                 assert target.edge_index is not None
-                metrics.update(out, target.label, target.edge_index[0], t, batch.num_nodes)
+                metrics.update(out, target.label, target.edge_index[0], t, num_nodes)
             elif task == "edge_sign":
                 metrics.update(out.softmax(-1)[:, 1], target.label)
             else:
                 metrics.update(out, target.label.float())
-        self._eval_updated = True
 
     def _eval_epoch_end(self, stage: str) -> None:
         metrics = self.val_metrics if stage == "val" else self.test_metrics

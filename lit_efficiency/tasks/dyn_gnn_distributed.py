@@ -216,15 +216,7 @@ class DistributedDynGNNTask(DynGNNTask):
         loss = self._global_sum(local_sum.detach()) / num_targets
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=num_targets)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
-        task = self.hparams.task
-        for t, out, target in outputs:
-            if task == "link_prediction":
-                assert target.edge_index is not None
-                metrics.update(out, target.label, target.edge_index[0], t, batch.num_nodes)
-            elif task == "edge_sign":
-                metrics.update(out.softmax(-1)[:, 1], target.label)
-            else:
-                metrics.update(out, target.label.float())
+        self.update_eval_metrics(metrics, outputs, batch.num_nodes)
         self._eval_any = True
 
     def _gather_metric_states(self, module: torch.nn.Module) -> None:
