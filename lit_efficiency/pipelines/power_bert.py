@@ -307,7 +307,7 @@ def run(
     """
     import lightning as L
 
-    from lit_efficiency.data.glue import GLUEDataModule, canonical_task
+    from lit_efficiency.data.glue import TASK_DEFAULTS, GLUEDataModule, canonical_task
     from lit_efficiency.models.power_bert import PowerBertForSequenceClassification, ideal_speedup
     from lit_efficiency.models.retention import load_retention, save_retention
     from lit_efficiency.tasks.power_bert import PowerBertFinetune, PowerBertRetrain, PowerBertSearch
@@ -335,8 +335,9 @@ def run(
         kwargs = {**asdict(data), "task": task, "tokenizer_name": model, "seed": seed, **over}
         return GLUEDataModule(**kwargs)
 
-    dm = datamodule()
-    max_seq_len = dm.max_seq_len
+    # Resolve N once and give the same value to data and model (their hparams must agree for the loggers).
+    max_seq_len = data.max_seq_len or TASK_DEFAULTS[task].max_seq_len
+    dm = datamodule(max_seq_len=max_seq_len)
     common = {"task": task, "max_seq_len": max_seq_len, "mask_padded_queries": mask_padded_queries}
 
     ft = _run_stage(
@@ -392,7 +393,7 @@ def run(
 
     # Metrics of the two compared models, both evaluated with static padding to N: the setting that is timed
     # (with mask_padded_queries=False, the reference default, padding changes the significance scores).
-    eval_dm = datamodule(padding="static")
+    eval_dm = datamodule(padding="static", max_seq_len=max_seq_len)
     eval_device = "cpu" if trainer.accelerator == "cpu" else "auto"
     baseline_eval = evaluate(
         PowerBertFinetune(model_name_or_path=str(out / "finetune" / "model"), **common), eval_dm, eval_device
