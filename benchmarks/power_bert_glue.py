@@ -40,7 +40,7 @@ CPU_PLAN = {
     "mrpc": {"train_limit": 2000, "epochs": (2, 2, 2)},
     "rte": {"train_limit": None, "epochs": (2, 2, 2)},
     "stsb": {"train_limit": 2000, "epochs": (2, 2, 2)},
-    "sst2": {"train_limit": 3000, "epochs": (2, 2, 2)},
+    "sst2": {"train_limit": 2000, "epochs": (2, 2, 2)},
 }
 
 
