@@ -308,8 +308,8 @@ def run(
     import lightning as L
 
     from lit_efficiency.data.glue import TASK_DEFAULTS, GLUEDataModule, canonical_task
-    from lit_efficiency.models.power_bert import PowerBertForSequenceClassification, ideal_speedup
-    from lit_efficiency.models.retention import load_retention, save_retention
+    from lit_efficiency.models.power_bert import ideal_speedup
+    from lit_efficiency.models.retention import save_retention
     from lit_efficiency.tasks.power_bert import PowerBertFinetune, PowerBertRetrain, PowerBertSearch
     from lit_efficiency.utils.paths import resolve_pretrained
 
@@ -380,12 +380,15 @@ def run(
         monitor_best=True,
     )
 
-    # Ship the retrained model: HF folder + tokenizer + retention.
-    baseline = PowerBertForSequenceClassification.from_pretrained(out / "finetune" / "model", mode="none")
-    pruned = PowerBertForSequenceClassification.from_pretrained(out / "retrain" / "model", mode="hard")
+    # The two compared models, loaded once: evaluated, shipped and timed.
+    baseline_module = PowerBertFinetune(model_name_or_path=str(out / "finetune" / "model"), **common)
+    pruned_module = PowerBertRetrain(
+        model_name_or_path=str(out / "retrain" / "model"), retention=str(retention_file), **common
+    )
+    baseline, pruned = baseline_module.model, pruned_module.model
     retention = list(pruned.encoder.retention)
-    num_layers = len(retention)
-    load_retention(retention_file, num_layers, max_seq_len)  # validate the artifact as users will load it
+
+    # Ship the retrained model: HF folder + tokenizer + retention.
     pruned.save_pretrained(out / "model")
     dm.setup("validate")  # loads the tokenizer when every stage was already done
     dm.tokenizer.save_pretrained(out / "model")
@@ -395,14 +398,8 @@ def run(
     # (with mask_padded_queries=False, the reference default, padding changes the significance scores).
     eval_dm = datamodule(padding="static", max_seq_len=max_seq_len)
     eval_device = "cpu" if trainer.accelerator == "cpu" else "auto"
-    baseline_eval = evaluate(
-        PowerBertFinetune(model_name_or_path=str(out / "finetune" / "model"), **common), eval_dm, eval_device
-    )
-    pruned_eval = evaluate(
-        PowerBertRetrain(model_name_or_path=str(out / "retrain" / "model"), retention=retention, **common),
-        eval_dm,
-        eval_device,
-    )
+    baseline_eval = evaluate(baseline_module, eval_dm, eval_device)
+    pruned_eval = evaluate(pruned_module, eval_dm, eval_device)
 
     # Timing: same device, same examples, warm-up, median of repeats.
     device = torch.device("cuda" if timing.device == "auto" and torch.cuda.is_available() else
@@ -430,7 +427,7 @@ def run(
         "retention": retention,
         "masses": sr.get("masses"),
         "word_vectors_kept": int(sum(retention)),
-        "word_vectors_total": int(num_layers * max_seq_len),
+        "word_vectors_total": int(len(retention) * max_seq_len),
         "baseline_ms": baseline_ms,
         "power_bert_ms": power_bert_ms,
         "speedup": baseline_ms / power_bert_ms,
