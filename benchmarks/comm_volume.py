@@ -1,14 +1,14 @@
 """Communication volume of snapshot-partitioned training vs. vertex-partitioned GCN halos, measured with real runs.
 
-For each world size ``P`` this trains :class:`~lit_efficiency.tasks.dyn_gnn_distributed.DistributedDynGNNTask` on
-``P`` CPU processes (Lightning DDP, gloo, forked workers) with :class:`~lit_efficiency.callbacks.profilers.CommProfiler`
+For each world size ``P`` this trains :class:`~lit_efficiency.dyn_gnn.task_distributed.DistributedDynGNNTask` on
+``P`` CPU processes (Lightning DDP, gloo, forked workers) with :class:`~lit_efficiency.dyn_gnn.profilers.CommProfiler`
 and records, per training epoch (one block = the whole training sequence, so one redistribution per epoch):
 
 - ``alltoall_bytes``: bytes of the snapshot -> vertex all-to-all (forward), summed over ranks, as measured by the
-  :class:`~lit_efficiency.distributed.redistribute.CommRecorder` inside the autograd Function;
-- ``formula_bytes``: ``4*N*T*d*(P-1)/P`` (:func:`~lit_efficiency.distributed.partition.alltoall_bytes`);
+  :class:`~lit_efficiency.dyn_gnn.redistribute.CommRecorder` inside the autograd Function;
+- ``formula_bytes``: ``4*N*T*d*(P-1)/P`` (:func:`~lit_efficiency.dyn_gnn.partition.alltoall_bytes`);
 - ``halo_bytes``: forward halo volume of vertex-partitioning the GCN stage instead, from the real training snapshots
-  (:func:`~lit_efficiency.distributed.partition.halo_bytes`, all GCN layers);
+  (:func:`~lit_efficiency.dyn_gnn.partition.halo_bytes`, all GCN layers);
 - ``allreduce_bytes``: DDP gradient all-reduce bytes per rank per epoch (timing comm hook);
 - ``epoch_s``: wall time of one training epoch (rank 0, median over the epochs after the first);
 - extra context: ``total_alltoall_bytes`` (all four all-to-alls: both directions, forward and backward),
@@ -31,11 +31,11 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import DDPStrategy
 
-from lit_efficiency.callbacks.profilers import CommProfiler
-from lit_efficiency.data.partitioned import PartitionedSnapshotDataModule
-from lit_efficiency.distributed.partition import alltoall_bytes, halo_bytes
-from lit_efficiency.distributed.redistribute import CommRecorder
-from lit_efficiency.tasks.dyn_gnn_distributed import DistributedDynGNNTask
+from lit_efficiency.dyn_gnn.partition import alltoall_bytes, halo_bytes
+from lit_efficiency.dyn_gnn.partitioned import PartitionedSnapshotDataModule
+from lit_efficiency.dyn_gnn.profilers import CommProfiler
+from lit_efficiency.dyn_gnn.redistribute import CommRecorder
+from lit_efficiency.dyn_gnn.task_distributed import DistributedDynGNNTask
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

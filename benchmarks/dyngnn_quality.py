@@ -35,9 +35,9 @@ import lightning as L
 import torch
 from torch import nn
 
-from lit_efficiency.data.snapshot_datamodule import SnapshotDataModule, sample_negatives
-from lit_efficiency.models.dyn_gnn import MODEL_NAMES, LinkPredictor
-from lit_efficiency.tasks.dyn_gnn import DynGNNTask
+from lit_efficiency.dyn_gnn.datamodule import SnapshotDataModule, sample_negatives
+from lit_efficiency.dyn_gnn.nn import MODEL_NAMES, LinkPredictor
+from lit_efficiency.dyn_gnn.task import DynGNNTask
 
 DATASETS = ("bitcoin_otc", "bitcoin_alpha", "uci_messages")
 RESULTS = Path(__file__).resolve().parent / "results" / "dyngnn_quality.json"

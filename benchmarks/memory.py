@@ -3,12 +3,12 @@
 Three configurations of WD-GCN link prediction on the synthetic churn graph (``N`` vertices, ``E`` edges per
 snapshot, 5% churn, no node features):
 
-* ``resident``: :class:`~lit_efficiency.data.snapshot_datamodule.SnapshotDataModule`, the whole training period as
+* ``resident``: :class:`~lit_efficiency.dyn_gnn.datamodule.SnapshotDataModule`, the whole training period as
   one block (all normalised adjacencies and all activations of the T snapshots alive in one step).
-* ``streamed``: :class:`~lit_efficiency.data.streaming.StreamingSnapshotDataModule` (diff-encoded host graph),
+* ``streamed``: :class:`~lit_efficiency.dyn_gnn.streaming.StreamingSnapshotDataModule` (diff-encoded host graph),
   ``--block`` snapshots per step (truncated BPTT), rebuilt on the device per block.
 * ``streamed+ckpt``: the same plus per-snapshot activation checkpoints of the GCN and a vertex-chunked, checkpointed
-  LSTM (:func:`~lit_efficiency.tasks.dyn_gnn.bounded_forward`).
+  LSTM (:func:`~lit_efficiency.dyn_gnn.task.bounded_forward`).
 
 Every point runs in a fresh subprocess (so peaks do not leak between points): on CPU the peak resident set size
 (``resource.getrusage``, ``ru_maxrss``) after the epoch, and the increase over the RSS measured after ``setup`` and
@@ -47,10 +47,10 @@ def measure(config: str, num_snapshots: int, args: argparse.Namespace) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from lit_efficiency.data.snapshot_datamodule import SnapshotDataModule
-    from lit_efficiency.data.streaming import StreamingSnapshotDataModule
-    from lit_efficiency.models.dyn_gnn import detach_state
-    from lit_efficiency.tasks.dyn_gnn import DynGNNTask
+    from lit_efficiency.dyn_gnn.datamodule import SnapshotDataModule
+    from lit_efficiency.dyn_gnn.nn import detach_state
+    from lit_efficiency.dyn_gnn.streaming import StreamingSnapshotDataModule
+    from lit_efficiency.dyn_gnn.task import DynGNNTask
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from lit_efficiency.data.glue import TASK_DEFAULTS, read_glue_split
-from lit_efficiency.pipelines import power_bert as pipeline
-from lit_efficiency.utils.paths import resolve_data_root
+from lit_efficiency.core.paths import resolve_data_root
+from lit_efficiency.power_bert import pipeline
+from lit_efficiency.power_bert.glue import TASK_DEFAULTS, read_glue_split
 
 ROOT = Path(__file__).resolve().parents[1]
 MIN_LR_BERT = 1e-4

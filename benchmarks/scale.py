@@ -1,15 +1,15 @@
 """Scale run: one training epoch of GCN+LSTM (WD-GCN) link prediction over a synthetic dynamic graph with >= 1e9
 edges summed over its snapshots, on one CPU machine, the graph held on the host diff-encoded.
 
-Phase 1 (encode): :func:`~lit_efficiency.data.synthetic.iter_synthetic_snapshots` streams the churn-model snapshots
+Phase 1 (encode): :func:`~lit_efficiency.dyn_gnn.synthetic.iter_synthetic_snapshots` streams the churn-model snapshots
 (``N`` vertices, ``E`` edges each, a fraction ``churn`` replaced per step) and
-:func:`~lit_efficiency.data.streaming.encode_stream` keeps only snapshot 0 full and the diffs of the others (int64
+:func:`~lit_efficiency.dyn_gnn.streaming.encode_stream` keeps only snapshot 0 full and the diffs of the others (int64
 keys: ``N * N > 2**31``). For every snapshot a fixed-size sample of its edges is kept as link-prediction positives.
 
 Phase 2 (one epoch, truncated BPTT over blocks of ``--block`` snapshots): per snapshot the diff is applied to the
 previous keys ("device" = CPU here), the checksum verified, CSR + GCN normalisation rebuilt from the degrees
-(:func:`~lit_efficiency.data.streaming.rebuild_adjacency`; the directed snapshot's normalised matrix is used as is),
-then :func:`~lit_efficiency.tasks.dyn_gnn.bounded_forward` with per-snapshot spatial checkpoints and a vertex-chunked,
+(:func:`~lit_efficiency.dyn_gnn.streaming.rebuild_adjacency`; the directed snapshot's normalised matrix is used as is),
+then :func:`~lit_efficiency.dyn_gnn.task.bounded_forward` with per-snapshot spatial checkpoints and a vertex-chunked,
 checkpointed LSTM. Embeddings at ``t`` score the sampled positives of ``t + 1`` and as many uniform random pairs
 (negatives); BCE loss, Adam step per block. No node features: a learnable ``N x hidden`` embedding.
 
@@ -34,12 +34,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lit_efficiency.data.snapshot_diff import decode_snapshot  # noqa: E402
-from lit_efficiency.data.streaming import encode_stream, rebuild_adjacency, ship_item  # noqa: E402
-from lit_efficiency.data.synthetic import iter_synthetic_snapshots  # noqa: E402
-from lit_efficiency.models.dyn_gnn import WDGCN, LinkPredictor, detach_state  # noqa: E402
-from lit_efficiency.tasks.dyn_gnn import bounded_forward  # noqa: E402
-from lit_efficiency.utils.timing import Timer  # noqa: E402
+from lit_efficiency.core.timing import Timer  # noqa: E402
+from lit_efficiency.dyn_gnn.codec import decode_snapshot  # noqa: E402
+from lit_efficiency.dyn_gnn.nn import WDGCN, LinkPredictor, detach_state  # noqa: E402
+from lit_efficiency.dyn_gnn.streaming import encode_stream, rebuild_adjacency, ship_item  # noqa: E402
+from lit_efficiency.dyn_gnn.synthetic import iter_synthetic_snapshots  # noqa: E402
+from lit_efficiency.dyn_gnn.task import bounded_forward  # noqa: E402
 
 
 def peak_rss_gb() -> float:

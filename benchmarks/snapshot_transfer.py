@@ -2,17 +2,17 @@
 
 For each graph (the five shared datasets with window 1 and with a 10-step edge-life window; a synthetic 5%-churn
 graph) the snapshots' canonical keys (unweighted, as the model's default input) are encoded with
-:func:`~lit_efficiency.data.streaming.encode_stream` and, per record:
+:func:`~lit_efficiency.dyn_gnn.streaming.encode_stream` and, per record:
 
 * ``full_bytes`` / ``diff_bytes``: bytes shipped when every snapshot goes full / with the adaptive encoding (also the
   host memory of the two representations); ``bytes_ratio = full_bytes / diff_bytes``; ``theory_ratio``: the same
-  ratio from entry counts alone (:func:`~lit_efficiency.data.snapshot_diff.theoretical_bytes_ratio` per snapshot,
+  ratio from entry counts alone (:func:`~lit_efficiency.dyn_gnn.codec.theoretical_bytes_ratio` per snapshot,
   adaptive choice, headers ignored); ``entries_ratio``: full entries over diff entries (the figure of
   ``docs/dynamic_gnn.md``: 5.1x chess, 6.6x twitter-tennis windowed).
 * ``exact``: every snapshot decoded on the device equals the original keys (and its checksum verifies).
 * ``full_ms``: ship every snapshot's keys to the device; ``diff_ms``: ship the encoded items and rebuild the keys on
   the device (position-based deletion, merge of added keys); ``time_ratio = full_ms / diff_ms``; both medians of
-  ``--repeats`` passes after a warm-up, CUDA-synchronised (:class:`~lit_efficiency.utils.timing.Timer`), from pinned
+  ``--repeats`` passes after a warm-up, CUDA-synchronised (:class:`~lit_efficiency.core.timing.Timer`), from pinned
   memory on a GPU. ``norm_ms``: CSR + GCN normalisation from degrees, needed by both paths, reported apart. On a CPU
   a "transfer" is a memory copy (``device`` says which device).
 
@@ -37,7 +37,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lit_efficiency.data.snapshot_diff import (  # noqa: E402
+from lit_efficiency.core.timing import Timer  # noqa: E402
+from lit_efficiency.dyn_gnn.codec import (  # noqa: E402
     HEADER_BYTES,
     EncodedGraph,
     SnapshotDiff,
@@ -47,9 +48,8 @@ from lit_efficiency.data.snapshot_diff import (  # noqa: E402
     position_dtype,
     theoretical_bytes_ratio,
 )
-from lit_efficiency.data.streaming import encode_stream, rebuild_adjacency, ship, ship_item  # noqa: E402
-from lit_efficiency.data.synthetic import iter_synthetic_snapshots  # noqa: E402
-from lit_efficiency.utils.timing import Timer  # noqa: E402
+from lit_efficiency.dyn_gnn.streaming import encode_stream, rebuild_adjacency, ship, ship_item  # noqa: E402
+from lit_efficiency.dyn_gnn.synthetic import iter_synthetic_snapshots  # noqa: E402
 
 DATASETS = ("bitcoin_otc", "bitcoin_alpha", "uci_messages", "chess", "twitter_tennis")
 
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     records = []
     names = [] if args.datasets == "none" else [d for d in args.datasets.split(",") if d]
     if names:
-        from lit_efficiency.data.graph_loaders import load_dataset
+        from lit_efficiency.dyn_gnn.datasets import load_dataset
 
         for name in names:
             raw = load_dataset(name, data_dir=args.data_dir)

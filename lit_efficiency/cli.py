@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
-from lit_efficiency.errors import LitEfficiencyError
+from lit_efficiency.core.deprecation import LitEfficiencyDeprecationWarning
+from lit_efficiency.core.errors import LitEfficiencyError
 
 #: ``conf/`` of the checkout (present for source and editable installs).
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 #: Pipeline subcommands: name -> "module:function" taking the remaining argv (a list of strings).
 PIPELINES: dict[str, str] = {
-    "power-bert": "lit_efficiency.pipelines.power_bert:main",
+    "power-bert": "lit_efficiency.power_bert.pipeline:main",
 }
 
 
@@ -72,6 +74,8 @@ def _run_pipeline(name: str, argv: list[str]) -> None:
 def main(args: ArgsType = None) -> None:
     """Entry point of ``lit-efficiency``; ``args`` lets tests call it without touching ``sys.argv``."""
     argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
+    # Python hides DeprecationWarnings raised outside __main__; a config naming an old class path should say so.
+    warnings.simplefilter("default", LitEfficiencyDeprecationWarning)
     try:
         if argv and argv[0] in PIPELINES:
             _run_pipeline(argv[0], argv[1:])

@@ -6,7 +6,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lit_efficiency.utils.paths import require_file
+from lit_efficiency.core.paths import require_file
 
 
 class TinyRegressionData(L.LightningDataModule):

@@ -15,7 +15,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from lit_efficiency.errors import ConfigError, DataError
+from lit_efficiency.core.errors import ConfigError, DataError
 
 ENV_DATA = "LIT_EFFICIENCY_DATA"
 

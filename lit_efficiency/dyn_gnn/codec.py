@@ -19,8 +19,8 @@ the paper was released; the encoding below is this project's own design:
   the deleted keys and weights, which a forward diff does not ship. The encoder stores, host-side, an inverse item per
   snapshot (itself a :class:`SnapshotDiff` from ``A_t`` to ``A_{t-1}``, or the full ``A_{t-1}`` when that is smaller);
   its bytes are reported separately by :meth:`EncodedGraph.inverse_bytes`.
-* Normalised GCN values ``D^-1/2 (A + I) D^-1/2`` are never shipped: :func:`gcn_norm_csr` recomputes them from the
-  decoded keys on the device.
+* Normalised GCN values ``D^-1/2 (A + I) D^-1/2`` are never shipped: :func:`~lit_efficiency.dyn_gnn.adjacency.gcn_norm_adj_t`
+  recomputes them from the decoded keys on the device.
 
 Checksum (:func:`snapshot_checksum`): with the Mersenne prime ``P = 2**31 - 1``, each array ``x`` (keys as ``int64``;
 weights as their raw IEEE bit patterns) is hashed as
@@ -43,26 +43,22 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from lit_efficiency.errors import DataError
+from lit_efficiency.core.errors import DataError
+from lit_efficiency.dyn_gnn.adjacency import edge_key, key_dtype, match_sorted
 
 __all__ = [
     "HEADER_BYTES",
-    "CSR",
     "DecodedSnapshot",
     "EncodedGraph",
     "FullSnapshot",
     "SnapshotDiff",
     "TransferStats",
     "apply_inverse",
-    "csr_from_keys",
     "decode_snapshot",
     "encode_graph",
     "encode_snapshots",
-    "gcn_norm_csr",
     "iter_decode",
     "iter_decode_reverse",
-    "key_dtype",
-    "keys_to_edge_index",
     "position_dtype",
     "snapshot_checksum",
     "theoretical_bytes_ratio",
@@ -80,10 +76,6 @@ _KEY_LANE = (1_103_515_245, 12_345, 2_654_435_761 % _P, 97_531)
 _WEIGHT_LANE = (48_271, 1_013_904_223, 40_503, 7_777_777)
 _INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
-
-def key_dtype(num_nodes: int) -> torch.dtype:
-    """Integer dtype of the keys ``row * N + col``: ``int32`` when ``N * N < 2**31``, else ``int64``."""
-    return torch.int32 if num_nodes * num_nodes < 2**31 else torch.int64
 
 
 def position_dtype(num_edges: int) -> torch.dtype:
@@ -359,7 +351,7 @@ def _canonical_keys(edge_index: Tensor, num_nodes: int, t: int) -> Tensor:
         raise DataError(
             f"snapshot {t}: vertex id out of range [0, {num_nodes}) (min {int(ei.min())}, max {int(ei.max())})"
         )
-    keys = ei[0] * num_nodes + ei[1]
+    keys = edge_key(ei[0], ei[1], num_nodes)
     if keys.numel() > 1:
         bad = torch.nonzero(keys[1:] <= keys[:-1])
         if bad.numel():
@@ -385,14 +377,6 @@ def _check_weights(weights: Tensor | None, num_edges: int, t: int, dtype: torch.
     return weights.detach().to("cpu").contiguous().clone()
 
 
-def _match(sorted_keys: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
-    """Positions of ``query`` in ``sorted_keys`` (``searchsorted``) and whether each query key is present."""
-    idx = torch.searchsorted(sorted_keys, query)
-    if sorted_keys.numel() == 0:
-        return idx, torch.zeros_like(query, dtype=torch.bool)
-    found = sorted_keys[idx.clamp(max=sorted_keys.numel() - 1)] == query
-    return idx, found & (idx < sorted_keys.numel())
-
 
 def _diff_pair(
     t: int,
@@ -408,8 +392,8 @@ def _diff_pair(
     kd = key_dtype(num_nodes)
     n_prev, n_cur = prev_keys.numel(), keys.numel()
     pd_prev, pd_cur = position_dtype(n_prev), position_dtype(n_cur)
-    idx_in_prev, cur_present = _match(prev_keys, keys)
-    _, prev_present = _match(keys, prev_keys)
+    idx_in_prev, cur_present = match_sorted(prev_keys, keys)
+    _, prev_present = match_sorted(keys, prev_keys)
     deleted_pos = torch.nonzero(~prev_present).flatten()  # positions in A_{t-1}
     added_pos = torch.nonzero(~cur_present).flatten()  # positions in A_t
     fwd_changed_pos = fwd_changed_w = inv_changed_pos = inv_changed_w = None
@@ -504,7 +488,7 @@ def encode_stream(
 
     Same items as :func:`encode_snapshots` (which needs the whole list in memory),
     so a graph far larger than memory can be encoded from a generator such as
-    :func:`~lit_efficiency.data.synthetic.iter_synthetic_snapshots`.
+    :func:`~lit_efficiency.dyn_gnn.synthetic.iter_synthetic_snapshots`.
 
     Args:
         snapshots: ``(edge_index (2, E_t), weights (E_t,) or None)`` per snapshot, in canonical order.
@@ -696,7 +680,7 @@ def _check_diff(item: SnapshotDiff, prev_keys: Tensor | None, prev_weights: Tens
     if item.changed_pos is not None:
         _check_positions(item.changed_pos, n_prev, "changed", t)
         if item.changed_pos.numel() and n_del:
-            _, hit = _match(item.deleted_pos.to(torch.int64), item.changed_pos.to(torch.int64))
+            _, hit = match_sorted(item.deleted_pos.to(torch.int64), item.changed_pos.to(torch.int64))
             if bool(hit.any()):
                 raise DataError(f"snapshot {t}: a changed-weight position is also deleted")
 
@@ -883,132 +867,3 @@ def iter_decode_reverse(
         assert info is not None
         keys, weights = apply_inverse(encoded[t], keys, weights, info, device, verify)
         yield DecodedSnapshot(t - 1, keys, weights)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# From keys to what a GCN layer consumes (on the device)
-# --------------------------------------------------------------------------------------------------------------------
-
-
-class CSR(NamedTuple):
-    """Compressed sparse rows of an ``N x N`` matrix.
-
-    Attributes:
-        crow_indices: ``(N + 1,)`` row pointers.
-        col_indices: ``(E,)`` column of each entry, rows in order, columns sorted within a row.
-        values: ``(E,)`` values, or ``None`` for an implicit all-ones pattern.
-        num_nodes: ``N``.
-    """
-
-    crow_indices: Tensor
-    col_indices: Tensor
-    values: Tensor | None
-    num_nodes: int
-
-    def to_sparse_csr(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        """As a ``torch.sparse_csr_tensor`` (ones when :attr:`values` is ``None``)."""
-        values = self.values
-        if values is None:
-            values = torch.ones(self.col_indices.numel(), dtype=dtype, device=self.col_indices.device)
-        size = (self.num_nodes, self.num_nodes)
-        return torch.sparse_csr_tensor(self.crow_indices, self.col_indices, values, size=size, check_invariants=False)
-
-
-def keys_to_edge_index(keys: Tensor, num_nodes: int) -> Tensor:
-    """Keys ``row * N + col`` back to a ``(2, E)`` ``int64`` edge_index, in the same (canonical) order.
-
-    Args:
-        keys: ``(E,)`` integer keys.
-        num_nodes: ``N``.
-
-    Returns:
-        ``(2, E)`` edge_index on ``keys.device``.
-    """
-    keys = keys.to(torch.int64)
-    row = torch.div(keys, num_nodes, rounding_mode="floor")
-    return torch.stack([row, keys - row * num_nodes])
-
-
-def csr_from_keys(
-    keys: Tensor, num_nodes: int, weights: Tensor | None = None, index_dtype: torch.dtype = torch.int64
-) -> CSR:
-    r"""CSR of the snapshot from its canonical keys, on their device (``bincount`` of rows, then ``cumsum``).
-
-    Canonical keys are already in row-major order, so the column array is ``keys mod N`` without any sort.
-
-    .. math::
-        \mathrm{crow}[r] = \#\{\, e : \lfloor K_e / N \rfloor < r \,\}
-
-    Shapes:
-        - keys: ``(E,)``, weights: ``(E,)`` or ``None``
-        - output: crow ``(N + 1,)``, col ``(E,)``, values ``(E,)`` or ``None``
-
-    Args:
-        keys: Strictly increasing keys.
-        num_nodes: ``N``.
-        weights: Entry values aligned with ``keys``.
-        index_dtype: ``torch.int64`` or ``torch.int32`` for the row pointers and columns.
-
-    Returns:
-        The :class:`CSR`.
-    """
-    edge_index = keys_to_edge_index(keys, num_nodes)
-    counts = torch.bincount(edge_index[0], minlength=num_nodes)
-    crow = torch.zeros(num_nodes + 1, dtype=torch.int64, device=keys.device)
-    torch.cumsum(counts, 0, out=crow[1:])
-    return CSR(crow.to(index_dtype), edge_index[1].to(index_dtype), weights, num_nodes)
-
-
-def gcn_norm_csr(
-    keys: Tensor,
-    num_nodes: int,
-    weights: Tensor | None = None,
-    add_self_loops: bool = True,
-    dtype: torch.dtype | None = None,
-) -> CSR:
-    r"""GCN-normalised adjacency ``D^-1/2 (A + I) D^-1/2`` recomputed from the keys on their device.
-
-    Self-loops are added only to vertices without one (an existing self-loop keeps its weight), and degrees are
-    weighted in-degrees (summed over the column index), both as ``torch_geometric``'s ``gcn_norm``:
-
-    .. math::
-        \hat{A}_{uv} = d_u^{-1/2}\, \tilde{A}_{uv}\, d_v^{-1/2}, \qquad d_v = \sum_u \tilde{A}_{uv}
-
-    with ``d^{-1/2} = 0`` where ``d = 0``. For a symmetric ``A`` this is the usual ``\hat{A}``.
-
-    Shapes:
-        - keys: ``(E,)``, weights: ``(E,)`` or ``None``
-        - output: :class:`CSR` with ``E' = E + #{vertices without a self-loop}`` entries
-
-    Args:
-        keys: Strictly increasing keys of ``A``.
-        num_nodes: ``N``.
-        weights: Values of ``A`` (ones when ``None``).
-        add_self_loops: Use ``A + I`` (``False``: normalise ``A`` itself).
-        dtype: Value dtype (default ``weights.dtype`` or ``float32``).
-
-    Returns:
-        The :class:`CSR` of ``\hat{A}`` in canonical order.
-    """
-    device = keys.device
-    dtype = dtype or (weights.dtype if weights is not None else torch.float32)
-    keys = keys.to(torch.int64)
-    values = torch.ones(keys.numel(), dtype=dtype, device=device) if weights is None else weights.to(dtype)
-    if add_self_loops:
-        loops = torch.arange(num_nodes, device=device, dtype=torch.int64) * (num_nodes + 1)
-        _, has_loop = _match(keys, loops)
-        loops = loops[~has_loop]
-        pos_old = torch.arange(keys.numel(), device=device) + torch.searchsorted(loops, keys)
-        pos_new = torch.arange(loops.numel(), device=device) + torch.searchsorted(keys, loops)
-        merged = torch.empty(keys.numel() + loops.numel(), dtype=torch.int64, device=device)
-        merged[pos_old], merged[pos_new] = keys, loops
-        merged_values = torch.empty(merged.numel(), dtype=dtype, device=device)
-        merged_values[pos_old] = values
-        merged_values[pos_new] = 1.0
-        keys, values = merged, merged_values
-    edge_index = keys_to_edge_index(keys, num_nodes)
-    deg = torch.zeros(num_nodes, dtype=dtype, device=device).scatter_add_(0, edge_index[1], values)
-    dinv = deg.pow(-0.5)
-    dinv.masked_fill_(torch.isinf(dinv), 0.0)
-    norm = dinv[edge_index[0]] * values * dinv[edge_index[1]]
-    return csr_from_keys(keys, num_nodes, norm)

@@ -40,8 +40,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
-from lit_efficiency.data.dyngraph import DynamicGraph
-from lit_efficiency.errors import ConfigError, DataError
+from lit_efficiency.core.errors import ConfigError, DataError
+from lit_efficiency.dyn_gnn.graph import DynamicGraph
 
 __all__ = [
     "SnapshotBatch",
@@ -373,7 +373,7 @@ class SnapshotDataModule(L.LightningDataModule):
         """Load the raw (window 1) dynamic graph; the only place that reads files. Override to plug in a source."""
         hp = self.hparams
         if self.dataset == "synthetic":
-            from lit_efficiency.data.synthetic import synthetic_link_graph
+            from lit_efficiency.dyn_gnn.synthetic import synthetic_link_graph
 
             graph = synthetic_link_graph(
                 num_nodes=hp.num_nodes,
@@ -389,7 +389,7 @@ class SnapshotDataModule(L.LightningDataModule):
             signs = [torch.where(community[ei[0]] == community[ei[1]], 1, -1) for ei in graph.edge_indices]
             return dataclasses.replace(graph, edge_labels=signs).validate()
         if self.dataset == "synthetic_churn":
-            from lit_efficiency.data.synthetic import synthetic_dynamic_graph
+            from lit_efficiency.dyn_gnn.synthetic import synthetic_dynamic_graph
 
             return synthetic_dynamic_graph(
                 hp.num_nodes,
@@ -399,7 +399,7 @@ class SnapshotDataModule(L.LightningDataModule):
                 num_features=hp.num_node_features,
                 seed=hp.seed,
             )
-        from lit_efficiency.data.graph_loaders import load_dataset
+        from lit_efficiency.dyn_gnn.datasets import load_dataset
 
         return load_dataset(self.dataset, data_dir=self.data_dir, num_steps=hp.num_steps, step_size=hp.step_size)
 
@@ -407,7 +407,7 @@ class SnapshotDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Download a real dataset when there is no local copy (once per node, before ``setup``)."""
         if self.dataset in REAL_DATASETS:
-            from lit_efficiency.data.graph_loaders import dataset_file
+            from lit_efficiency.dyn_gnn.datasets import dataset_file
 
             dataset_file(self.dataset, self.data_dir)
 
@@ -487,10 +487,10 @@ class SnapshotDataModule(L.LightningDataModule):
 
         Override (with :meth:`make_store`) to keep another representation, e.g. diff-encoded keys.
         """
-        from lit_efficiency.models.dyn_gnn import gcn_norm_adj
+        from lit_efficiency.dyn_gnn.adjacency import gcn_norm
 
         n = model_graph.num_nodes
-        return [gcn_norm_adj(ei, n, w) for ei, w in self.model_snapshots(model_graph)]
+        return [gcn_norm(ei, n, w) for ei, w in self.model_snapshots(model_graph)]
 
     def make_store(self, **kwargs: Any) -> SnapshotStore:
         """Build the :class:`SnapshotStore` from :meth:`build_inputs`' output (``adjs``) and the targets."""

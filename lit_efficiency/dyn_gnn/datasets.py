@@ -3,7 +3,7 @@
 Where the data comes from, in order:
 
 1. a local copy ``resolve_data_root(data_dir) / "graphs" / <name> / <file>`` (``data_dir`` argument, then
-   ``$LIT_EFFICIENCY_DATA``, then ``../shared/data`` beside the checkout; see :mod:`lit_efficiency.utils.paths`);
+   ``$LIT_EFFICIENCY_DATA``, then ``../shared/data`` beside the checkout; see :mod:`lit_efficiency.core.paths`);
 2. a previous download in the cache ``cache_dir / <name> /`` (default ``$LIT_EFFICIENCY_CACHE/graphs`` or
    ``~/.cache/lit_efficiency/graphs``);
 3. the real source (SNAP, KONECT, the PyTorch Geometric Temporal repository on GitHub), downloaded with
@@ -56,9 +56,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lit_efficiency.data.dyngraph import DynamicGraph, bucket_edges, coalesce_edges
-from lit_efficiency.errors import ConfigError, DataError
-from lit_efficiency.utils.paths import ENV_DATA, resolve_data_root
+from lit_efficiency.core.errors import ConfigError, DataError
+from lit_efficiency.core.paths import ENV_DATA, resolve_data_root
+from lit_efficiency.dyn_gnn.graph import DynamicGraph, bucket_edges, coalesce_edges
 
 __all__ = [
     "DATASETS",

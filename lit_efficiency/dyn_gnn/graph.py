@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import Tensor
 
-from lit_efficiency.errors import ConfigError, DataError
+from lit_efficiency.core.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from torch_geometric.data import Data, TemporalData

@@ -17,7 +17,7 @@ Models (paper links in each class): :class:`WDGCN`, :class:`CDGCN` (Manessi et a
 :class:`EvolveGCNO`, :class:`EvolveGCNH` (Pareja et al.); heads :class:`LinkPredictor`, :class:`EdgeClassifier`,
 :class:`NodeRegressor`; :func:`build_model` picks a model by name.
 
-Graphs are given as normalised sparse adjacencies (:func:`gcn_norm_adj`, ``torch.sparse_csr``), oriented
+Graphs are given as normalised sparse adjacencies (:func:`~lit_efficiency.dyn_gnn.adjacency.gcn_norm`, ``torch.sparse_csr``), oriented
 ``adj[target, source]`` so that ``adj @ X`` aggregates messages into targets like PyG's ``GCNConv``. Graph products use
 ``torch.sparse.mm``; degrees and self loops use ``torch_geometric.utils`` (no torch-scatter / torch-sparse needed).
 
@@ -34,7 +34,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from lit_efficiency.errors import ConfigError
+from lit_efficiency.core.errors import ConfigError
 
 __all__ = [
     "CDGCN",
@@ -56,7 +56,6 @@ __all__ = [
     "build_model",
     "causal_moving_average",
     "detach_state",
-    "gcn_norm_adj",
     "m_matrix",
     "m_mix_adjacency",
 ]
@@ -69,48 +68,6 @@ Features = Tensor | Sequence[Tensor | None] | None
 # Graph operators
 # --------------------------------------------------------------------------------------------------------------------
 
-
-def gcn_norm_adj(
-    edge_index: Tensor,
-    num_nodes: int,
-    edge_weight: Tensor | None = None,
-    add_self_loops: bool = True,
-) -> Tensor:
-    r"""Symmetrically normalised adjacency of one snapshot, as a CSR sparse matrix.
-
-    .. math::
-        \hat{A} = \hat{D}^{-1/2} (A + I) \hat{D}^{-1/2}, \qquad \hat{D}_{ii} = \sum_j (A + I)_{ij}
-
-    with ``A[target, source] = w(source -> target)`` (duplicate edges are summed) and the degree taken over incoming
-    edges, as in PyG's :func:`torch_geometric.nn.conv.gcn_conv.gcn_norm` (``flow="source_to_target"``). Self loops
-    are added only to nodes that have none (an existing self loop keeps its weight), as in PyG. Nodes of zero degree
-    get zero rows and columns instead of ``inf``.
-
-    Args:
-        edge_index: ``(2, E)`` integer edges ``source -> target``.
-        num_nodes: number of vertices ``N``.
-        edge_weight: optional ``(E,)`` weights; ones when ``None``.
-        add_self_loops: add the ``I`` term.
-
-    Returns:
-        ``(N, N)`` ``torch.sparse_csr`` tensor, ``adj[target, source]``, so that ``adj @ X`` equals ``GCNConv``'s
-        propagation of ``X``.
-
-    Shapes:
-        edge_index ``(2, E)``, edge_weight ``(E,)`` -> ``(N, N)`` sparse CSR.
-    """
-    from torch_geometric.utils import add_remaining_self_loops, scatter, to_torch_csr_tensor
-
-    if add_self_loops:
-        edge_index, edge_weight = add_remaining_self_loops(edge_index, edge_weight, 1.0, num_nodes)
-    if edge_weight is None:
-        edge_weight = torch.ones(edge_index.size(1), dtype=torch.get_default_dtype(), device=edge_index.device)
-    source, target = edge_index[0], edge_index[1]
-    degree = scatter(edge_weight, target, dim=0, dim_size=num_nodes, reduce="sum")
-    deg_inv_sqrt = degree.pow(-0.5)
-    deg_inv_sqrt = deg_inv_sqrt.masked_fill(torch.isinf(deg_inv_sqrt), 0.0)
-    value = deg_inv_sqrt[source] * edge_weight * deg_inv_sqrt[target]
-    return to_torch_csr_tensor(torch.stack([target, source]), value, size=(num_nodes, num_nodes))
 
 
 def _spmm(adj: Tensor, x: Tensor) -> Tensor:
@@ -238,7 +195,7 @@ class GCNLayer(nn.Module):
         H' = \hat{A} H W + b
 
     Equal to PyG's ``GCNConv(in_channels, out_channels)`` with the same ``lin.weight`` and ``bias`` when
-    ``adj = gcn_norm_adj(edge_index, N, edge_weight)``. The activation is left to the caller.
+    ``adj = gcn_norm(edge_index, N, edge_weight)`` (:mod:`~lit_efficiency.dyn_gnn.adjacency`). The activation is left to the caller.
 
     Args:
         in_channels: input feature size ``F``.
@@ -396,7 +353,7 @@ class DynamicGNN(nn.Module):
 
         Args:
             xs: ``(T, N, F)`` / list of ``T`` ``(N, F)`` features, or ``None``.
-            adjs: ``T`` normalised ``(N, N)`` sparse adjacencies (:func:`gcn_norm_adj`).
+            adjs: ``T`` normalised ``(N, N)`` sparse adjacencies (:func:`~lit_efficiency.dyn_gnn.adjacency.gcn_norm`).
             state: the state returned for the previous block, ``None`` at the start of the sequence.
 
         Returns:

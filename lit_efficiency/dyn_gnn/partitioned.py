@@ -2,9 +2,9 @@ r"""Snapshot-partitioned DataModule: each rank builds and yields only its own bl
 
 The data side of the SC'21 distribution (Chakaravarthy et al., "Efficient Scaling of Dynamic Graph Neural Networks",
 https://arxiv.org/abs/2109.07893; ``docs/dynamic_gnn.md`` section 4). Every **global block** of the parent
-:class:`~lit_efficiency.data.snapshot_datamodule.SnapshotDataModule` (the training blocks of ``block_size``
+:class:`~lit_efficiency.dyn_gnn.datamodule.SnapshotDataModule` (the training blocks of ``block_size``
 snapshots, the evaluation runs from snapshot 0) is cut into ``P`` contiguous sub-blocks balanced by edge count
-(:func:`~lit_efficiency.distributed.partition.snapshot_blocks`, on the model's input snapshots). Rank ``p`` yields,
+(:func:`~lit_efficiency.dyn_gnn.partition.snapshot_blocks`, on the model's input snapshots). Rank ``p`` yields,
 for every global block, a :class:`PartitionedBatch` holding only its sub-block ``S_p`` (plus ``halo`` preceding
 snapshots for models whose spatial stage mixes time, e.g. TM-GCN with ``mixing="input"``), together with the plan of
 the whole block, so the task can run the all-to-all. A rank with no snapshot in a block yields an empty batch (the
@@ -20,7 +20,7 @@ next snapshot of each, which holds the targets). The parent's ``setup`` then nor
 depends on which snapshots a process built. Here the draw index of snapshot ``t`` in epoch ``e`` is set to
 ``e * n_train + t`` before drawing, which is exactly the parent's counter in a single-process run with the default
 in-order loader; so every ``P`` trains on the same negatives as the single-process
-:class:`~lit_efficiency.data.snapshot_datamodule.SnapshotDataModule` (also after a resume, since ``e`` is the
+:class:`~lit_efficiency.dyn_gnn.datamodule.SnapshotDataModule` (also after a resume, since ``e`` is the
 trainer's epoch).
 
 **Data loaders.** The datasets are iterable, so Lightning does not wrap them in a ``DistributedSampler`` (which
@@ -38,10 +38,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
-from lit_efficiency.data.dyngraph import DynamicGraph
-from lit_efficiency.data.snapshot_datamodule import SnapshotBatch, SnapshotDataModule, SnapshotStore, SnapshotTarget
-from lit_efficiency.distributed.partition import snapshot_blocks
-from lit_efficiency.errors import ConfigError
+from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.dyn_gnn.datamodule import SnapshotBatch, SnapshotDataModule, SnapshotStore, SnapshotTarget
+from lit_efficiency.dyn_gnn.graph import DynamicGraph
+from lit_efficiency.dyn_gnn.partition import snapshot_blocks
 
 __all__ = ["BlockPlan", "PartitionedBatch", "PartitionedSnapshotDataModule", "global_blocks"]
 
@@ -125,7 +125,7 @@ def _unbatched(item: PartitionedBatch) -> PartitionedBatch:
 
 
 class PartitionedSnapshotDataModule(SnapshotDataModule):
-    """:class:`~lit_efficiency.data.snapshot_datamodule.SnapshotDataModule` whose rank reads only its snapshot block.
+    """:class:`~lit_efficiency.dyn_gnn.datamodule.SnapshotDataModule` whose rank reads only its snapshot block.
 
     Arguments as the parent, plus:
 
@@ -192,7 +192,7 @@ class PartitionedSnapshotDataModule(SnapshotDataModule):
         Returns:
             ``{"train" | "val" | "test": [BlockPlan, ...]}`` identical on every rank.
         """
-        from lit_efficiency.data.snapshot_datamodule import chronological_split
+        from lit_efficiency.dyn_gnn.datamodule import chronological_split
 
         hp = self.hparams
         self.splits = chronological_split(num_snapshots - 1, hp.train_frac, hp.val_frac, hp.test_frac)

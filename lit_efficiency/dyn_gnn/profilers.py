@@ -3,7 +3,7 @@
 * :class:`TransferProfiler`: host-to-device transfer and on-device snapshot rebuild, as recorded by the DataModule's
   ``transfer_batch_to_device`` into a :class:`TransferRecorder` (Lightning callbacks have no transfer hook).
 * :class:`CommProfiler`: every all-to-all of the snapshot -> vertex redistribution (through the
-  :class:`~lit_efficiency.distributed.redistribute.CommRecorder`) and DDP's gradient all-reduce (through a DDP
+  :class:`~lit_efficiency.dyn_gnn.redistribute.CommRecorder`) and DDP's gradient all-reduce (through a DDP
   communication hook that times each bucket).
 
 Both log per step and per epoch to every logger (``self.log`` on the LightningModule, so CSV and wandb alike) and
@@ -24,7 +24,7 @@ import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lit_efficiency.distributed.redistribute import CommRecorder, get_default_recorder, set_default_recorder
+from lit_efficiency.dyn_gnn.redistribute import CommRecorder, get_default_recorder, set_default_recorder
 
 
 @dataclass(frozen=True)

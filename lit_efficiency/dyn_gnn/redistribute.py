@@ -37,7 +37,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from lit_efficiency.distributed.partition import check_blocks
+from lit_efficiency.dyn_gnn.partition import check_blocks
 
 __all__ = [
     "CommEvent",

@@ -1,20 +1,20 @@
 r"""Streaming snapshot DataModule: the dynamic graph stays on the host, diff-encoded; blocks are rebuilt on the device.
 
 Implements sections 2-3 of ``docs/dynamic_gnn.md`` (Chakaravarthy et al., SC'21, https://arxiv.org/abs/2109.07893)
-on top of :class:`~lit_efficiency.data.snapshot_datamodule.SnapshotDataModule`:
+on top of :class:`~lit_efficiency.dyn_gnn.datamodule.SnapshotDataModule`:
 
 * **Host-resident encoded graph.** ``setup`` keeps the model's input snapshots as canonical keys ``row * N + col``
-  (:mod:`lit_efficiency.data.snapshot_diff`): with ``transfer="diff"`` the adaptive full/diff encoding
-  (:func:`encode_stream`), with ``transfer="full"`` one :class:`~lit_efficiency.data.snapshot_diff.FullSnapshot` per
+  (:mod:`lit_efficiency.dyn_gnn.codec`): with ``transfer="diff"`` the adaptive full/diff encoding
+  (:func:`encode_stream`), with ``transfer="full"`` one :class:`~lit_efficiency.dyn_gnn.codec.FullSnapshot` per
   snapshot. Nothing normalised is stored. On CUDA machines the items are pinned once (guarded: no-op without CUDA).
 * **Device-side rebuild.** :meth:`StreamingSnapshotDataModule.transfer_batch_to_device` ships a block's items, applies
   the diffs to the previous snapshot's keys (kept on the device between blocks), verifies the checksums, and builds
   the CSR and the GCN normalisation from the degrees on the device (:func:`rebuild_adjacency`). Both transfer modes
   run the same rebuild on the same keys, so training is bit-identical between them.
-* **Timing.** Every transfer and rebuild is timed (:class:`~lit_efficiency.utils.timing.Timer`, CUDA-synchronised)
+* **Timing.** Every transfer and rebuild is timed (:class:`~lit_efficiency.core.timing.Timer`, CUDA-synchronised)
   and recorded, with the bytes shipped and the bytes a full transfer would have shipped, in
   :attr:`StreamingSnapshotDataModule.transfer_recorder`, which
-  :class:`~lit_efficiency.callbacks.profilers.TransferProfiler` drains and logs.
+  :class:`~lit_efficiency.dyn_gnn.profilers.TransferProfiler` drains and logs.
 * **Prefetch.** On CUDA, after a block is rebuilt the next block's items are copied on a side stream
   (``non_blocking`` from pinned memory) so the copy overlaps the current step's compute; the next transfer waits on
   that stream. On CPU this is a no-op, and a "transfer" is an explicit memory copy (so the CPU figures are memcpy +
@@ -33,10 +33,10 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from lit_efficiency.callbacks.profilers import TransferRecorder
-from lit_efficiency.data.dyngraph import DynamicGraph
-from lit_efficiency.data.snapshot_datamodule import SnapshotBatch, SnapshotDataModule, SnapshotStore
-from lit_efficiency.data.snapshot_diff import (
+from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.core.timing import Timer
+from lit_efficiency.dyn_gnn.adjacency import gcn_norm_adj_t, key_dtype, transpose_keys
+from lit_efficiency.dyn_gnn.codec import (
     EncodedGraph,
     FullSnapshot,
     Item,
@@ -45,12 +45,11 @@ from lit_efficiency.data.snapshot_diff import (
     _check_weights,
     decode_snapshot,
     encode_stream,
-    gcn_norm_csr,
-    key_dtype,
     snapshot_checksum,
 )
-from lit_efficiency.errors import ConfigError
-from lit_efficiency.utils.timing import Timer
+from lit_efficiency.dyn_gnn.datamodule import SnapshotBatch, SnapshotDataModule, SnapshotStore
+from lit_efficiency.dyn_gnn.graph import DynamicGraph
+from lit_efficiency.dyn_gnn.profilers import TransferRecorder
 
 __all__ = [
     "StreamingBatch",
@@ -89,15 +88,11 @@ def ship_item(item: Item, device: torch.device) -> Item:
 
 
 def rebuild_adjacency(keys: Tensor, weights: Tensor | None, num_nodes: int, directed: bool = False) -> Tensor:
-    r"""GCN-normalised sparse adjacency of one snapshot from its keys, on their device.
+    r"""GCN-normalised ``adj_t`` of one snapshot from its canonical keys, on their device.
 
-    .. math::
-        \hat{A} = D^{-1/2} (A + I) D^{-1/2}, \qquad d_v = \sum_u (A + I)_{uv}
-
-    CSR and degrees come from :func:`~lit_efficiency.data.snapshot_diff.gcn_norm_csr` (``bincount`` + ``cumsum``).
-    Keys are ``source * N + target``; for a symmetric snapshot the result is used as is. For a directed one the
-    model reads ``adj[target, source]`` with in-degrees (as :func:`~lit_efficiency.models.dyn_gnn.gcn_norm_adj`),
-    which is the transpose of ``gcn_norm_csr``'s matrix, so it is transposed (a sort on the device).
+    The one normalisation, :func:`~lit_efficiency.dyn_gnn.adjacency.gcn_norm_adj_t` (``bincount`` + ``cumsum``), reads
+    keys of ``adj_t`` (``target * N + source``). Canonical keys are ``source * N + target``: for a symmetric snapshot
+    they are the same set and are used as they are; a directed one is transposed first (one sort on the device).
 
     Shapes:
         keys ``(E,)``, weights ``(E,)`` or ``None`` -> sparse CSR ``(N, N)``.
@@ -106,19 +101,14 @@ def rebuild_adjacency(keys: Tensor, weights: Tensor | None, num_nodes: int, dire
         keys: Canonical keys.
         weights: Edge weights or ``None``.
         num_nodes: ``N``.
-        directed: Transpose to ``adj[target, source]``.
+        directed: The snapshot is not symmetric (transpose the keys).
 
     Returns:
-        ``torch.sparse_csr`` float tensor.
+        ``torch.sparse_csr`` float tensor ``adj_t[target, source]``.
     """
-    csr = gcn_norm_csr(keys, num_nodes, weights, dtype=torch.float32)
-    if not directed:
-        return csr.to_sparse_csr()
-    rows = torch.repeat_interleave(
-        torch.arange(num_nodes, device=keys.device), csr.crow_indices[1:] - csr.crow_indices[:-1]
-    )
-    coo = torch.sparse_coo_tensor(torch.stack([csr.col_indices, rows]), csr.values, (num_nodes, num_nodes))
-    return coo.coalesce().to_sparse_csr()
+    if directed:
+        keys, weights = transpose_keys(keys, num_nodes, weights)
+    return gcn_norm_adj_t(keys, num_nodes, weights, dtype=torch.float32).to_sparse_csr()
 
 
 @dataclass
@@ -189,7 +179,7 @@ class StreamingSnapshotDataModule(SnapshotDataModule):
         **kwargs: :class:`SnapshotDataModule` arguments (``dataset``, ``window``, ``block_size``, ...).
 
     Attributes:
-        transfer_recorder: :class:`~lit_efficiency.callbacks.profilers.TransferRecorder` with one event per
+        transfer_recorder: :class:`~lit_efficiency.dyn_gnn.profilers.TransferRecorder` with one event per
             transferred block (``h2d_ms``, ``rebuild_ms``, ``h2d_bytes``, ``full_bytes``).
         encoded: The :class:`EncodedGraph` (``transfer="diff"``), else ``None``.
     """

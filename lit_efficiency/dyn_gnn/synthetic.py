@@ -11,7 +11,7 @@ step's edge set. So every raw step has exactly ``E`` edges and consecutive raw s
 .. math::
     |A_{t-1} \setminus A_t| = |A_t \setminus A_{t-1}| = k, \qquad J(A_{t-1}, A_t) = \frac{E - k}{E + k}.
 
-An edge-life window ``w`` then sums the raw steps ``t-w+1 .. t`` (as :func:`~lit_efficiency.data.dyngraph.bucket_edges`
+An edge-life window ``w`` then sums the raw steps ``t-w+1 .. t`` (as :func:`~lit_efficiency.dyn_gnn.graph.bucket_edges`
 does). Everything is drawn from one ``torch.Generator`` seeded with ``seed``, so the output is deterministic,
 and the streaming generator keeps only the last ``w`` raw edge sets: memory ``O(w * E)``, independent of the
 number of snapshots (so it can emit more edges in total than fit in memory).
@@ -28,8 +28,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from lit_efficiency.data.dyngraph import DynamicGraph
-from lit_efficiency.errors import ConfigError
+from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.dyn_gnn.graph import DynamicGraph
 
 __all__ = [
     "EdgeSnapshot",

@@ -2,7 +2,7 @@ r"""Lightning task for dynamic GNNs: link prediction, edge-sign classification a
 
 The task follows EvolveGCN's protocol (Pareja et al., AAAI 2020, https://arxiv.org/abs/1902.10191) and the TM-GCN
 code (IBM/TM-GCN): node embeddings :math:`Z_t` computed from snapshots ``0 .. t`` score the candidates of snapshot
-``t + 1`` (:class:`~lit_efficiency.data.snapshot_datamodule.SnapshotDataModule` builds them),
+``t + 1`` (:class:`~lit_efficiency.dyn_gnn.datamodule.SnapshotDataModule` builds them),
 
 .. math::
     s_{uv} = [Z_t[u] \,\|\, Z_t[v]]\, U, \qquad
@@ -19,7 +19,7 @@ test batches run from snapshot 0 in order with the current weights, so the state
 is built chronologically from the whole past (training period included).
 
 Metrics (torchmetrics): link prediction MAP / MRR (one ranking per source node and snapshot) and AUC
-(:class:`~lit_efficiency.metrics.LinkPredictionMetrics`); edge sign accuracy / F1 / AUC; node regression MSE / MAE.
+(:class:`~lit_efficiency.dyn_gnn.metrics.LinkPredictionMetrics`); edge sign accuracy / F1 / AUC; node regression MSE / MAE.
 Logged as ``train/loss``, ``val/loss``, ``val/map``, ``val/mrr``, ``val/auc`` (``test/...`` likewise).
 """
 
@@ -33,10 +33,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lit_efficiency.data.snapshot_datamodule import SnapshotBatch, SnapshotTarget, TaskName
-from lit_efficiency.errors import ConfigError
-from lit_efficiency.metrics import LinkPredictionMetrics, edge_sign_metrics, node_regression_metrics
-from lit_efficiency.models.dyn_gnn import (
+from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.dyn_gnn.datamodule import SnapshotBatch, SnapshotTarget, TaskName
+from lit_efficiency.dyn_gnn.metrics import LinkPredictionMetrics, edge_sign_metrics, node_regression_metrics
+from lit_efficiency.dyn_gnn.nn import (
     MODEL_NAMES,
     WDGCN,
     DynamicGNN,
@@ -109,7 +109,7 @@ def bounded_forward(
     """
     from torch.utils.checkpoint import checkpoint
 
-    from lit_efficiency.models.dyn_gnn import _as_list
+    from lit_efficiency.dyn_gnn.nn import _as_list
 
     for name, value in (("spatial_block_size", spatial_block_size), ("temporal_chunk_size", temporal_chunk_size)):
         if value is not None and value < 1:
@@ -169,7 +169,7 @@ def model_kwargs(
     bandwidth: int,
     mixing: Literal["input", "output"],
 ) -> dict[str, Any]:
-    """Constructor arguments of :func:`~lit_efficiency.models.dyn_gnn.build_model` for model ``name``."""
+    """Constructor arguments of :func:`~lit_efficiency.dyn_gnn.nn.build_model` for model ``name``."""
     key = name.lower()
     common = {"num_features": num_features, "hidden_dim": hidden_dim, "out_dim": out_dim, "num_nodes": num_nodes}
     if key in ("wdgcn", "cdgcn"):
@@ -180,7 +180,7 @@ def model_kwargs(
 
 
 class DynGNNTask(L.LightningModule):
-    """Train a dynamic GNN (:data:`~lit_efficiency.models.dyn_gnn.MODEL_NAMES`) on blocks of snapshots.
+    """Train a dynamic GNN (:data:`~lit_efficiency.dyn_gnn.nn.MODEL_NAMES`) on blocks of snapshots.
 
     ``num_nodes``, ``num_features`` and ``task`` default to the data module's (read in ``setup``) and are then
     stored in the hyperparameters, so checkpoints reload without the data.

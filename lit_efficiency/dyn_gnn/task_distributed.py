@@ -2,16 +2,16 @@ r"""Distributed dynamic-GNN training: snapshot-partitioned spatial stage, one al
 
 The SC'21 scheme (Chakaravarthy et al., "Efficient Scaling of Dynamic Graph Neural Networks",
 https://arxiv.org/abs/2109.07893; ``docs/dynamic_gnn.md`` section 4) on top of
-:class:`~lit_efficiency.tasks.dyn_gnn.DynGNNTask`, run by Lightning's DDP strategy (weights replicated, gradients
-all-reduced by DDP). Per global block of ``T`` snapshots (a :class:`~lit_efficiency.data.partitioned.PartitionedBatch`
-from :class:`~lit_efficiency.data.partitioned.PartitionedSnapshotDataModule`), rank ``p`` runs
+:class:`~lit_efficiency.dyn_gnn.task.DynGNNTask`, run by Lightning's DDP strategy (weights replicated, gradients
+all-reduced by DDP). Per global block of ``T`` snapshots (a :class:`~lit_efficiency.dyn_gnn.partitioned.PartitionedBatch`
+from :class:`~lit_efficiency.dyn_gnn.partitioned.PartitionedSnapshotDataModule`), rank ``p`` runs
 
 1. the **spatial** stage on its snapshots ``S_p``: :math:`H = \mathrm{spatial}(X_{S_p}, \hat{A}_{S_p})`,
    ``(T_p, N, d)``, no communication;
-2. :func:`~lit_efficiency.distributed.redistribute.snapshot_to_vertex`: ``(T, N_p, d)``, all snapshots of its
+2. :func:`~lit_efficiency.dyn_gnn.redistribute.snapshot_to_vertex`: ``(T, N_p, d)``, all snapshots of its
    vertex block ``V_p``;
 3. the **temporal** stage on ``V_p`` over all ``T`` (state carried across blocks per vertex block);
-4. :func:`~lit_efficiency.distributed.redistribute.vertex_to_snapshot` back to ``(T_p, N, d_out)``: the embeddings
+4. :func:`~lit_efficiency.dyn_gnn.redistribute.vertex_to_snapshot` back to ``(T_p, N, d_out)``: the embeddings
    of **every** vertex at its own snapshots, so every candidate edge of its targets has both endpoints local;
 5. the loss of its own targets.
 
@@ -47,13 +47,13 @@ import torch.distributed as dist
 from torch import Tensor
 from typing_extensions import override
 
-from lit_efficiency.data.partitioned import PartitionedBatch
-from lit_efficiency.data.snapshot_datamodule import SnapshotBatch, SnapshotTarget
-from lit_efficiency.distributed.partition import vertex_blocks
-from lit_efficiency.distributed.redistribute import new_redistribution_group, snapshot_to_vertex, vertex_to_snapshot
-from lit_efficiency.errors import ConfigError, LitEfficiencyError
-from lit_efficiency.models.dyn_gnn import TMGCN, detach_state
-from lit_efficiency.tasks.dyn_gnn import DynGNNTask
+from lit_efficiency.core.errors import ConfigError, LitEfficiencyError
+from lit_efficiency.dyn_gnn.datamodule import SnapshotBatch, SnapshotTarget
+from lit_efficiency.dyn_gnn.nn import TMGCN, detach_state
+from lit_efficiency.dyn_gnn.partition import vertex_blocks
+from lit_efficiency.dyn_gnn.partitioned import PartitionedBatch
+from lit_efficiency.dyn_gnn.redistribute import new_redistribution_group, snapshot_to_vertex, vertex_to_snapshot
+from lit_efficiency.dyn_gnn.task import DynGNNTask
 
 __all__ = ["DistributedDynGNNTask", "DistributedTrainingError"]
 
@@ -66,9 +66,9 @@ class DistributedTrainingError(LitEfficiencyError, RuntimeError):
 
 
 class DistributedDynGNNTask(DynGNNTask):
-    """:class:`~lit_efficiency.tasks.dyn_gnn.DynGNNTask` trained snapshot-partitioned under DDP (module docstring).
+    """:class:`~lit_efficiency.dyn_gnn.task.DynGNNTask` trained snapshot-partitioned under DDP (module docstring).
 
-    Use with :class:`~lit_efficiency.data.partitioned.PartitionedSnapshotDataModule` and a DDP strategy
+    Use with :class:`~lit_efficiency.dyn_gnn.partitioned.PartitionedSnapshotDataModule` and a DDP strategy
     (``conf/trainer/ddp.yaml``, ``conf/trainer/ddp_cpu.yaml``). With one process it trains exactly like the parent.
 
     Args:

@@ -4,7 +4,7 @@ The weights live in Hugging Face ``transformers`` modules (``BertEmbeddings``, `
 ...) used purely as parameter containers, so ``state_dict()`` keys are exactly those of ``BertModel`` /
 ``AlbertModel`` and any ``bert-*`` / ``albert-*`` checkpoint (hub name, local HF folder, or the offline alias
 ``minilm-l6``) loads without conversion. The forward pass is written here: HF's attention ``forward`` signatures
-changed several times across transformers 5.x, and PoWER-BERT (:mod:`lit_efficiency.models.power_bert`) needs to
+changed several times across transformers 5.x, and PoWER-BERT (:mod:`lit_efficiency.power_bert.model`) needs to
 act *between* the attention sub-layer and the feed-forward sub-layer, which HF's layers do not expose.
 
 Everything is read from the HF config (number of layers, heads, sizes, activation, dropout, ALBERT's layer
@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_efficiency.errors import ConfigError
-from lit_efficiency.utils.paths import resolve_pretrained
+from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.core.paths import resolve_pretrained
 
 if TYPE_CHECKING:  # transformers is imported lazily (it costs seconds); only the type is needed here
     from transformers import PretrainedConfig

@@ -27,7 +27,7 @@ Batches are dicts of tensors: ``input_ids``, ``attention_mask``, ``token_type_id
 padding (the paper's setting) and the longest sequence of the batch with dynamic padding.
 
 The TSV readers (:func:`read_glue_tsv`, :func:`read_glue_split`, :func:`read_imdb_split`) are plain Python and raise
-:class:`~lit_efficiency.errors.DataError` with a one-line ``path:line: ...`` message on malformed input.
+:class:`~lit_efficiency.core.errors.DataError` with a one-line ``path:line: ...`` message on malformed input.
 ``transformers`` and ``datasets`` are imported lazily, inside the hooks.
 """
 
@@ -46,8 +46,8 @@ import lightning as L
 import torch
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
-from lit_efficiency.errors import ConfigError, DataError
-from lit_efficiency.utils.paths import ENV_DATA, require_file, resolve_data_root, resolve_pretrained
+from lit_efficiency.core.errors import ConfigError, DataError
+from lit_efficiency.core.paths import ENV_DATA, require_file, resolve_data_root, resolve_pretrained
 
 log = logging.getLogger(__name__)
 

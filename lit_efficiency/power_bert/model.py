@@ -1,10 +1,10 @@
-r"""PoWER-BERT: progressive word-vector elimination on top of :class:`~lit_efficiency.models.bert.BertEncoder`.
+r"""PoWER-BERT: progressive word-vector elimination on top of :class:`~lit_efficiency.power_bert.bert.BertEncoder`.
 
 Paper: Goyal, Choudhury, Raje, Chakaravarthy, Sabharwal, Verma, "PoWER-BERT: Accelerating BERT Inference via
 Progressive Word-vector Elimination", ICML 2020, https://arxiv.org/abs/2001.08950 (reference code: IBM/PoWER-BERT,
 Keras). Everything here is written from the paper and the project spec; no code is taken from the reference.
 
-Modifications relative to :class:`~lit_efficiency.models.bert.BertEncoder`, all inside one layer, between the
+Modifications relative to :class:`~lit_efficiency.power_bert.bert.BertEncoder`, all inside one layer, between the
 attention sub-layer (after its residual Add & LayerNorm) and the feed-forward sub-layer:
 
 * ``mode="soft"`` (configuration search): a :class:`SoftExtract` per layer scales the token of significance rank
@@ -38,8 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_efficiency.errors import ConfigError
-from lit_efficiency.models.bert import (
+from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.core.paths import resolve_pretrained
+from lit_efficiency.power_bert.bert import (
     BertEncoder,
     BertEncoderOutput,
     additive_attention_mask,
@@ -48,8 +49,7 @@ from lit_efficiency.models.bert import (
     read_hf_weights,
     save_hf_folder,
 )
-from lit_efficiency.models.retention import load_retention
-from lit_efficiency.utils.paths import resolve_pretrained
+from lit_efficiency.power_bert.retention import load_retention
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -148,7 +148,7 @@ class SoftExtract(nn.Module):
     where :math:`\operatorname{rank}_b(k)` is the 0-based rank of token ``k`` by descending significance. Positions
     are unchanged and nothing is removed; padded tokens (when a mask is given) rank after every real token.
     The mass :math:`\sum_i r[i]` becomes the layer's retention count
-    (:func:`~lit_efficiency.models.retention.induce_retention`).
+    (:func:`~lit_efficiency.power_bert.retention.induce_retention`).
 
     Args:
         max_seq_len: ``N``, the padded maximum sequence length (one weight per rank).
@@ -214,7 +214,7 @@ def mass_penalty(soft_extracts: Iterable[SoftExtract]) -> Tensor:
 # ---------------------------------------------------------------------- encoder
 @dataclass
 class PowerBertOutput(BertEncoderOutput):
-    """:class:`~lit_efficiency.models.bert.BertEncoderOutput` plus where the surviving tokens came from.
+    """:class:`~lit_efficiency.power_bert.bert.BertEncoderOutput` plus where the surviving tokens came from.
 
     Attributes:
         kept_positions: ``(B, L)`` original positions of the returned tokens, ascending (``0 .. L-1`` unless
@@ -288,7 +288,7 @@ class PowerBertEncoder(BertEncoder):
                 layer.clamp_()
 
     def soft_extract_masses(self) -> list[float]:
-        """``[sum(r_1), ..., sum(r_n)]`` for :func:`~lit_efficiency.models.retention.induce_retention`."""
+        """``[sum(r_1), ..., sum(r_n)]`` for :func:`~lit_efficiency.power_bert.retention.induce_retention`."""
         if self.soft_extracts is None:
             raise ConfigError("soft_extract_masses needs mode='soft'")
         return [float(layer.mass().detach()) for layer in self.soft_extracts]

@@ -26,14 +26,14 @@ from typing import Any, Literal
 
 import torch
 
-from lit_efficiency.errors import ConfigError
+from lit_efficiency.core.errors import ConfigError
 
 Device = Literal["auto", "cpu", "cuda"]
 
 
 @dataclass
 class DataConfig:
-    """GLUE data options (see :class:`lit_efficiency.data.glue.GLUEDataModule`).
+    """GLUE data options (see :class:`lit_efficiency.power_bert.glue.GLUEDataModule`).
 
     Attributes:
         data_dir: data root holding ``glue/``; default: ``$LIT_EFFICIENCY_DATA`` or ``../shared/data``.
@@ -140,7 +140,7 @@ def _trainer(stage_dir: Path, cfg: TrainerConfig, stage: StageConfig, name: str,
 
     loggers: list[Any] = [CSVLogger(stage_dir, name="csv")]  # a resumed stage logs to a new version
     if cfg.logger == "wandb":
-        from lit_efficiency.loggers import WandbLogger
+        from lit_efficiency.core.loggers import WandbLogger
 
         loggers.append(WandbLogger(project=cfg.wandb_project, name=name, save_dir=str(stage_dir)))
     return L.Trainer(
@@ -212,7 +212,7 @@ def _run_stage(
 
 def _timing_batches(datamodule, batch_size: int, num_batches: int, max_seq_len: int) -> tuple[list, list]:
     """The same dev examples as static batches (padded to N) and as length-sorted dynamic batches."""
-    from lit_efficiency.data.glue import PadCollator
+    from lit_efficiency.power_bert.glue import PadCollator
 
     datamodule.setup("validate")
     dev = datamodule.datasets["dev"]
@@ -231,7 +231,7 @@ def _timing_batches(datamodule, batch_size: int, num_batches: int, max_seq_len: 
 
 def time_inference(model, batches: list[dict[str, torch.Tensor]], device: torch.device, warmup: int, repeats: int):
     """Median milliseconds per batch of ``model`` over ``batches`` (all batches per repeat)."""
-    from lit_efficiency.utils.timing import benchmark
+    from lit_efficiency.core.timing import benchmark
 
     model = model.to(device).eval()
     moved = [{k: v.to(device) for k, v in b.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
@@ -307,11 +307,11 @@ def run(
     """
     import lightning as L
 
-    from lit_efficiency.data.glue import TASK_DEFAULTS, GLUEDataModule, canonical_task
-    from lit_efficiency.models.power_bert import ideal_speedup
-    from lit_efficiency.models.retention import save_retention
-    from lit_efficiency.tasks.power_bert import PowerBertFinetune, PowerBertRetrain, PowerBertSearch
-    from lit_efficiency.utils.paths import resolve_pretrained
+    from lit_efficiency.core.paths import resolve_pretrained
+    from lit_efficiency.power_bert.glue import TASK_DEFAULTS, GLUEDataModule, canonical_task
+    from lit_efficiency.power_bert.model import ideal_speedup
+    from lit_efficiency.power_bert.retention import save_retention
+    from lit_efficiency.power_bert.task import PowerBertFinetune, PowerBertRetrain, PowerBertSearch
 
     task = canonical_task(task)
     resolve_pretrained(model)  # fail early on a bad model path

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from lit_efficiency.errors import ConfigError
+from lit_efficiency.core.errors import ConfigError
 
 Rounding = Literal["floor", "ceil", "round"]
 

@@ -23,10 +23,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from typing_extensions import override
 
-from lit_efficiency.data.glue import TASK_DEFAULTS, TASK_INFO, canonical_task
-from lit_efficiency.errors import ConfigError
-from lit_efficiency.models.power_bert import Mode, PowerBertForSequenceClassification, mass_penalty
-from lit_efficiency.models.retention import Rounding, induce_retention, save_retention
+from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.power_bert.glue import TASK_DEFAULTS, TASK_INFO, canonical_task
+from lit_efficiency.power_bert.model import Mode, PowerBertForSequenceClassification, mass_penalty
+from lit_efficiency.power_bert.retention import Rounding, induce_retention, save_retention
 
 
 def glue_metrics(task: str) -> torchmetrics.MetricCollection:

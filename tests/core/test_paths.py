@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from lit_efficiency.errors import ConfigError, DataError
-from lit_efficiency.utils import paths
+from lit_efficiency.core import paths
+from lit_efficiency.core.errors import ConfigError, DataError
 
 
 def test_explicit_dir_wins_over_env(tmp_path, monkeypatch):

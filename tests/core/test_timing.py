@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from lit_efficiency.utils import timing
+from lit_efficiency.core import timing
 
 
 def test_timer_reports_clock_difference_in_ms():

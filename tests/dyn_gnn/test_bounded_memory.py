@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_efficiency.data.streaming import StreamingSnapshotDataModule
-from lit_efficiency.errors import ConfigError
-from lit_efficiency.models.dyn_gnn import TMGCN, WDGCN, gcn_norm_adj
-from lit_efficiency.tasks.dyn_gnn import DynGNNTask, bounded_forward
+from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.dyn_gnn.adjacency import gcn_norm
+from lit_efficiency.dyn_gnn.nn import TMGCN, WDGCN
+from lit_efficiency.dyn_gnn.streaming import StreamingSnapshotDataModule
+from lit_efficiency.dyn_gnn.task import DynGNNTask, bounded_forward
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
@@ -29,7 +30,7 @@ def _quiet():
 
 def _graph(n=24, steps=5, edges=60, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return [gcn_norm_adj(torch.randint(n, (2, edges), generator=gen), n) for _ in range(steps)]
+    return [gcn_norm(torch.randint(n, (2, edges), generator=gen), n) for _ in range(steps)]
 
 
 def _grads(net, xs, adjs, state, **kw):

@@ -19,14 +19,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from lightning.pytorch.strategies import DDPStrategy
 
-from lit_efficiency.callbacks.profilers import CommProfiler
-from lit_efficiency.data.partitioned import PartitionedBatch, PartitionedSnapshotDataModule, global_blocks
-from lit_efficiency.data.snapshot_datamodule import SnapshotDataModule
-from lit_efficiency.distributed.partition import alltoall_bytes, snapshot_blocks, vertex_blocks
-from lit_efficiency.distributed.redistribute import CommRecorder
-from lit_efficiency.errors import ConfigError
-from lit_efficiency.tasks.dyn_gnn import DynGNNTask
-from lit_efficiency.tasks.dyn_gnn_distributed import DistributedDynGNNTask
+from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.dyn_gnn.datamodule import SnapshotDataModule
+from lit_efficiency.dyn_gnn.partition import alltoall_bytes, snapshot_blocks, vertex_blocks
+from lit_efficiency.dyn_gnn.partitioned import PartitionedBatch, PartitionedSnapshotDataModule, global_blocks
+from lit_efficiency.dyn_gnn.profilers import CommProfiler
+from lit_efficiency.dyn_gnn.redistribute import CommRecorder
+from lit_efficiency.dyn_gnn.task import DynGNNTask
+from lit_efficiency.dyn_gnn.task_distributed import DistributedDynGNNTask
 
 NUM_NODES = 36  # divisible by 2 and 3: the all-to-all volume then equals 4*N*T*d*(P-1)/P exactly
 DIM = 8

@@ -1,4 +1,4 @@
-"""Tests of lit_efficiency.models.dyn_gnn against independent references (PyG layers, nn.LSTM, dense math)."""
+"""Tests of lit_efficiency.dyn_gnn.nn against independent references (PyG layers, nn.LSTM, dense math)."""
 
 import ast
 from pathlib import Path
@@ -8,9 +8,10 @@ import torch
 from torch import Tensor, nn
 from torch.testing import assert_close
 
-from lit_efficiency.errors import ConfigError
-from lit_efficiency.models import dyn_gnn as dg
-from lit_efficiency.models.dyn_gnn import (
+from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.dyn_gnn import nn as dg
+from lit_efficiency.dyn_gnn.adjacency import gcn_norm
+from lit_efficiency.dyn_gnn.nn import (
     CDGCN,
     TMGCN,
     WDGCN,
@@ -23,7 +24,6 @@ from lit_efficiency.models.dyn_gnn import (
     build_model,
     causal_moving_average,
     detach_state,
-    gcn_norm_adj,
     m_matrix,
     m_mix_adjacency,
 )
@@ -37,10 +37,19 @@ pytestmark = pytest.mark.filterwarnings(
 
 
 def _random_graph(num_nodes: int, num_edges: int, seed: int, weighted: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Random directed multigraph (duplicate edges, some self loops) with at most one self loop per node.
+
+    PyG's ``add_remaining_self_loops`` keeps one of several parallel self loops where ``gcn_norm`` sums them (as it
+    sums every duplicate), so the PyG-parity tests use graphs without parallel self loops.
+    """
     gen = torch.Generator().manual_seed(seed)
     edge_index = torch.randint(0, num_nodes, (2, num_edges), generator=gen)
     weight = torch.rand(num_edges, generator=gen) + 0.1 if weighted else None
-    return edge_index, weight
+    loop = edge_index[0] == edge_index[1]
+    first = torch.ones_like(loop)
+    for node in edge_index[0, loop].unique():
+        first[(loop & (edge_index[0] == node)).nonzero()[1:, 0]] = False
+    return edge_index[:, first], (None if weight is None else weight[first])
 
 
 def _snapshots(num_steps: int, num_nodes: int, num_features: int, seed: int = 0) -> tuple[Tensor, list[Tensor]]:
@@ -49,7 +58,7 @@ def _snapshots(num_steps: int, num_nodes: int, num_features: int, seed: int = 0)
     adjs = []
     for t in range(num_steps):
         edge_index, weight = _random_graph(num_nodes, 3 * num_nodes, seed * 100 + t, weighted=t % 2 == 1)
-        adjs.append(gcn_norm_adj(edge_index, num_nodes, weight))
+        adjs.append(gcn_norm(edge_index, num_nodes, weight))
     xs = torch.randn(num_steps, num_nodes, num_features, generator=gen) if num_features else None
     return xs, adjs
 
@@ -75,26 +84,36 @@ ALL_IDS = ["wdgcn", "cdgcn", "tmgcn-input", "tmgcn-output", "evolvegcn-o", "evol
 
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("add_self_loops", [True, False])
-def test_gcn_norm_adj_matches_pyg_gcn_norm(weighted: bool, add_self_loops: bool) -> None:
-    from torch_geometric.nn.conv.gcn_conv import gcn_norm
+def test_gcn_norm_matches_pyg_gcn_norm(weighted: bool, add_self_loops: bool) -> None:
+    from torch_geometric.nn.conv.gcn_conv import gcn_norm as pyg_gcn_norm
     from torch_geometric.utils import to_dense_adj
 
     num_nodes = 12  # nodes 10, 11 are isolated unless the random edges hit them
     edge_index, weight = _random_graph(10, 40, seed=1, weighted=weighted)
-    edge_index = torch.cat([edge_index, torch.tensor([[3, 3], [3, 5]])], dim=1)  # an existing self loop + a duplicate
+    # A new self loop on a node without one (7) and a duplicate edge (3 -> 5 is already there).
+    assert not ((edge_index[0] == 7) & (edge_index[1] == 7)).any() and ((edge_index[0] == 3) & (edge_index[1] == 5)).any()
+    edge_index = torch.cat([edge_index, torch.tensor([[7, 3], [7, 5]])], dim=1)
     if weight is not None:
         weight = torch.cat([weight, torch.tensor([2.5, 0.7])])
-    ref_index, ref_value = gcn_norm(edge_index, weight, num_nodes, add_self_loops=add_self_loops)
+    ref_index, ref_value = pyg_gcn_norm(edge_index, weight, num_nodes, add_self_loops=add_self_loops)
     # to_dense_adj sums duplicates and is indexed [source, target]; ours is [target, source].
     ref = to_dense_adj(ref_index, edge_attr=ref_value, max_num_nodes=num_nodes)[0].t()
-    ours = gcn_norm_adj(edge_index, num_nodes, weight, add_self_loops=add_self_loops)
+    ours = gcn_norm(edge_index, num_nodes, weight, add_self_loops=add_self_loops)
     assert ours.layout == torch.sparse_csr
     assert_close(ours.to_dense(), ref)
 
 
-def test_gcn_norm_adj_hand_case() -> None:
+def test_gcn_norm_sums_duplicate_self_loops() -> None:
+    # Duplicates are summed, self loops included (PyG's add_remaining_self_loops would keep only one of the two loops).
+    adj = gcn_norm(torch.tensor([[0, 0, 0], [0, 0, 1]]), 2, torch.tensor([1.0, 2.0, 1.0])).to_dense()
+    # A^T = [[3, 0], [1, 0]] + I on node 1: in-degrees 3, 2.
+    d = torch.tensor([3.0, 2.0]).rsqrt()
+    assert_close(adj, d[:, None] * torch.tensor([[3.0, 0.0], [1.0, 1.0]]) * d[None, :])
+
+
+def test_gcn_norm_hand_case() -> None:
     # Path 0 - 1 (both directions) plus self loops: degrees 2, 2 -> every entry 1/2. Node 2 isolated -> only its loop.
-    adj = gcn_norm_adj(torch.tensor([[0, 1], [1, 0]]), 3).to_dense()
+    adj = gcn_norm(torch.tensor([[0, 1], [1, 0]]), 3).to_dense()
     assert_close(adj, torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]))
 
 
@@ -112,9 +131,9 @@ def test_gcn_layer_matches_pyg_gcnconv(weighted: bool) -> None:
     ref.lin.weight.data.copy_(ours.lin.weight.data)
     ref.bias.data.copy_(ours.bias.data)
     expected = ref(x, edge_index, weight)
-    assert_close(ours(x, gcn_norm_adj(edge_index, num_nodes, weight)), expected)
+    assert_close(ours(x, gcn_norm(edge_index, num_nodes, weight)), expected)
     # Dense adjacency gives the same result.
-    assert_close(ours(x, gcn_norm_adj(edge_index, num_nodes, weight).to_dense()), expected)
+    assert_close(ours(x, gcn_norm(edge_index, num_nodes, weight).to_dense()), expected)
 
 
 # ---------------------------------------------------------------------------------------------- WD-GCN / CD-GCN
@@ -381,8 +400,8 @@ def test_evolvegcn_embeddings_do_not_collapse_over_20_snapshots(name: str) -> No
 def test_evolvegcn_o_learns_synthetic_links() -> None:
     import lightning as L
 
-    from lit_efficiency.data.snapshot_datamodule import SnapshotDataModule
-    from lit_efficiency.tasks.dyn_gnn import DynGNNTask
+    from lit_efficiency.dyn_gnn.datamodule import SnapshotDataModule
+    from lit_efficiency.dyn_gnn.task import DynGNNTask
 
     L.seed_everything(0, verbose=False)
     dm = SnapshotDataModule(
@@ -504,7 +523,7 @@ def test_detach_state_cuts_the_graph() -> None:
 def test_large_sparse_graph_memory_is_sane() -> None:
     # N = 10^4: the adjacency stays sparse (a dense one would be 400 MB per snapshot).
     num_nodes = 10_000
-    adjs = [gcn_norm_adj(_random_graph(num_nodes, 50_000, seed=t)[0], num_nodes) for t in range(3)]
+    adjs = [gcn_norm(_random_graph(num_nodes, 50_000, seed=t)[0], num_nodes) for t in range(3)]
     assert adjs[0].values().numel() < 70_000
     model = _make("wdgcn", 0, num_nodes)
     out = model(None, adjs)

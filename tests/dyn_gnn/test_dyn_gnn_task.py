@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from lit_efficiency.cli import CONF_DIR, main
-from lit_efficiency.data.snapshot_datamodule import SnapshotDataModule, SnapshotTarget
-from lit_efficiency.errors import ConfigError
-from lit_efficiency.metrics import LinkPredictionMetrics
-from lit_efficiency.models.dyn_gnn import MODEL_NAMES, detach_state
-from lit_efficiency.tasks.dyn_gnn import DynGNNTask
-from lit_efficiency.utils.paths import resolve_data_root
+from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.core.paths import resolve_data_root
+from lit_efficiency.dyn_gnn.datamodule import SnapshotDataModule, SnapshotTarget
+from lit_efficiency.dyn_gnn.metrics import LinkPredictionMetrics
+from lit_efficiency.dyn_gnn.nn import MODEL_NAMES, detach_state
+from lit_efficiency.dyn_gnn.task import DynGNNTask
 
 TINY_DATA = dict(num_nodes=60, num_snapshots=10, edges_per_snapshot=200, num_communities=3, num_node_features=4)
 

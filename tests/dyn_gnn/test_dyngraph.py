@@ -12,8 +12,8 @@ from collections import defaultdict
 import pytest
 import torch
 
-from lit_efficiency.data.dyngraph import DynamicGraph, bucket_edges, coalesce_edges, time_steps
-from lit_efficiency.errors import ConfigError, DataError
+from lit_efficiency.core.errors import ConfigError, DataError
+from lit_efficiency.dyn_gnn.graph import DynamicGraph, bucket_edges, coalesce_edges, time_steps
 
 # The hand-made timeline: (src, dst, time, label).
 TIMELINE = [

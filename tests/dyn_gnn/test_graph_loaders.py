@@ -19,10 +19,10 @@ import time
 import pytest
 import torch
 
-from lit_efficiency.data import graph_loaders
-from lit_efficiency.data.graph_loaders import DATASETS, dataset_file, load_dataset, read_edge_events
-from lit_efficiency.errors import ConfigError, DataError
-from lit_efficiency.utils.paths import resolve_data_root
+from lit_efficiency.core.errors import ConfigError, DataError
+from lit_efficiency.core.paths import resolve_data_root
+from lit_efficiency.dyn_gnn import datasets as graph_loaders
+from lit_efficiency.dyn_gnn.datasets import DATASETS, dataset_file, load_dataset, read_edge_events
 
 _ROOT = resolve_data_root()
 

@@ -1,6 +1,6 @@
 """Two "nodes" on localhost (two launches with NODE_RANK=0|1, Trainer(num_nodes=2, devices=1)), and a crashed node.
 
-Each node is ``tests/_dist_scripts/dyngnn_node.py`` in its own process, exactly as a user would launch it on two
+Each node is ``tests/dyn_gnn/_dist_scripts/dyngnn_node.py`` in its own process, exactly as a user would launch it on two
 machines (``MASTER_ADDR=127.0.0.1``). The reference is the plain single-process ``DynGNNTask`` on the plain
 ``SnapshotDataModule`` from the same initial weights. Every launch runs under a hard ``subprocess`` timeout, so a hang
 fails the test instead of blocking it.
@@ -21,11 +21,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from lit_efficiency.data.snapshot_datamodule import SnapshotDataModule
-from lit_efficiency.tasks.dyn_gnn import DynGNNTask
+from lit_efficiency.dyn_gnn.datamodule import SnapshotDataModule
+from lit_efficiency.dyn_gnn.task import DynGNNTask
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "tests" / "_dist_scripts" / "dyngnn_node.py"
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "tests" / "dyn_gnn" / "_dist_scripts" / "dyngnn_node.py"
 sys.path.insert(0, str(SCRIPT.parent))
 from dyngnn_node import DATA, MODEL, Record  # noqa: E402
 

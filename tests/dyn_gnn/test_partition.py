@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from lit_efficiency.distributed.partition import (
+from lit_efficiency.dyn_gnn.partition import (
     RedistributionPlan,
     alltoall_bytes,
     alltoall_bytes_exact,

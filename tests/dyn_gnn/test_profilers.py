@@ -9,8 +9,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, TensorDataset
 
-from lit_efficiency.callbacks.profilers import AllReduceTimer, CommProfiler, TransferProfiler, TransferRecorder
-from lit_efficiency.distributed.redistribute import CommRecorder, get_default_recorder
+from lit_efficiency.dyn_gnn.profilers import AllReduceTimer, CommProfiler, TransferProfiler, TransferRecorder
+from lit_efficiency.dyn_gnn.redistribute import CommRecorder, get_default_recorder
 
 # Per batch i (0-based): h2d 1.5*(i+1) ms, rebuild 0.25 ms, 100*(i+1) bytes shipped, 400 bytes in full.
 FIGURES = [(1.5 * (i + 1), 0.25, 100 * (i + 1), 400) for i in range(4)]

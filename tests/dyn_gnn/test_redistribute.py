@@ -18,14 +18,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lit_efficiency.distributed import redistribute as rd
-from lit_efficiency.distributed.partition import (
+from lit_efficiency.dyn_gnn import redistribute as rd
+from lit_efficiency.dyn_gnn.partition import (
     alltoall_bytes,
     alltoall_bytes_exact,
     snapshot_blocks,
     vertex_blocks,
 )
-from lit_efficiency.distributed.redistribute import (
+from lit_efficiency.dyn_gnn.redistribute import (
     CommRecorder,
     new_redistribution_group,
     snapshot_to_vertex,

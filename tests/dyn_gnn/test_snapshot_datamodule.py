@@ -3,15 +3,15 @@
 import pytest
 import torch
 
-from lit_efficiency.data.snapshot_datamodule import (
+from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.core.paths import resolve_data_root
+from lit_efficiency.dyn_gnn.adjacency import gcn_norm
+from lit_efficiency.dyn_gnn.datamodule import (
     SnapshotBatch,
     SnapshotDataModule,
     chronological_split,
     sample_negatives,
 )
-from lit_efficiency.errors import ConfigError
-from lit_efficiency.models.dyn_gnn import gcn_norm_adj
-from lit_efficiency.utils.paths import resolve_data_root
 
 SMALL = dict(num_nodes=40, num_snapshots=11, edges_per_snapshot=120, num_communities=4, num_negatives=3, seed=1)
 
@@ -115,7 +115,7 @@ def test_adjacency_is_normalised_window_input_and_raw_targets():
     # Snapshot 3's input adjacency holds the edges of steps 2 and 3 (normalised like PyG's gcn_norm).
     both = torch.cat([graph.edge_indices[2], graph.edge_indices[3]], dim=1)
     both = torch.unique(both[0] * n + both[1])
-    expected = gcn_norm_adj(torch.stack([both // n, both % n]), n).to_dense()
+    expected = gcn_norm(torch.stack([both // n, both % n]), n).to_dense()
     torch.testing.assert_close(dm.store.adjs[3].to_dense(), expected)
     # The target of snapshot 3 is still the raw edges of step 4 only.
     target = dm.store.target(3, "val")

@@ -1,4 +1,4 @@
-"""Tests of lit_efficiency.data.snapshot_diff against independent references.
+"""Tests of lit_efficiency.dyn_gnn.codec against independent references.
 
 References: Python sets and per-element loops for the diffs and the checksum, a fresh decode/encode for round trips,
 ``torch_geometric``'s ``gcn_norm`` / ``to_torch_csr_tensor`` and a dense hand computation for the GCN normalisation,
@@ -16,27 +16,24 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lit_efficiency.data.snapshot_diff import (
+from lit_efficiency.core.errors import DataError
+from lit_efficiency.core.paths import resolve_data_root
+from lit_efficiency.dyn_gnn.adjacency import csr_from_keys, gcn_norm_adj_t, key_dtype, split_key, transpose_keys
+from lit_efficiency.dyn_gnn.codec import (
     HEADER_BYTES,
     FullSnapshot,
     SnapshotDiff,
     apply_inverse,
-    csr_from_keys,
     decode_snapshot,
     encode_graph,
     encode_snapshots,
-    gcn_norm_csr,
     iter_decode,
     iter_decode_reverse,
-    key_dtype,
-    keys_to_edge_index,
     position_dtype,
     snapshot_checksum,
     theoretical_bytes_ratio,
     transfer_stats,
 )
-from lit_efficiency.errors import DataError
-from lit_efficiency.utils.paths import resolve_data_root
 
 # --------------------------------------------------------------------------------------------------------------------
 # helpers
@@ -234,7 +231,7 @@ def test_roundtrip_random_bit_exact_forward_and_backward(n, churn, weighted):
     assert [d.t for d in decoded] == list(range(len(eis)))
     for d in decoded:
         _assert_same(d.keys, d.weights, eis[d.t], None if ws is None else ws[d.t], n)
-        assert torch.equal(keys_to_edge_index(d.keys, n), eis[d.t])
+        assert torch.equal(torch.stack(split_key(d.keys, n)), eis[d.t])
     last = decoded[-1]
     back = list(iter_decode_reverse(enc, last.keys, last.weights))
     assert [d.t for d in back] == list(range(len(eis) - 1, -1, -1))
@@ -390,7 +387,7 @@ def test_gcn_norm_dense_hand_computed():
     # path 0-1-2 (symmetric) plus isolated vertex 3: A + I has degrees 2, 3, 2, 1
     n = 4
     keys = torch.tensor([0 * n + 1, 1 * n + 0, 1 * n + 2, 2 * n + 1], dtype=torch.int32)
-    dense = gcn_norm_csr(keys, n).to_sparse_csr().to_dense()
+    dense = gcn_norm_adj_t(keys, n).to_sparse_csr().to_dense()  # symmetric: adj_t == adj
     d = torch.tensor([2.0, 3.0, 2.0, 1.0]).rsqrt()
     a = torch.tensor([[1.0, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 1]])
     torch.testing.assert_close(dense, d[:, None] * a * d[None, :])
@@ -419,8 +416,9 @@ def test_csr_and_gcn_norm_match_pyg(weighted):
             assert torch.equal(csr.values, ref.values())
         ref_ei, ref_w = gcn_norm(edge_index, weights, n, add_self_loops=True)
         ref_dense = torch.sparse_coo_tensor(ref_ei, ref_w, (n, n)).to_dense()
-        norm = gcn_norm_csr(k, n, dw)
-        torch.testing.assert_close(norm.to_sparse_csr().to_dense(), ref_dense)
+        kt, wt = transpose_keys(k, n, dw)
+        norm = gcn_norm_adj_t(kt, n, wt)
+        torch.testing.assert_close(norm.to_sparse_csr().to_dense(), ref_dense.t())  # ours is [target, source]
         # canonical order of the normalised entries, self-loops included
         norm_keys = norm.col_indices + n * torch.repeat_interleave(torch.arange(n), norm.crow_indices.diff())
         assert bool((norm_keys.diff() > 0).all())
@@ -496,11 +494,11 @@ def test_real_data_roundtrip_and_doc_entry_ratios(name, window, doc_ratio):
 
 
 @pytest.mark.skipif(
-    importlib.util.find_spec("lit_efficiency.data.graph_loaders") is None, reason="graph_loaders not present"
+    importlib.util.find_spec("lit_efficiency.dyn_gnn.datasets") is None, reason="graph_loaders not present"
 )
 @pytest.mark.parametrize(("name", "window", "doc_ratio"), [("chess", 10, 5.1), ("twitter_tennis", 10, 6.6)])
 def test_loader_graphs_roundtrip_weighted(name, window, doc_ratio):
-    from lit_efficiency.data.graph_loaders import load_dataset
+    from lit_efficiency.dyn_gnn.datasets import load_dataset
 
     _data_file(*_FILES[name])
     graph = load_dataset(name, window=window, download=False)
@@ -529,6 +527,6 @@ def test_decode_on_cuda_matches_cpu():
     for d_gpu, d_cpu in zip(iter_decode(enc, "cuda"), iter_decode(enc, "cpu"), strict=True):
         assert d_gpu.keys.is_cuda
         assert torch.equal(d_gpu.keys.cpu(), d_cpu.keys) and torch.equal(d_gpu.weights.cpu(), d_cpu.weights)
-        norm_gpu, norm_cpu = gcn_norm_csr(d_gpu.keys, n, d_gpu.weights), gcn_norm_csr(d_cpu.keys, n, d_cpu.weights)
+        norm_gpu, norm_cpu = gcn_norm_adj_t(d_gpu.keys, n, d_gpu.weights), gcn_norm_adj_t(d_cpu.keys, n, d_cpu.weights)
         assert torch.equal(norm_gpu.crow_indices.cpu(), norm_cpu.crow_indices)
         torch.testing.assert_close(norm_gpu.values.cpu(), norm_cpu.values)

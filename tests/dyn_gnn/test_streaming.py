@@ -14,16 +14,16 @@ import lightning as L
 import pytest
 import torch
 
-from lit_efficiency.callbacks.profilers import TransferProfiler
-from lit_efficiency.data.snapshot_datamodule import SnapshotBatch, SnapshotDataModule
-from lit_efficiency.data.snapshot_diff import SnapshotDiff, encode_snapshots
-from lit_efficiency.data.streaming import StreamingSnapshotDataModule, encode_stream, rebuild_adjacency
-from lit_efficiency.data.synthetic import iter_synthetic_snapshots, synthetic_dynamic_graph
-from lit_efficiency.errors import ConfigError, DataError
-from lit_efficiency.models.dyn_gnn import gcn_norm_adj
-from lit_efficiency.tasks.dyn_gnn import DynGNNTask
+from lit_efficiency.core.errors import ConfigError, DataError
+from lit_efficiency.dyn_gnn.adjacency import gcn_norm
+from lit_efficiency.dyn_gnn.codec import SnapshotDiff, encode_snapshots
+from lit_efficiency.dyn_gnn.datamodule import SnapshotBatch, SnapshotDataModule
+from lit_efficiency.dyn_gnn.profilers import TransferProfiler
+from lit_efficiency.dyn_gnn.streaming import StreamingSnapshotDataModule, encode_stream, rebuild_adjacency
+from lit_efficiency.dyn_gnn.synthetic import iter_synthetic_snapshots, synthetic_dynamic_graph
+from lit_efficiency.dyn_gnn.task import DynGNNTask
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DM_ARGS = dict(
     dataset="synthetic", num_nodes=50, num_snapshots=9, edges_per_snapshot=160, churn=0.1, block_size=3,
     num_negatives=3, num_node_features=4,
@@ -116,7 +116,7 @@ def test_rebuild_adjacency_directed_is_in_degree_transpose():
     """Hand-checked 3-vertex directed graph: 0->1, 0->2, 1->2 (keys source*N+target)."""
     keys = torch.tensor([1, 2, 5])
     adj = rebuild_adjacency(keys, None, 3, directed=True).to_dense()
-    ref = gcn_norm_adj(torch.tensor([[0, 0, 1], [1, 2, 2]]), 3).to_dense()
+    ref = gcn_norm(torch.tensor([[0, 0, 1], [1, 2, 2]]), 3).to_dense()
     torch.testing.assert_close(adj, ref)
     # in-degrees with self loops: d = (1, 2, 3); adj[2, 0] = 1 / sqrt(1 * 3)
     assert adj[2, 0].item() == pytest.approx(3**-0.5)
@@ -216,7 +216,7 @@ def test_bad_transfer_option():
 
 @pytest.mark.slow
 def test_streaming_configs_parse():
-    for cfg in sorted((ROOT / "conf" / "dyngnn").glob("streaming*.yaml")):
+    for cfg in sorted((ROOT / "conf" / "dyn_gnn").glob("streaming*.yaml")):
         proc = subprocess.run(
             [sys.executable, "-m", "lit_efficiency", "fit", "--config", str(cfg), "--print_config"],
             cwd=ROOT,

@@ -12,13 +12,13 @@ from collections import Counter
 import pytest
 import torch
 
-from lit_efficiency.data.synthetic import (
+from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.dyn_gnn.synthetic import (
     iter_synthetic_snapshots,
     power_law_weights,
     synthetic_dynamic_graph,
     synthetic_link_graph,
 )
-from lit_efficiency.errors import ConfigError
 
 ARGS = {"num_nodes": 300, "num_snapshots": 6, "edges_per_snapshot": 1200}
 

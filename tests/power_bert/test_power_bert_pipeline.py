@@ -11,17 +11,17 @@ import torch
 import yaml
 
 from lit_efficiency.cli import CONF_DIR, main
-from lit_efficiency.errors import ConfigError
-from lit_efficiency.models.power_bert import PowerBertForSequenceClassification
-from lit_efficiency.models.retention import load_retention
-from lit_efficiency.tasks.power_bert import (
+from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.core.paths import resolve_pretrained
+from lit_efficiency.power_bert.model import PowerBertForSequenceClassification
+from lit_efficiency.power_bert.retention import load_retention
+from lit_efficiency.power_bert.task import (
     PowerBertFinetune,
     PowerBertRetrain,
     PowerBertSearch,
     glue_metrics,
     linear_warmup_decay,
 )
-from lit_efficiency.utils.paths import resolve_pretrained
 
 SMOKE = CONF_DIR / "power_bert" / "smoke.yaml"
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from lit_efficiency.errors import ConfigError
-from lit_efficiency.models.retention import induce_retention, load_retention, save_retention, validate_retention
+from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.power_bert.retention import induce_retention, load_retention, save_retention, validate_retention
 
 
 def test_induce_retention_floor_zero_and_monotone():

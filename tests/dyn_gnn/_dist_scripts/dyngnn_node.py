@@ -19,9 +19,9 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
 
-from lit_efficiency.data.partitioned import PartitionedSnapshotDataModule
-from lit_efficiency.errors import LitEfficiencyError
-from lit_efficiency.tasks.dyn_gnn_distributed import DistributedDynGNNTask
+from lit_efficiency.core.errors import LitEfficiencyError
+from lit_efficiency.dyn_gnn.partitioned import PartitionedSnapshotDataModule
+from lit_efficiency.dyn_gnn.task_distributed import DistributedDynGNNTask
 
 # Shared with the tests (they import these to build the single-process reference).
 DATA = {

@@ -1,0 +1,5 @@
+"""Deprecated alias of :mod:`lit_efficiency.power_bert.model` (removed in 0.3)."""
+
+from lit_efficiency.core.deprecation import moved
+
+moved(__name__, "lit_efficiency.power_bert.model")
