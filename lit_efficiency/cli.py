@@ -17,13 +17,16 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.cli import ArgsType, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from lit_efficiency.core.deprecation import LitEfficiencyDeprecationWarning
 from lit_efficiency.core.errors import LitEfficiencyError
 
 #: ``conf/`` of the checkout (present for source and editable installs).
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+#: Data-module arguments linked into the model's argument of the same name (set them on the data only).
+LINKED_FROM_DATA: tuple[str, ...] = ("task", "max_seq_len")
 
 #: Pipeline subcommands: name -> "module:function" taking the remaining argv (a list of strings).
 PIPELINES: dict[str, str] = {
@@ -56,6 +59,16 @@ class LitEfficiencyCLI(LightningCLI):
             run=run,
             **kwargs,
         )
+
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Values decided once, by the data module, and linked into the model (never typed twice).
+
+        ``task`` (GLUE task or dynamic-graph task) and ``max_seq_len`` (PoWER-BERT's ``N``) are set on the data and
+        copied to the model's argument of the same name when the model has one.
+        """
+        for name in LINKED_FROM_DATA:
+            parser.link_arguments(f"data.init_args.{name}", f"model.init_args.{name}", apply_on="parse")
 
 
 def _destroy_process_group() -> None:

@@ -54,7 +54,7 @@ CONFIG_NAME = "config.json"
 
 @dataclass
 class BertEncoderOutput:
-    """What :class:`BertEncoder` returns.
+    """What :class:`BertEncoder` (and :class:`~lit_efficiency.power_bert.model.PowerBertEncoder`) returns.
 
     Attributes:
         last_hidden_state: ``(B, L, D)`` hidden states after the last layer (``L`` tokens kept; the input length for
@@ -62,13 +62,35 @@ class BertEncoderOutput:
         attention_mask: ``(B, L)`` mask of the returned tokens (1 real, 0 padding), same dtype as the input mask.
         pooler_output: ``(B, D)`` ``tanh(W h_[CLS] + b)``, or ``None`` when the model has no pooler.
         attentions: one ``(B, H, L_j, L_j)`` tensor of attention probabilities (softmax output, before dropout) per
-            layer application, or ``None`` unless ``output_attentions=True``.
+            layer application (layer ``j``'s *input* tokens), or ``None`` unless ``output_attentions=True``.
+        kept_positions: ``(B, L)`` original positions of the returned tokens, ascending (``0 .. L-1`` unless
+            tokens were eliminated).
     """
 
     last_hidden_state: Tensor
     attention_mask: Tensor
     pooler_output: Tensor | None = None
     attentions: tuple[Tensor, ...] | None = None
+    kept_positions: Tensor | None = None
+
+
+@dataclass
+class LayerState:
+    """What flows from one layer application to the next inside :meth:`BertEncoder.forward`.
+
+    Attributes:
+        hidden: ``(B, L, D)`` hidden states.
+        mask: ``(B, L)`` key mask of those tokens (1 real, 0 padding).
+        bias: ``(B, 1, 1, L)`` additive attention bias of ``mask`` (:func:`additive_attention_mask`).
+        positions: ``(B, L)`` original positions of the tokens.
+        attentions: the probabilities collected so far, or ``None`` when not asked for.
+    """
+
+    hidden: Tensor
+    mask: Tensor
+    bias: Tensor
+    positions: Tensor
+    attentions: list[Tensor] | None
 
 
 class LayerParts(NamedTuple):
@@ -398,24 +420,39 @@ class BertEncoder(nn.Module):
         """
         mask = self._default_mask(input_ids, attention_mask)
         hidden = self.embed(input_ids, token_type_ids, position_ids)
-        bias = additive_attention_mask(mask, hidden.dtype)
-        attentions: list[Tensor] = []
-        for index in range(self.num_layers):
-            parts = self.layer_parts(index)
-            q, k, v = self.project_qkv(parts, hidden)
-            if output_attentions:
-                probs = self.attention_probs(q, k, bias)
-                attentions.append(probs)
-                context = self.attend(probs, v)
-            else:
-                context = self.sdpa(q, k, v, bias)
-            hidden = self.feed_forward(parts, self.attention_output(parts, context, hidden))
-        return BertEncoderOutput(
-            last_hidden_state=hidden,
-            attention_mask=mask,
-            pooler_output=self.pool(hidden),
-            attentions=tuple(attentions) if output_attentions else None,
+        bsz, seq_len, _ = hidden.shape
+        state = LayerState(
+            hidden=hidden,
+            mask=mask,
+            bias=additive_attention_mask(mask, hidden.dtype),
+            positions=torch.arange(seq_len, device=hidden.device).expand(bsz, seq_len),
+            attentions=[] if output_attentions else None,
         )
+        for index in range(self.num_layers):
+            state = self.layer_step(index, state)
+        return BertEncoderOutput(
+            last_hidden_state=state.hidden,
+            attention_mask=state.mask,
+            pooler_output=self.pool(state.hidden),
+            attentions=tuple(state.attentions) if state.attentions is not None else None,
+            kept_positions=state.positions,
+        )
+
+    def layer_step(self, index: int, state: LayerState) -> LayerState:
+        """One layer application: attention sub-layer, then feed-forward sub-layer (subclasses act in between).
+
+        Eager attention (probabilities) only when they are asked for, fused SDPA otherwise.
+        """
+        parts = self.layer_parts(index)
+        q, k, v = self.project_qkv(parts, state.hidden)
+        if state.attentions is not None:
+            probs = self.attention_probs(q, k, state.bias)
+            state.attentions.append(probs)
+            context = self.attend(probs, v)
+        else:
+            context = self.sdpa(q, k, v, state.bias)
+        state.hidden = self.feed_forward(parts, self.attention_output(parts, context, state.hidden))
+        return state
 
 
 # ---------------------------------------------------------------------- HF folders: config, weights, saving

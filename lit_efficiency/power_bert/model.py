@@ -37,19 +37,21 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
 from lit_efficiency.core.errors import ConfigError
 from lit_efficiency.core.paths import resolve_pretrained
 from lit_efficiency.power_bert.bert import (
     BertEncoder,
     BertEncoderOutput,
+    LayerState,
     additive_attention_mask,
     load_hf_config,
     num_layer_applications,
     read_hf_weights,
     save_hf_folder,
 )
-from lit_efficiency.power_bert.retention import load_retention
+from lit_efficiency.power_bert.retention import validate_retention
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -212,16 +214,9 @@ def mass_penalty(soft_extracts: Iterable[SoftExtract]) -> Tensor:
 
 
 # ---------------------------------------------------------------------- encoder
-@dataclass
-class PowerBertOutput(BertEncoderOutput):
-    """:class:`~lit_efficiency.power_bert.bert.BertEncoderOutput` plus where the surviving tokens came from.
-
-    Attributes:
-        kept_positions: ``(B, L)`` original positions of the returned tokens, ascending (``0 .. L-1`` unless
-            tokens were eliminated). In hard mode ``attentions[j]`` covers layer ``j``'s *input* tokens.
-    """
-
-    kept_positions: Tensor | None = None
+#: The encoder's output (:class:`~lit_efficiency.power_bert.bert.BertEncoderOutput`: kept tokens, their mask and
+#: original positions). In hard mode ``attentions[j]`` covers layer ``j``'s *input* tokens.
+PowerBertOutput = BertEncoderOutput
 
 
 class PowerBertEncoder(BertEncoder):
@@ -230,7 +225,8 @@ class PowerBertEncoder(BertEncoder):
     Args:
         config: ``transformers`` ``BertConfig`` / ``AlbertConfig``.
         mode: ``"none"`` (plain), ``"soft"`` (Soft-Extract, configuration search) or ``"hard"`` (Extract).
-        retention: tokens kept per layer application (list, JSON file or ``"64,48,..."``); required for ``"hard"``.
+        retention: tokens kept per layer application (a list of ints; files are read by
+            :func:`~lit_efficiency.power_bert.retention.load_retention` at the edge); required for ``"hard"``.
         max_seq_len: ``N``, the padded maximum length (Soft-Extract size, retention bound). Default: the
             config's ``max_position_embeddings``.
         mask_padded_queries: let padded query rows not count in the significance score (reference: they count).
@@ -241,7 +237,7 @@ class PowerBertEncoder(BertEncoder):
         self,
         config: PretrainedConfig,
         mode: Mode = "none",
-        retention: Sequence[int] | str | os.PathLike | None = None,
+        retention: Sequence[int] | None = None,
         max_seq_len: int | None = None,
         mask_padded_queries: bool = False,
         add_pooling_layer: bool = True,
@@ -256,7 +252,7 @@ class PowerBertEncoder(BertEncoder):
         self.soft_extracts: nn.ModuleList | None = None
         self.set_mode(mode, retention)
 
-    def set_mode(self, mode: Mode, retention: Sequence[int] | str | os.PathLike | None = None) -> None:
+    def set_mode(self, mode: Mode, retention: Sequence[int] | None = None) -> None:
         """Switch stage: ``"soft"`` adds fresh Soft-Extract layers (r = 1) if absent, other modes drop them.
 
         Args:
@@ -269,7 +265,7 @@ class PowerBertEncoder(BertEncoder):
         if mode not in MODES:
             raise ConfigError(f"mode={mode!r}: choose one of {', '.join(MODES)}")
         if retention is not None:
-            self.retention = load_retention(retention, self.num_layers, self.max_seq_len)
+            self.retention = validate_retention(retention, self.num_layers, self.max_seq_len)
         if mode == "hard" and self.retention is None:
             raise ConfigError("mode='hard' needs a retention configuration (one token count per layer)")
         if mode == "soft":
@@ -305,7 +301,7 @@ class PowerBertEncoder(BertEncoder):
         position_ids: Tensor | None = None,
         output_attentions: bool = False,
     ) -> PowerBertOutput:
-        """Encode a batch, eliminating word-vectors as the mode says.
+        """Encode a batch, eliminating word-vectors as the mode says (the loop is :meth:`BertEncoder.forward`'s).
 
         Args:
             input_ids: ``(B, L)`` token ids.
@@ -317,52 +313,49 @@ class PowerBertEncoder(BertEncoder):
         Returns:
             :class:`PowerBertOutput`; in hard mode ``last_hidden_state`` is ``(B, min(l_n, L), D)``.
         """
-        mask = self._default_mask(input_ids, attention_mask)
-        hidden = self.embed(input_ids, token_type_ids, position_ids)
-        bsz, seq_len, _ = hidden.shape
+        if self.mode == "soft" and input_ids.shape[1] > self.max_seq_len:
+            raise ValueError(
+                f"sequence length {input_ids.shape[1]} exceeds max_seq_len={self.max_seq_len} (Soft-Extract size)"
+            )
+        return super().forward(input_ids, attention_mask, token_type_ids, position_ids, output_attentions)
+
+    @override
+    def layer_step(self, index: int, state: LayerState) -> LayerState:
+        """One layer application in any mode: attention, [elimination], Add & LayerNorm, [Soft-Extract], FFN.
+
+        Probabilities are computed (eagerly) only where they are needed: the layer drops tokens (hard), every layer
+        (soft), or they were asked for; elsewhere fused SDPA. Where the layer drops tokens, :func:`extract` chooses
+        them and only the kept query rows go on: ``P V``, the output projection and the LayerNorm shrink to
+        ``(B, keep, .)`` (LayerNorm is row-wise, so this equals "full sub-layer, then gather").
+        """
+        parts = self.layer_parts(index)
+        hidden, mask = state.hidden, state.mask
+        n = hidden.shape[1]
+        keep = min(self.retention[index], n) if self.mode == "hard" else n
         soft = self.mode == "soft"
-        hard = self.mode == "hard"
-        if soft and seq_len > self.max_seq_len:
-            raise ValueError(f"sequence length {seq_len} exceeds max_seq_len={self.max_seq_len} (Soft-Extract size)")
-        positions = torch.arange(seq_len, device=hidden.device).expand(bsz, seq_len)
-        bias = additive_attention_mask(mask, hidden.dtype)
-        attentions: list[Tensor] = []
-        for index in range(self.num_layers):
-            parts = self.layer_parts(index)
-            n = hidden.shape[1]
-            keep = min(self.retention[index], n) if hard else n
-            q, k, v = self.project_qkv(parts, hidden)
-            residual = hidden
-            if output_attentions or soft or keep < n:
-                probs = self.attention_probs(q, k, bias)  # (B, H, n, n)
-                if output_attentions:
-                    attentions.append(probs)
-                if keep < n:
-                    sig = significance_score(probs, mask, self.mask_padded_queries)
-                    idx = select_tokens(sig, mask, keep)  # (B, keep)
-                    # Only kept query rows go on: P V, output projection and LayerNorm shrink to (B, keep, .).
-                    probs = probs.gather(2, idx[:, None, :, None].expand(bsz, self.num_heads, keep, n))
-                    residual = gather_tokens(hidden, idx)
-                    new_mask = mask.gather(1, idx)
-                    positions = positions.gather(1, idx)
-                context = self.attend(probs, v)
-            else:
-                context = self.sdpa(q, k, v, bias)
-            hidden = self.attention_output(parts, context, residual)
-            if soft:
-                sig = significance_score(probs, mask, self.mask_padded_queries)
-                hidden = self.soft_extracts[index](hidden, sig, mask)
+        q, k, v = self.project_qkv(parts, hidden)
+        residual = hidden
+        if state.attentions is None and not soft and keep == n:
+            context = self.sdpa(q, k, v, state.bias)
+        else:
+            probs = self.attention_probs(q, k, state.bias)  # (B, H, n, n)
+            if state.attentions is not None:
+                state.attentions.append(probs)
+            sig = significance_score(probs, mask, self.mask_padded_queries) if soft or keep < n else None
             if keep < n:
-                mask = new_mask
-                bias = additive_attention_mask(mask, hidden.dtype)
-            hidden = self.feed_forward(parts, hidden)
-        return PowerBertOutput(
-            last_hidden_state=hidden,
-            attention_mask=mask,
-            pooler_output=self.pool(hidden),
-            attentions=tuple(attentions) if output_attentions else None,
-            kept_positions=positions,
-        )
+                kept = extract(hidden, mask, sig, keep)
+                rows = kept.indices[:, None, :, None].expand(-1, probs.shape[1], -1, n)
+                probs = probs.gather(2, rows)  # (B, H, keep, n): kept query rows only
+                residual = kept.hidden
+                state.mask = kept.mask
+                state.bias = additive_attention_mask(kept.mask, hidden.dtype)
+                state.positions = state.positions.gather(1, kept.indices)
+            context = self.attend(probs, v)
+        out = self.attention_output(parts, context, residual)
+        if soft:
+            out = self.soft_extracts[index](out, sig, mask)
+        state.hidden = self.feed_forward(parts, out)
+        return state
 
 
 #: Alias: the encoder *is* the base model (embeddings + layers + pooler), as HF's ``BertModel``.
@@ -394,7 +387,7 @@ class PowerBertForSequenceClassification(nn.Module):
         config: ``transformers`` ``BertConfig`` / ``AlbertConfig`` (copied).
         num_labels: number of classes; 1 means regression (MSE). Default: ``config.num_labels``.
         mode: ``"none"``, ``"soft"`` or ``"hard"`` (see :class:`PowerBertEncoder`).
-        retention: tokens kept per layer (list or JSON file); required for ``"hard"``.
+        retention: tokens kept per layer (a list of ints); required for ``"hard"``.
         max_seq_len: padded maximum length ``N``. Default: ``config.max_position_embeddings``.
         mask_padded_queries: exclude padded query rows from the significance score.
     """
@@ -404,7 +397,7 @@ class PowerBertForSequenceClassification(nn.Module):
         config: PretrainedConfig,
         num_labels: int | None = None,
         mode: Mode = "none",
-        retention: Sequence[int] | str | os.PathLike | None = None,
+        retention: Sequence[int] | None = None,
         max_seq_len: int | None = None,
         mask_padded_queries: bool = False,
     ) -> None:
@@ -485,7 +478,7 @@ class PowerBertForSequenceClassification(nn.Module):
         name_or_path: str | os.PathLike,
         num_labels: int | None = None,
         mode: Mode | None = None,
-        retention: Sequence[int] | str | os.PathLike | None = None,
+        retention: Sequence[int] | None = None,
         max_seq_len: int | None = None,
         mask_padded_queries: bool | None = None,
     ) -> PowerBertForSequenceClassification:

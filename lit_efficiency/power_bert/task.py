@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
@@ -24,9 +24,11 @@ from torch import Tensor
 from typing_extensions import override
 
 from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.core.paths import resolve_pretrained
+from lit_efficiency.power_bert.bert import load_hf_config, num_layer_applications
 from lit_efficiency.power_bert.glue import TASK_DEFAULTS, TASK_INFO, canonical_task
 from lit_efficiency.power_bert.model import Mode, PowerBertForSequenceClassification, mass_penalty
-from lit_efficiency.power_bert.retention import Rounding, induce_retention, save_retention
+from lit_efficiency.power_bert.retention import Rounding, induce_retention, load_retention, save_retention
 
 
 def glue_metrics(task: str) -> torchmetrics.MetricCollection:
@@ -341,19 +343,14 @@ class PowerBertRetrain(PowerBertModule):
 
     @override
     def build_model(self, model_name_or_path: str, mask_padded_queries: bool) -> PowerBertForSequenceClassification:
+        # The edge: a retention file (or inline list) is read and validated here, once; the model gets list[int].
+        config = load_hf_config(resolve_pretrained(model_name_or_path))
+        retention = load_retention(self._retention, num_layer_applications(config), self.max_seq_len)
         return PowerBertForSequenceClassification.from_pretrained(
             model_name_or_path,
             num_labels=self.info.num_labels,
             mode="hard",
-            retention=self._retention,
+            retention=retention,
             max_seq_len=self.max_seq_len,
             mask_padded_queries=mask_padded_queries,
         )
-
-
-Stage = Literal["finetune", "search", "retrain"]
-STAGES: dict[str, type[PowerBertModule]] = {
-    "finetune": PowerBertFinetune,
-    "search": PowerBertSearch,
-    "retrain": PowerBertRetrain,
-}

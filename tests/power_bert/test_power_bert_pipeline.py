@@ -13,6 +13,7 @@ import yaml
 from lit_efficiency.cli import CONF_DIR, main
 from lit_efficiency.core.errors import ConfigError
 from lit_efficiency.core.paths import resolve_pretrained
+from lit_efficiency.power_bert.glue import GLUEDataModule
 from lit_efficiency.power_bert.model import PowerBertForSequenceClassification
 from lit_efficiency.power_bert.retention import load_retention
 from lit_efficiency.power_bert.task import (
@@ -214,8 +215,8 @@ def test_stages_run_alone_through_fit_and_chain(tmp_path, monkeypatch, tiny_mode
     stages = CONF_DIR / "power_bert" / "stages"
     common = [
         "--trainer.accelerator=cpu", "--trainer.max_steps=3", "--trainer.max_epochs=1", "--trainer.log_every_n_steps=1",
-        "--model.init_args.task=rte", "--data.init_args.task=rte", "--data.init_args.train_limit=48",
-        "--data.init_args.eval_limit=32", "--data.init_args.max_seq_len=32", "--model.init_args.max_seq_len=32",
+        "--data.init_args.task=rte", "--data.init_args.train_limit=48",  # task and N set once, on the data
+        "--data.init_args.eval_limit=32", "--data.init_args.max_seq_len=32",
         "--data.init_args.tokenizer_name=tiny-random-bert",
     ]  # fmt: skip
     main(["fit", "--config", str(stages / "finetune.yaml"), *common,
@@ -238,10 +239,24 @@ def test_stages_run_alone_through_fit_and_chain(tmp_path, monkeypatch, tiny_mode
     assert load_retention(tmp_path / "ret.json", num_layers=2, max_seq_len=32) == retention
 
 
-def test_model_and_data_must_agree(tiny_model, tmp_path, capsys):
-    args = ["fit", "--config", str(CONF_DIR / "power_bert" / "stages" / "finetune.yaml"),
-            f"--model.init_args.model_name_or_path={tiny_model}", "--model.init_args.task=rte",
-            "--data.init_args.task=cola", "--trainer.accelerator=cpu", "--trainer.max_steps=1",
-            f"--trainer.default_root_dir={tmp_path}"]  # fmt: skip
-    code, err = _run_cli(args, capsys)
-    assert code == 2 and "model task 'rte' != data task 'cola'" in err
+def test_task_and_max_seq_len_are_linked_from_data(tiny_model):
+    """`task` and `max_seq_len` are typed once, on the data; the CLI links them into the model."""
+    from lit_efficiency.cli import LitEfficiencyCLI
+
+    cli = LitEfficiencyCLI(
+        args=["--config", str(CONF_DIR / "power_bert" / "stages" / "finetune.yaml"),
+              f"--model.init_args.model_name_or_path={tiny_model}", "--data.init_args.tokenizer_name=tiny-random-bert",
+              "--data.init_args.task=rte", "--data.init_args.max_seq_len=48", "--trainer.logger=false"],
+        run=False,
+    )  # fmt: skip
+    assert (cli.model.task, cli.model.max_seq_len) == ("rte", 48)
+    assert (cli.datamodule.task, cli.datamodule.max_seq_len) == ("rte", 48)
+
+
+def test_model_and_data_must_agree_without_the_cli(tiny_model):
+    """Used from Python (no link), a model and a data module for different tasks fail at setup, in one line."""
+    module = PowerBertFinetune(model_name_or_path=tiny_model, task="rte", max_seq_len=32)
+    data = GLUEDataModule(task="cola", tokenizer_name="tiny-random-bert", max_seq_len=32, train_limit=8, eval_limit=8)
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False)
+    with pytest.raises(ConfigError, match="model task 'rte' != data task 'cola'"):
+        trainer.fit(module, datamodule=data)
