@@ -31,25 +31,25 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import DDPStrategy
 
+from lit_efficiency.core.recorders import Recorder
 from lit_efficiency.dyn_gnn.partition import alltoall_bytes, halo_bytes
 from lit_efficiency.dyn_gnn.partitioned import PartitionedSnapshotDataModule
 from lit_efficiency.dyn_gnn.profilers import CommProfiler
-from lit_efficiency.dyn_gnn.redistribute import CommRecorder
 from lit_efficiency.dyn_gnn.task_distributed import DistributedDynGNNTask
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-class _KeepingRecorder(CommRecorder):
-    """Keeps (epoch-tagged) copies of the events that CommProfiler drains every step."""
+class _KeepingRecorder(Recorder):
+    """Keeps copies of the events that CommProfiler drains every step."""
 
     def __init__(self) -> None:
         super().__init__()
         self.kept: list[tuple[str, int, float]] = []
 
-    def record(self, kind, nbytes, ms, nbytes_received=None) -> None:
-        super().record(kind, nbytes, ms, nbytes_received)
-        self.kept.append((kind, int(nbytes), float(ms)))
+    def record(self, event) -> None:
+        super().record(event)
+        self.kept.append((event.kind, int(event.bytes_sent), float(event.ms)))
 
 
 class _Dump(L.Callback):
@@ -60,14 +60,14 @@ class _Dump(L.Callback):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._start = time.perf_counter()
-        self._reduced = self.profiler.totals.get("data/allreduce_bytes", 0.0)
+        self._reduced = self.profiler.totals.get("train/allreduce_bytes", 0.0)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.epoch_s.append(time.perf_counter() - self._start)
-        self.allreduce_bytes.append(self.profiler.totals.get("data/allreduce_bytes", 0.0) - self._reduced)
+        self.allreduce_bytes.append(self.profiler.totals.get("train/allreduce_bytes", 0.0) - self._reduced)
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        payload = {"events": self.profiler.alltoall.kept, "epoch_s": self.epoch_s, "allreduce": self.allreduce_bytes}
+        payload = {"events": pl_module.comm_recorder.kept, "epoch_s": self.epoch_s, "allreduce": self.allreduce_bytes}
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(payload))
 
 
@@ -76,7 +76,6 @@ def run(world: int, args: argparse.Namespace, data: dict, model: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         profiler = CommProfiler()
-        profiler.alltoall = _KeepingRecorder()
         strategy: object = "auto"
         if world > 1:
             strategy = DDPStrategy(
@@ -96,7 +95,9 @@ def run(world: int, args: argparse.Namespace, data: dict, model: dict) -> dict:
             callbacks=[profiler, _Dump(out, profiler)],
         )
         torch.manual_seed(0)
-        trainer.fit(DistributedDynGNNTask(**model), PartitionedSnapshotDataModule(**data))
+        task = DistributedDynGNNTask(**model)
+        task.comm_recorder = _KeepingRecorder()
+        trainer.fit(task, PartitionedSnapshotDataModule(**data))
         ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
     probe = PartitionedSnapshotDataModule(world_size=world, rank=0, **data)
     probe.setup("fit")

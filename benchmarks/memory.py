@@ -8,7 +8,7 @@ snapshot, 5% churn, no node features):
 * ``streamed``: :class:`~lit_efficiency.dyn_gnn.streaming.StreamingSnapshotDataModule` (diff-encoded host graph),
   ``--block`` snapshots per step (truncated BPTT), rebuilt on the device per block.
 * ``streamed+ckpt``: the same plus per-snapshot activation checkpoints of the GCN and a vertex-chunked, checkpointed
-  LSTM (:func:`~lit_efficiency.dyn_gnn.task.bounded_forward`).
+  LSTM (:func:`~lit_efficiency.dyn_gnn.nn.bounded_forward`).
 
 Every point runs in a fresh subprocess (so peaks do not leak between points): on CPU the peak resident set size
 (``resource.getrusage``, ``ru_maxrss``) after the epoch, and the increase over the RSS measured after ``setup`` and

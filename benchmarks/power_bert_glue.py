@@ -29,7 +29,8 @@ import torch
 
 from lit_efficiency.core.paths import resolve_data_root
 from lit_efficiency.power_bert import pipeline
-from lit_efficiency.power_bert.glue import TASK_DEFAULTS, read_glue_split
+from lit_efficiency.power_bert.glue import read_glue_split
+from lit_efficiency.power_bert.tasks_table import TASK_DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 MIN_LR_BERT = 1e-4

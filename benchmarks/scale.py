@@ -9,7 +9,7 @@ keys: ``N * N > 2**31``). For every snapshot a fixed-size sample of its edges is
 Phase 2 (one epoch, truncated BPTT over blocks of ``--block`` snapshots): per snapshot the diff is applied to the
 previous keys ("device" = CPU here), the checksum verified, CSR + GCN normalisation rebuilt from the degrees
 (:func:`~lit_efficiency.dyn_gnn.streaming.rebuild_adjacency`; the directed snapshot's normalised matrix is used as is),
-then :func:`~lit_efficiency.dyn_gnn.task.bounded_forward` with per-snapshot spatial checkpoints and a vertex-chunked,
+then :func:`~lit_efficiency.dyn_gnn.nn.bounded_forward` with per-snapshot spatial checkpoints and a vertex-chunked,
 checkpointed LSTM. Embeddings at ``t`` score the sampled positives of ``t + 1`` and as many uniform random pairs
 (negatives); BCE loss, Adam step per block. No node features: a learnable ``N x hidden`` embedding.
 
@@ -39,7 +39,7 @@ from lit_efficiency.dyn_gnn.codec import decode_snapshot  # noqa: E402
 from lit_efficiency.dyn_gnn.nn import WDGCN, LinkPredictor, detach_state  # noqa: E402
 from lit_efficiency.dyn_gnn.streaming import encode_stream, rebuild_adjacency, ship_item  # noqa: E402
 from lit_efficiency.dyn_gnn.synthetic import iter_synthetic_snapshots  # noqa: E402
-from lit_efficiency.dyn_gnn.task import bounded_forward  # noqa: E402
+from lit_efficiency.dyn_gnn.nn import bounded_forward  # noqa: E402
 
 
 def peak_rss_gb() -> float:
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> dict:
     save()
 
     # ---------------------------------------------------------------- phase 2: one epoch
-    net = WDGCN(0, hidden_dim=args.hidden, out_dim=args.hidden, num_gcn_layers=1, num_nodes=n).to(device)
+    net = WDGCN(0, hidden_dim=args.hidden, out_dim=args.hidden, num_layers=1, num_nodes=n).to(device)
     head = LinkPredictor(args.hidden, 0).to(device)
     opt = torch.optim.Adam([*net.parameters(), *head.parameters()], lr=args.lr)
     state = None

@@ -29,10 +29,11 @@ were read for their designs only.
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from lit_efficiency.core.errors import ConfigError
 
@@ -53,11 +54,13 @@ __all__ = [
     "TMGCN",
     "TMGCNState",
     "WDGCN",
+    "bounded_forward",
     "build_model",
     "causal_moving_average",
     "detach_state",
     "m_matrix",
     "m_mix_adjacency",
+    "model_class",
 ]
 
 Features = Tensor | Sequence[Tensor | None] | None
@@ -320,11 +323,31 @@ class DynamicGNN(nn.Module):
     """Base class: ``forward = temporal(spatial(...))`` with a carried temporal state.
 
     Subclasses set ``spatial_dim`` (size ``d`` of the spatial output, i.e. what the all-to-all redistributes) and
-    ``out_dim`` and implement :meth:`spatial_snapshot` and :meth:`temporal`.
+    ``out_dim`` and implement :meth:`spatial_snapshot` and :meth:`temporal`. Every model takes the same core
+    arguments (``num_features``, ``hidden_dim``, ``out_dim``, ``num_layers``, ``num_nodes``); its own extra ones are
+    listed in :attr:`options`. What snapshot partitioning (SC'21) needs to know is a property of the class:
+    :attr:`partitionable` and :meth:`temporal_halo_for`.
     """
 
     spatial_dim: int
     out_dim: int
+
+    #: Whether the spatial/temporal cut exists, so snapshots can be partitioned over ranks (the spatial stage runs
+    #: per snapshot, the temporal stage per vertex). False for models sequential in time.
+    partitionable: ClassVar[bool] = True
+    #: Constructor arguments besides the core ones (``num_features``, ``hidden_dim``, ``out_dim``, ``num_layers``,
+    #: ``num_nodes``), filled from the task's arguments of the same names.
+    options: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def temporal_halo_for(cls, **options: Any) -> int:
+        """Snapshots before its block a rank must also hold when snapshots are partitioned (0: none)."""
+        return 0
+
+    @property
+    def temporal_is_identity(self) -> bool:
+        """The temporal stage returns its input (no vertex redistribution needed)."""
+        return False
 
     def spatial_snapshot(self, x: Tensor | None, adj: Tensor) -> Tensor:
         """Spatial stage of one snapshot: ``(N, F)`` or ``None``, ``(N, N)`` -> ``(N, spatial_dim)``."""
@@ -378,7 +401,7 @@ class WDGCN(DynamicGNN):
         num_features: node feature size ``F``; ``0`` for a learnable node embedding (then ``num_nodes`` is needed).
         hidden_dim: GCN layer size (and embedding size when ``num_features == 0``).
         out_dim: LSTM hidden size = output embedding size.
-        num_gcn_layers: number of GCN layers.
+        num_layers: number of GCN layers.
         num_lstm_layers: number of stacked LSTM layers.
         num_nodes: ``N``, only needed when ``num_features == 0``.
 
@@ -391,15 +414,15 @@ class WDGCN(DynamicGNN):
         num_features: int,
         hidden_dim: int = 32,
         out_dim: int = 32,
-        num_gcn_layers: int = 2,
+        num_layers: int = 2,
         num_lstm_layers: int = 1,
         num_nodes: int = 0,
     ) -> None:
         super().__init__()
-        if num_gcn_layers < 1:
-            raise ConfigError(f"num_gcn_layers must be >= 1, got {num_gcn_layers}")
+        if num_layers < 1:
+            raise ConfigError(f"num_layers must be >= 1, got {num_layers}")
         self.features = NodeFeatures(num_features, num_nodes, hidden_dim)
-        self.gcn = GCNStack([self.features.out_dim] + [hidden_dim] * num_gcn_layers, activate_last=True)
+        self.gcn = GCNStack([self.features.out_dim] + [hidden_dim] * num_layers, activate_last=True)
         self.spatial_dim = self._spatial_dim(hidden_dim)
         self.out_dim = out_dim
         self.lstm = nn.LSTM(self.spatial_dim, out_dim, num_layers=num_lstm_layers)
@@ -506,6 +529,18 @@ class TMGCN(DynamicGNN):
         self.gcn = GCNStack(dims, activate_last=False)
         self.spatial_dim = out_dim
         self.out_dim = out_dim
+
+    options: ClassVar[tuple[str, ...]] = ("bandwidth", "mixing")
+
+    @classmethod
+    def temporal_halo_for(cls, bandwidth: int = 3, mixing: str = "input", **options: Any) -> int:
+        """``bandwidth - 1`` raw snapshots with ``mixing="input"`` (the M-mixing reads them), else 0."""
+        return int(bandwidth) - 1 if mixing == "input" else 0
+
+    @property
+    def temporal_is_identity(self) -> bool:
+        """With ``mixing="input"`` the mixing happens before the spatial stage and the temporal stage is the identity."""
+        return self.mixing == "input"
 
     def spatial_snapshot(self, x: Tensor | None, adj: Tensor) -> Tensor:
         return self.gcn(self.features(x, adj.shape[0]), adj)
@@ -648,7 +683,7 @@ class _EvolveGCN(DynamicGNN):
 
     The recurrence runs over the weights (``D_in x D_out`` per layer), not over vertices, and is sequential in time
     (-H even reads the snapshot), so these models have no useful spatial/temporal cut: they are the single-process
-    baseline. :meth:`spatial` takes explicit per-layer weights (a pure per-snapshot GCN given ``W_t``), :meth:`temporal`
+    baseline. :meth:`gcn_with_weights` is the per-snapshot GCN given explicit ``W_t``, :meth:`temporal`
     is the identity, and :meth:`forward` steps through time, carrying the weight state across blocks.
 
     Every GCN layer, the last one included, is followed by the activation :math:`\sigma`, as in the authors' code
@@ -695,7 +730,15 @@ class _EvolveGCN(DynamicGNN):
             return nn.functional.rrelu(x, _RRELU_LOWER, _RRELU_UPPER, training=self.training)
         return nn.functional.leaky_relu(x, (_RRELU_LOWER + _RRELU_UPPER) / 2)
 
-    def spatial(self, x: Tensor | None, adj: Tensor, weights: Sequence[Tensor] = ()) -> Tensor:  # type: ignore[override]
+    partitionable: ClassVar[bool] = False
+
+    def spatial_snapshot(self, x: Tensor | None, adj: Tensor) -> Tensor:
+        raise NotImplementedError(
+            f"{type(self).__name__} has no spatial/temporal cut (its weights evolve step by step): call the model, "
+            "or gcn_with_weights() with explicit W_t"
+        )
+
+    def gcn_with_weights(self, x: Tensor | None, adj: Tensor, weights: Sequence[Tensor]) -> Tensor:
         r"""GCN on one snapshot with the given weights: :math:`H^{l+1} = \sigma(\hat{A} H^l W^l)`.
 
         Args:
@@ -749,7 +792,8 @@ class EvolveGCNO(_EvolveGCN):
 
     The matrix LSTM (:class:`MatLSTMCell`, per-entry biases) takes its own previous output (the weights) as input and
     hidden state; :math:`W_0` is learnable, the initial cell state zero. The weights do not depend on the data, so
-    :meth:`weight_sequence` can produce all ``W_t`` first and :meth:`spatial` then runs every snapshot independently.
+    :meth:`weight_sequence` can produce all ``W_t`` first and :meth:`gcn_with_weights` then runs every snapshot
+    independently.
     State: per layer ``(W_t, C_t)``, each ``(D_in, D_out)``.
 
     Why not ``nn.LSTMCell`` on the columns of ``W`` (this class's first version): its bias is shared by all
@@ -951,6 +995,114 @@ class NodeRegressor(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Bounded-memory forward
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _spatial_block(net: DynamicGNN, xs: list[Tensor | None], adjs: list[Tensor]) -> Tensor:
+    return net.spatial(xs, adjs)
+
+
+def _temporal_chunk(net: DynamicGNN, h: Tensor, h0: Tensor | None, c0: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    out, (hn, cn) = net.temporal(h, None if h0 is None else (h0, c0))
+    return out, hn, cn
+
+
+def bounded_forward(
+    net: DynamicGNN,
+    xs: Features,
+    adjs: list[Tensor],
+    state: Any = None,
+    spatial_block_size: int | None = None,
+    checkpoint_spatial: bool = False,
+    temporal_chunk_size: int | None = None,
+    checkpoint_temporal: bool = False,
+) -> DynGNNOutput:
+    r"""``net(xs, adjs, state)`` computed block-wise with bounded activation memory; same values and gradients.
+
+    The spatial stage runs ``spatial_block_size`` snapshots at a time; with ``checkpoint_spatial`` each block is an
+    activation checkpoint (:func:`torch.utils.checkpoint.checkpoint`, non-reentrant): only its output
+    :math:`H_{b} \in \mathbb{R}^{B \times N \times d}` is kept and the GCN layers are recomputed in backward, so the
+    GCN intermediates alive at once are those of one block. The temporal stage (an LSTM over each vertex's series, so
+    vertices are independent) runs on ``temporal_chunk_size`` vertices at a time, each chunk optionally checkpointed,
+    so the LSTM's gate activations alive at once are those of one chunk:
+
+    .. math::
+        Z_{:, V_c} = \mathrm{LSTM}(H_{:, V_c};\ h_0[V_c], c_0[V_c]), \qquad V = V_1 \cup \dots \cup V_C
+
+    What still scales with ``S * N``: the block's spatial output ``H`` and the embeddings ``Z`` the head reads.
+
+    Shapes:
+        - xs: ``(S, N, F)``, a list of ``S`` ``(N, F)`` or ``None``; adjs: ``S`` sparse ``(N, N)``
+        - output: ``z`` ``(S, N, out_dim)``, state as ``net``'s
+
+    Args:
+        net: Any :class:`DynamicGNN` using the base ``forward`` (``spatial`` then ``temporal``); vertex chunking needs
+            an LSTM temporal stage (WD-GCN, CD-GCN).
+        xs: Node features of the block.
+        adjs: Normalised adjacencies of the block.
+        state: Temporal state from the previous block.
+        spatial_block_size: Snapshots per spatial block (``None``: the whole block at once).
+        checkpoint_spatial: Checkpoint each spatial block.
+        temporal_chunk_size: Vertices per temporal chunk (``None``: all at once).
+        checkpoint_temporal: Checkpoint each temporal chunk.
+
+    Returns:
+        :class:`DynGNNOutput` equal (up to float summation order) to ``net(xs, adjs, state)``.
+
+    Raises:
+        ConfigError: Chunking/checkpointing asked for a model whose forward is not ``temporal(spatial(...))`` or
+            vertex chunking for a non-LSTM temporal stage; non-positive sizes.
+    """
+    for name, value in (("spatial_block_size", spatial_block_size), ("temporal_chunk_size", temporal_chunk_size)):
+        if value is not None and value < 1:
+            raise ConfigError(f"model.{name} must be >= 1 or null, got {value}")
+    plain = spatial_block_size is None and temporal_chunk_size is None
+    if plain and not checkpoint_spatial and not checkpoint_temporal:
+        return net(xs, adjs, state)
+    if type(net).forward is not DynamicGNN.forward:
+        raise ConfigError(
+            f"model: block-wise/checkpointed processing needs a spatial-then-temporal model (wdgcn, cdgcn), "
+            f"got {type(net).__name__}"
+        )
+    num_steps = len(adjs)
+    x_list = _as_list(xs, num_steps)
+    block = spatial_block_size or max(num_steps, 1)
+    grad = torch.is_grad_enabled()
+    hs = []
+    for b0 in range(0, num_steps, block):
+        bx, ba = x_list[b0 : b0 + block], list(adjs[b0 : b0 + block])
+        if checkpoint_spatial and grad:
+            hs.append(checkpoint(_spatial_block, net, bx, ba, use_reentrant=False))
+        else:
+            hs.append(_spatial_block(net, bx, ba))
+    h = torch.cat(hs) if len(hs) > 1 else hs[0]
+    if temporal_chunk_size is None and not checkpoint_temporal:
+        z, state = net.temporal(h, state)
+        return DynGNNOutput(z, state)
+    if not isinstance(net, WDGCN):
+        raise ConfigError(
+            f"model.temporal_chunk_size needs an LSTM temporal stage (wdgcn, cdgcn), got {type(net).__name__}"
+        )
+    n = h.shape[1]
+    chunk = temporal_chunk_size or n
+    outs, hns, cns = [], [], []
+    for v0 in range(0, n, chunk):
+        h0 = None if state is None else state[0][:, v0 : v0 + chunk]
+        c0 = None if state is None else state[1][:, v0 : v0 + chunk]
+        args = (net, h[:, v0 : v0 + chunk], h0, c0)
+        out, hn, cn = (
+            checkpoint(_temporal_chunk, *args, use_reentrant=False)
+            if checkpoint_temporal and grad
+            else (_temporal_chunk(*args))
+        )
+        outs.append(out)
+        hns.append(hn)
+        cns.append(cn)
+    return DynGNNOutput(torch.cat(outs, 1), (torch.cat(hns, 1), torch.cat(cns, 1)))
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Factory
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -965,6 +1117,18 @@ MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
 """Names accepted by :func:`build_model`."""
 
 
+def model_class(name: str) -> type[DynamicGNN]:
+    """The class of model ``name`` (one of :data:`MODEL_NAMES`, case-insensitive).
+
+    Raises:
+        ConfigError: unknown name (the one-line message lists the valid names).
+    """
+    key = name.lower()
+    if key not in _MODELS:
+        raise ConfigError(f"model name: unknown dynamic GNN {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+    return _MODELS[key]
+
+
 def build_model(name: str, **kwargs: Any) -> DynamicGNN:
     """Build a dynamic GNN by name.
 
@@ -975,7 +1139,4 @@ def build_model(name: str, **kwargs: Any) -> DynamicGNN:
     Raises:
         ConfigError: unknown name (the one-line message lists the valid names).
     """
-    key = name.lower()
-    if key not in _MODELS:
-        raise ConfigError(f"model name: unknown dynamic GNN {name!r}; valid names: {', '.join(MODEL_NAMES)}")
-    return _MODELS[key](**kwargs)
+    return model_class(name)(**kwargs)

@@ -28,110 +28,23 @@ from __future__ import annotations
 
 import datetime
 import math
-import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from lit_efficiency.core.recorders import CommEvent, Recorder
 from lit_efficiency.dyn_gnn.partition import check_blocks
 
 __all__ = [
-    "CommEvent",
-    "CommRecorder",
     "SnapshotToVertex",
     "VertexToSnapshot",
-    "get_default_recorder",
     "new_redistribution_group",
-    "set_default_recorder",
     "snapshot_to_vertex",
     "vertex_to_snapshot",
 ]
-
-
-@dataclass(frozen=True)
-class CommEvent:
-    """One collective call as seen by this rank.
-
-    Attributes:
-        kind: what ran, e.g. ``"snapshot_to_vertex"`` or ``"snapshot_to_vertex.backward"``.
-        bytes_sent: bytes this rank sent to *other* ranks (its own chunk is a local copy, not counted).
-        bytes_received: bytes this rank received from other ranks.
-        ms: wall time of the call in milliseconds (CUDA: synchronised before and after).
-    """
-
-    kind: str
-    bytes_sent: int
-    bytes_received: int
-    ms: float
-
-
-class CommRecorder:
-    """Thread-safe accumulator of :class:`CommEvent` s, drained by a logging callback.
-
-    Backward all-to-alls may run on autograd's worker threads, hence the lock.
-
-    Example::
-
-        recorder = CommRecorder()
-        z = snapshot_to_vertex(h, snaps, verts, recorder=recorder)
-        ...
-        metrics = CommRecorder.metrics(recorder.drain())  # {"data/alltoall_bytes": ..., "time/alltoall_ms": ...}
-    """
-
-    def __init__(self) -> None:
-        self._events: list[CommEvent] = []
-        self._lock = threading.Lock()
-
-    def record(self, kind: str, nbytes: int, ms: float, nbytes_received: int | None = None) -> None:
-        """Append one event.
-
-        Args:
-            kind: name of the collective (see :attr:`CommEvent.kind`).
-            nbytes: bytes sent to other ranks.
-            ms: duration in milliseconds.
-            nbytes_received: bytes received from other ranks (defaults to ``nbytes``).
-        """
-        received = nbytes if nbytes_received is None else nbytes_received
-        with self._lock:
-            self._events.append(CommEvent(kind, int(nbytes), int(received), float(ms)))
-
-    def drain(self) -> list[CommEvent]:
-        """Return the events recorded since the last drain, and forget them."""
-        with self._lock:
-            events, self._events = self._events, []
-        return events
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._events)
-
-    @staticmethod
-    def metrics(events: Sequence[CommEvent], prefix: str = "alltoall") -> dict[str, float]:
-        """Sum events into logging keys ``data/{prefix}_bytes`` (sent), ``time/{prefix}_ms`` and a count."""
-        return {
-            f"data/{prefix}_bytes": float(sum(e.bytes_sent for e in events)),
-            f"time/{prefix}_ms": float(sum(e.ms for e in events)),
-            f"data/{prefix}_calls": float(len(events)),
-        }
-
-
-_default_recorder: CommRecorder | None = None
-
-
-def set_default_recorder(recorder: CommRecorder | None) -> CommRecorder | None:
-    """Make ``recorder`` receive the events of calls that pass no recorder; return the previous one."""
-    global _default_recorder
-    previous, _default_recorder = _default_recorder, recorder
-    return previous
-
-
-def get_default_recorder() -> CommRecorder | None:
-    """The module-level recorder set by :func:`set_default_recorder` (``None`` if unset)."""
-    return _default_recorder
 
 
 def new_redistribution_group(backend: str | None = None, timeout_s: float | None = None) -> Any:
@@ -200,7 +113,7 @@ def _exchange(
     recv_splits: list[int],
     rank: int,
     group: Any,
-    recorder: CommRecorder | None,
+    recorder: Recorder[CommEvent] | None,
     kind: str,
 ) -> torch.Tensor:
     """One ``all_to_all_single`` with uneven splits; records bytes and time if a recorder is given."""
@@ -217,7 +130,7 @@ def _exchange(
         itemsize = send.element_size()
         sent = (sum(send_splits) - send_splits[rank]) * itemsize
         received = (sum(recv_splits) - recv_splits[rank]) * itemsize
-        recorder.record(kind, sent, ms, nbytes_received=received)
+        recorder.record(CommEvent(kind, int(sent), int(received), float(ms)))
     return recv
 
 
@@ -227,7 +140,7 @@ def _snapshot_to_vertex(
     vert_blocks: Sequence[range],
     rank: int,
     group: Any,
-    recorder: CommRecorder | None,
+    recorder: Recorder[CommEvent] | None,
     kind: str,
 ) -> torch.Tensor:
     feat = tuple(h.shape[2:])
@@ -245,7 +158,7 @@ def _vertex_to_snapshot(
     vert_blocks: Sequence[range],
     rank: int,
     group: Any,
-    recorder: CommRecorder | None,
+    recorder: Recorder[CommEvent] | None,
     kind: str,
 ) -> torch.Tensor:
     feat = tuple(h.shape[2:])
@@ -279,7 +192,7 @@ class SnapshotToVertex(torch.autograd.Function):
         snap_blocks: Sequence[range],
         vert_blocks: Sequence[range],
         group: Any,
-        recorder: CommRecorder | None,
+        recorder: Recorder[CommEvent] | None,
     ) -> torch.Tensor:
         """Redistribute ``h``; see the class docstring."""
         rank, _ = _group_rank_and_size(group)
@@ -316,7 +229,7 @@ class VertexToSnapshot(torch.autograd.Function):
         snap_blocks: Sequence[range],
         vert_blocks: Sequence[range],
         group: Any,
-        recorder: CommRecorder | None,
+        recorder: Recorder[CommEvent] | None,
     ) -> torch.Tensor:
         """Redistribute ``h``; see the class docstring."""
         rank, _ = _group_rank_and_size(group)
@@ -358,7 +271,7 @@ def snapshot_to_vertex(
     snap_blocks: Sequence[range],
     vert_blocks: Sequence[range],
     group: Any = None,
-    recorder: CommRecorder | None = None,
+    recorder: Recorder[CommEvent] | None = None,
 ) -> torch.Tensor:
     """Differentiable snapshot -> vertex redistribution (see :class:`SnapshotToVertex`).
 
@@ -369,7 +282,7 @@ def snapshot_to_vertex(
         snap_blocks: snapshot block of every rank (identical on all ranks).
         vert_blocks: vertex block of every rank (identical on all ranks).
         group: process group (``None``: the default group); see :func:`new_redistribution_group`.
-        recorder: where to record bytes and time (``None``: the module default, if set).
+        recorder: where to record bytes and time (``None``: not recorded).
 
     Returns:
         ``(T, N_p, *F)`` on the device of ``h``.
@@ -378,7 +291,7 @@ def snapshot_to_vertex(
         return h
     h = _ensure_backward_participation(h)
     return SnapshotToVertex.apply(
-        h, tuple(snap_blocks), tuple(vert_blocks), group, recorder if recorder is not None else _default_recorder
+        h, tuple(snap_blocks), tuple(vert_blocks), group, recorder
     )
 
 
@@ -387,7 +300,7 @@ def vertex_to_snapshot(
     snap_blocks: Sequence[range],
     vert_blocks: Sequence[range],
     group: Any = None,
-    recorder: CommRecorder | None = None,
+    recorder: Recorder[CommEvent] | None = None,
 ) -> torch.Tensor:
     """Differentiable vertex -> snapshot redistribution (see :class:`VertexToSnapshot`).
 
@@ -398,7 +311,7 @@ def vertex_to_snapshot(
         snap_blocks: snapshot block of every rank (identical on all ranks).
         vert_blocks: vertex block of every rank (identical on all ranks).
         group: process group (``None``: the default group).
-        recorder: where to record bytes and time (``None``: the module default, if set).
+        recorder: where to record bytes and time (``None``: not recorded).
 
     Returns:
         ``(T_p, N, *F)`` on the device of ``h``.
@@ -407,7 +320,7 @@ def vertex_to_snapshot(
         return h
     h = _ensure_backward_participation(h)
     return VertexToSnapshot.apply(
-        h, tuple(snap_blocks), tuple(vert_blocks), group, recorder if recorder is not None else _default_recorder
+        h, tuple(snap_blocks), tuple(vert_blocks), group, recorder
     )
 
 

@@ -34,6 +34,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.core.recorders import Recorder, TransferEvent
 from lit_efficiency.core.timing import Timer
 from lit_efficiency.dyn_gnn.adjacency import gcn_norm_adj_t, key_dtype, transpose_keys
 from lit_efficiency.dyn_gnn.codec import (
@@ -49,7 +50,6 @@ from lit_efficiency.dyn_gnn.codec import (
 )
 from lit_efficiency.dyn_gnn.datamodule import SnapshotBatch, SnapshotDataModule, SnapshotStore
 from lit_efficiency.dyn_gnn.graph import DynamicGraph
-from lit_efficiency.dyn_gnn.profilers import TransferRecorder
 
 __all__ = [
     "StreamingBatch",
@@ -179,7 +179,7 @@ class StreamingSnapshotDataModule(SnapshotDataModule):
         **kwargs: :class:`SnapshotDataModule` arguments (``dataset``, ``window``, ``block_size``, ...).
 
     Attributes:
-        transfer_recorder: :class:`~lit_efficiency.dyn_gnn.profilers.TransferRecorder` with one event per
+        transfer_recorder: :class:`~lit_efficiency.core.recorders.Recorder` with one :class:`~lit_efficiency.core.recorders.TransferEvent` per
             transferred block (``h2d_ms``, ``rebuild_ms``, ``h2d_bytes``, ``full_bytes``).
         encoded: The :class:`EncodedGraph` (``transfer="diff"``), else ``None``.
     """
@@ -200,7 +200,7 @@ class StreamingSnapshotDataModule(SnapshotDataModule):
         self.pin_memory = pin_memory
         self.prefetch = prefetch
         self.verify = verify
-        self.transfer_recorder = TransferRecorder()
+        self.transfer_recorder: Recorder[TransferEvent] = Recorder()
         self.encoded: EncodedGraph | None = None
         self._directed = not self.hparams.undirected
         # Device cache: (t, keys, weights) of the last rebuilt snapshot, so that the next block's first diff applies.
@@ -310,7 +310,7 @@ class StreamingSnapshotDataModule(SnapshotDataModule):
                 adjs.append(rebuild_adjacency(keys, weights, n, self._directed))
         if keys is not None:
             self._last = (batch.t0 + len(items) - 1, keys, weights)
-        self.transfer_recorder.record(h2d.ms, rebuild.ms, h2d_bytes, full_bytes)
+        self.transfer_recorder.record(TransferEvent(h2d.ms, rebuild.ms, int(h2d_bytes), int(full_bytes)))
         self._prefetch_next(batch, device)
         fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(SnapshotBatch)}
         fields["adjs"] = adjs

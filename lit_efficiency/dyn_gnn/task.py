@@ -38,145 +38,16 @@ from lit_efficiency.dyn_gnn.datamodule import SnapshotBatch, SnapshotTarget, Tas
 from lit_efficiency.dyn_gnn.metrics import LinkPredictionMetrics, edge_sign_metrics, node_regression_metrics
 from lit_efficiency.dyn_gnn.nn import (
     MODEL_NAMES,
-    WDGCN,
     DynamicGNN,
-    DynGNNOutput,
     EdgeClassifier,
-    Features,
     LinkPredictor,
     NodeRegressor,
-    build_model,
+    bounded_forward,
     detach_state,
+    model_class,
 )
 
-__all__ = ["DynGNNTask", "bounded_forward", "model_kwargs"]
-
-
-def _spatial_block(net: DynamicGNN, xs: list[Tensor | None], adjs: list[Tensor]) -> Tensor:
-    return net.spatial(xs, adjs)
-
-
-def _temporal_chunk(net: DynamicGNN, h: Tensor, h0: Tensor | None, c0: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    out, (hn, cn) = net.temporal(h, None if h0 is None else (h0, c0))
-    return out, hn, cn
-
-
-def bounded_forward(
-    net: DynamicGNN,
-    xs: Features,
-    adjs: list[Tensor],
-    state: Any = None,
-    spatial_block_size: int | None = None,
-    checkpoint_spatial: bool = False,
-    temporal_chunk_size: int | None = None,
-    checkpoint_temporal: bool = False,
-) -> DynGNNOutput:
-    r"""``net(xs, adjs, state)`` computed block-wise with bounded activation memory; same values and gradients.
-
-    The spatial stage runs ``spatial_block_size`` snapshots at a time; with ``checkpoint_spatial`` each block is an
-    activation checkpoint (:func:`torch.utils.checkpoint.checkpoint`, non-reentrant): only its output
-    :math:`H_{b} \in \mathbb{R}^{B \times N \times d}` is kept and the GCN layers are recomputed in backward, so the
-    GCN intermediates alive at once are those of one block. The temporal stage (an LSTM over each vertex's series, so
-    vertices are independent) runs on ``temporal_chunk_size`` vertices at a time, each chunk optionally checkpointed,
-    so the LSTM's gate activations alive at once are those of one chunk:
-
-    .. math::
-        Z_{:, V_c} = \mathrm{LSTM}(H_{:, V_c};\ h_0[V_c], c_0[V_c]), \qquad V = V_1 \cup \dots \cup V_C
-
-    What still scales with ``S * N``: the block's spatial output ``H`` and the embeddings ``Z`` the head reads.
-
-    Shapes:
-        - xs: ``(S, N, F)``, a list of ``S`` ``(N, F)`` or ``None``; adjs: ``S`` sparse ``(N, N)``
-        - output: ``z`` ``(S, N, out_dim)``, state as ``net``'s
-
-    Args:
-        net: Any :class:`DynamicGNN` using the base ``forward`` (``spatial`` then ``temporal``); vertex chunking needs
-            an LSTM temporal stage (WD-GCN, CD-GCN).
-        xs: Node features of the block.
-        adjs: Normalised adjacencies of the block.
-        state: Temporal state from the previous block.
-        spatial_block_size: Snapshots per spatial block (``None``: the whole block at once).
-        checkpoint_spatial: Checkpoint each spatial block.
-        temporal_chunk_size: Vertices per temporal chunk (``None``: all at once).
-        checkpoint_temporal: Checkpoint each temporal chunk.
-
-    Returns:
-        :class:`DynGNNOutput` equal (up to float summation order) to ``net(xs, adjs, state)``.
-
-    Raises:
-        ConfigError: Chunking/checkpointing asked for a model whose forward is not ``temporal(spatial(...))`` or
-            vertex chunking for a non-LSTM temporal stage; non-positive sizes.
-    """
-    from torch.utils.checkpoint import checkpoint
-
-    from lit_efficiency.dyn_gnn.nn import _as_list
-
-    for name, value in (("spatial_block_size", spatial_block_size), ("temporal_chunk_size", temporal_chunk_size)):
-        if value is not None and value < 1:
-            raise ConfigError(f"model.{name} must be >= 1 or null, got {value}")
-    plain = spatial_block_size is None and temporal_chunk_size is None
-    if plain and not checkpoint_spatial and not checkpoint_temporal:
-        return net(xs, adjs, state)
-    if type(net).forward is not DynamicGNN.forward:
-        raise ConfigError(
-            f"model: block-wise/checkpointed processing needs a spatial-then-temporal model (wdgcn, cdgcn), "
-            f"got {type(net).__name__}"
-        )
-    num_steps = len(adjs)
-    x_list = _as_list(xs, num_steps)
-    block = spatial_block_size or max(num_steps, 1)
-    grad = torch.is_grad_enabled()
-    hs = []
-    for b0 in range(0, num_steps, block):
-        bx, ba = x_list[b0 : b0 + block], list(adjs[b0 : b0 + block])
-        if checkpoint_spatial and grad:
-            hs.append(checkpoint(_spatial_block, net, bx, ba, use_reentrant=False))
-        else:
-            hs.append(_spatial_block(net, bx, ba))
-    h = torch.cat(hs) if len(hs) > 1 else hs[0]
-    if temporal_chunk_size is None and not checkpoint_temporal:
-        z, state = net.temporal(h, state)
-        return DynGNNOutput(z, state)
-    if not isinstance(net, WDGCN):
-        raise ConfigError(
-            f"model.temporal_chunk_size needs an LSTM temporal stage (wdgcn, cdgcn), got {type(net).__name__}"
-        )
-    n = h.shape[1]
-    chunk = temporal_chunk_size or n
-    outs, hns, cns = [], [], []
-    for v0 in range(0, n, chunk):
-        h0 = None if state is None else state[0][:, v0 : v0 + chunk]
-        c0 = None if state is None else state[1][:, v0 : v0 + chunk]
-        args = (net, h[:, v0 : v0 + chunk], h0, c0)
-        out, hn, cn = (
-            checkpoint(_temporal_chunk, *args, use_reentrant=False)
-            if checkpoint_temporal and grad
-            else (_temporal_chunk(*args))
-        )
-        outs.append(out)
-        hns.append(hn)
-        cns.append(cn)
-    return DynGNNOutput(torch.cat(outs, 1), (torch.cat(hns, 1), torch.cat(cns, 1)))
-
-
-def model_kwargs(
-    name: str,
-    num_features: int,
-    num_nodes: int,
-    hidden_dim: int,
-    out_dim: int,
-    num_layers: int,
-    bandwidth: int,
-    mixing: Literal["input", "output"],
-) -> dict[str, Any]:
-    """Constructor arguments of :func:`~lit_efficiency.dyn_gnn.nn.build_model` for model ``name``."""
-    key = name.lower()
-    common = {"num_features": num_features, "hidden_dim": hidden_dim, "out_dim": out_dim, "num_nodes": num_nodes}
-    if key in ("wdgcn", "cdgcn"):
-        return {**common, "num_gcn_layers": num_layers}
-    if key == "tmgcn":
-        return {**common, "num_layers": num_layers, "bandwidth": bandwidth, "mixing": mixing}
-    return {**common, "num_layers": num_layers}
+__all__ = ["DynGNNTask"]
 
 
 class DynGNNTask(L.LightningModule):
@@ -202,7 +73,7 @@ class DynGNNTask(L.LightningModule):
         num_nodes: ``N``; default: the data module's.
         num_features: node feature size (0 = learnable embedding); default: the data module's.
         spatial_block_size: bounded memory: snapshots of a batch processed per spatial block (see
-            :func:`bounded_forward`; ``None`` = the whole batch).
+            :func:`~lit_efficiency.dyn_gnn.nn.bounded_forward`; ``None`` = the whole batch).
         checkpoint_spatial: bounded memory: activation-checkpoint each spatial block (GCN recomputed in backward).
         temporal_chunk_size: bounded memory: vertices per LSTM chunk (``None`` = all vertices at once).
         checkpoint_temporal: bounded memory: activation-checkpoint each temporal chunk.
@@ -237,7 +108,11 @@ class DynGNNTask(L.LightningModule):
             raise ConfigError(f"model.model: unknown dynamic GNN {model!r}; valid names: {', '.join(MODEL_NAMES)}")
         if pos_weight != "auto" and not (isinstance(pos_weight, (int, float)) and pos_weight > 0):
             raise ConfigError(f"model.pos_weight must be 'auto' or a positive number, got {pos_weight!r}")
-        self.save_hyperparameters()
+        # num_nodes / num_features usually come from the data (resolved in setup, then added to ``hparams`` so that
+        # checkpoints reload without it); they are left out of the *initial* hparams the loggers merge with the data
+        # module's, whose ``num_nodes`` is a synthetic-graph size, not necessarily this graph's.
+        self.save_hyperparameters(ignore=["num_nodes", "num_features"])
+        self.hparams.update({"num_nodes": num_nodes, "num_features": num_features})
         self.net: DynamicGNN | None = None
         self.head: nn.Module | None = None
         self._train_state: Any = None
@@ -248,10 +123,15 @@ class DynGNNTask(L.LightningModule):
     # ------------------------------------------------------------------ construction
     def _build(self, num_nodes: int, num_features: int, task: TaskName) -> None:
         hp = self.hparams
-        kwargs = model_kwargs(
-            hp.model, num_features, num_nodes, hp.hidden_dim, hp.out_dim, hp.num_layers, hp.bandwidth, hp.mixing
+        cls = model_class(hp.model)
+        self.net = cls(
+            num_features=num_features,
+            hidden_dim=hp.hidden_dim,
+            out_dim=hp.out_dim,
+            num_layers=hp.num_layers,
+            num_nodes=num_nodes,
+            **{name: hp[name] for name in cls.options},
         )
-        self.net = build_model(hp.model, **kwargs)
         if task == "link_prediction":
             self.head = LinkPredictor(self.net.out_dim, hp.head_hidden_dim)
             self.val_metrics: nn.Module = LinkPredictionMetrics()
@@ -264,12 +144,7 @@ class DynGNNTask(L.LightningModule):
             self.val_metrics, self.test_metrics = node_regression_metrics(), node_regression_metrics()
         else:
             raise ConfigError(f"model.task: unknown task {task!r}")
-        resolved = {"num_nodes": num_nodes, "num_features": num_features, "task": task}
-        self.hparams.update(resolved)
-        # Loggers merge the *initial* hparams with the data module's and refuse differing values for shared keys
-        # (``num_nodes``, ``task``); the resolved values are what this run really used, so record them there too.
-        if getattr(self, "_hparams_initial", None) is not None:
-            self._hparams_initial.update(resolved)
+        self.hparams.update({"num_nodes": num_nodes, "num_features": num_features, "task": task})
 
     @override
     def setup(self, stage: str) -> None:

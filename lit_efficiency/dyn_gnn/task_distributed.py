@@ -48,18 +48,15 @@ from torch import Tensor
 from typing_extensions import override
 
 from lit_efficiency.core.errors import ConfigError, LitEfficiencyError
+from lit_efficiency.core.recorders import CommEvent, Recorder
 from lit_efficiency.dyn_gnn.datamodule import SnapshotBatch, SnapshotTarget
-from lit_efficiency.dyn_gnn.nn import TMGCN, detach_state
+from lit_efficiency.dyn_gnn.nn import MODEL_NAMES, TMGCN, detach_state, model_class
 from lit_efficiency.dyn_gnn.partition import vertex_blocks
 from lit_efficiency.dyn_gnn.partitioned import PartitionedBatch
 from lit_efficiency.dyn_gnn.redistribute import new_redistribution_group, snapshot_to_vertex, vertex_to_snapshot
 from lit_efficiency.dyn_gnn.task import DynGNNTask
 
 __all__ = ["DistributedDynGNNTask", "DistributedTrainingError"]
-
-#: Models whose spatial/temporal split the snapshot partition can use (EvolveGCN is sequential in time).
-PARTITIONABLE_MODELS = ("wdgcn", "cdgcn", "tmgcn")
-
 
 class DistributedTrainingError(LitEfficiencyError, RuntimeError):
     """A collective failed: a peer rank died or did not answer within the timeout."""
@@ -82,34 +79,32 @@ class DistributedDynGNNTask(DynGNNTask):
             raise ConfigError(f"model.redistribution_timeout_s must be > 0, got {redistribution_timeout_s}")
         self._group: Any = None
         self._group_ready = False
+        #: Every redistribution all-to-all (forward and backward), drained by
+        #: :class:`~lit_efficiency.dyn_gnn.profilers.CommProfiler`.
+        self.comm_recorder: Recorder[CommEvent] = Recorder()
         self._eval_any = False
 
     # ------------------------------------------------------------------ process layout
     @property
     def temporal_halo(self) -> int:
-        """Snapshots before its block a rank needs: ``bandwidth - 1`` for TM-GCN with ``mixing="input"``, else 0."""
-        hp = self.hparams
-        if hp.model.lower() == "tmgcn" and hp.mixing == "input":
-            return int(hp.bandwidth) - 1
-        return 0
+        """Snapshots before its block a rank needs (the model class's :meth:`~DynamicGNN.temporal_halo_for`)."""
+        cls = model_class(self.hparams.model)
+        return cls.temporal_halo_for(**{name: self.hparams[name] for name in cls.options})
 
     @property
     def _world(self) -> int:
         return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-    @property
-    def _temporal_is_identity(self) -> bool:
-        return isinstance(self.net, TMGCN) and self.net.mixing == "input"
 
     @override
     def setup(self, stage: str) -> None:
         """Build the network (parent), check the model can be partitioned, create the redistribution group."""
         super().setup(stage)
         world = self._world
-        if world > 1 and self.hparams.model.lower() not in PARTITIONABLE_MODELS:
+        if world > 1 and not model_class(self.hparams.model).partitionable:
+            usable = [name for name in MODEL_NAMES if model_class(name).partitionable]
             raise ConfigError(
                 f"model.model={self.hparams.model!r} is sequential in time and cannot be snapshot-partitioned; "
-                f"use one of {', '.join(PARTITIONABLE_MODELS)} or a single process"
+                f"use one of {', '.join(usable)} or a single process"
             )
         if world > 1 and not self._group_ready:
             self._group = new_redistribution_group(timeout_s=self.hparams.redistribution_timeout_s)
@@ -159,17 +154,17 @@ class DistributedDynGNNTask(DynGNNTask):
             h = net.spatial(xs, adjs)
         else:
             h = torch.zeros(0, num_nodes, net.spatial_dim, device=self.device)
-        if self._temporal_is_identity:
+        if net.temporal_is_identity:
             return h, state
         world = self._world
         snaps = batch.relative_blocks() if world > 1 else (range(0, len(adjs)),)
         verts = tuple(vertex_blocks(num_nodes, world))
-        hv = self._collective("snapshot->vertex all-to-all", snapshot_to_vertex, h, snaps, verts, self._group)
+        hv = self._collective("snapshot->vertex all-to-all", snapshot_to_vertex, h, snaps, verts, self._group, self.comm_recorder)
         if hv.shape[1] == 0:  # more ranks than vertices: nothing to run, keep the shape
             zv = hv.new_zeros(hv.shape[0], 0, net.out_dim)
         else:
             zv, state = net.temporal(hv, state)
-        z = self._collective("vertex->snapshot all-to-all", vertex_to_snapshot, zv, snaps, verts, self._group)
+        z = self._collective("vertex->snapshot all-to-all", vertex_to_snapshot, zv, snaps, verts, self._group, self.comm_recorder)
         return z, state
 
     def _partitioned_block(

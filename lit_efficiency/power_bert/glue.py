@@ -48,6 +48,14 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from lit_efficiency.core.errors import ConfigError, DataError
 from lit_efficiency.core.paths import ENV_DATA, require_file, resolve_data_root, resolve_pretrained
+from lit_efficiency.power_bert.tasks_table import (
+    GLUE_TASKS,
+    TASK_DEFAULTS,
+    TASK_INFO,
+    TaskDefaults,
+    TaskInfo,
+    canonical_task,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,96 +63,6 @@ Split = Literal["train", "dev", "test"]
 
 #: Fraction of the official IMDB train split held out (seeded) as the dev split.
 IMDB_DEV_FRACTION = 0.1
-
-
-@dataclass(frozen=True)
-class TaskDefaults:
-    """Per-task hyper-parameters of the PoWER-BERT reference code (spec table, power_bert.md section 3).
-
-    Attributes:
-        max_seq_len: sequence length N; static padding pads every batch to it.
-        batch_size: training batch size.
-        lr_bert: learning rate of the BERT weights (fine-tuning and re-training).
-        lr_soft_extract: learning rate of the soft-extract retention parameters (configuration search).
-        mass_lambda: weight of the mass (retention) penalty in the configuration search.
-        from_paper: False where the paper's table has no column for the task and the values are our choice.
-    """
-
-    max_seq_len: int
-    batch_size: int
-    lr_bert: float
-    lr_soft_extract: float
-    mass_lambda: float
-    from_paper: bool = True
-
-
-#: Task name -> reference hyper-parameters. ``wnli`` and ``imdb`` are not in the paper's table (``from_paper=False``):
-#: WNLI copies RTE (the other small NLI task) with N=128; IMDB uses N=512 (long reviews) and RTE's search values.
-TASK_DEFAULTS: dict[str, TaskDefaults] = {
-    "cola": TaskDefaults(64, 32, 2e-5, 1.5e-3, 7e-3),
-    "rte": TaskDefaults(256, 16, 3e-5, 3e-3, 1e-3),
-    "qqp": TaskDefaults(128, 64, 3e-5, 1e-4, 3e-4),
-    "mrpc": TaskDefaults(128, 64, 6e-5, 3e-3, 3e-3),
-    "sst2": TaskDefaults(64, 64, 3e-5, 5e-4, 2e-4),
-    "mnli": TaskDefaults(128, 64, 3e-5, 2e-4, 1e-4),
-    "mnli-mm": TaskDefaults(128, 64, 3e-5, 1e-4, 1e-4),
-    "qnli": TaskDefaults(128, 16, 3e-5, 2e-4, 1.5e-4),
-    "stsb": TaskDefaults(64, 64, 3e-5, 3e-3, 1e-3),
-    "wnli": TaskDefaults(128, 16, 3e-5, 3e-3, 1e-3, from_paper=False),
-    "imdb": TaskDefaults(512, 16, 2e-5, 3e-3, 1e-3, from_paper=False),
-}
-
-
-@dataclass(frozen=True)
-class TaskInfo:
-    """What a model and its metrics need to know about a task.
-
-    Attributes:
-        name: canonical task name (a key of :data:`TASK_INFO`).
-        num_labels: classifier outputs; 1 for the STS-B regression.
-        metrics: metric names, the task's headline metric first (``accuracy``, ``f1``, ``matthews_corrcoef``,
-            ``spearman``, ``pearson``).
-        labels: class names in label-id order (empty for STS-B); the order matches the HF ``nyu-mll/glue`` dataset.
-        is_regression: True for STS-B (float labels, MSE loss).
-        folder: sub-folder of the local GLUE directory (None for IMDB).
-        hub_path: HF hub dataset used when there is no local copy.
-        hub_config: its configuration name (None for IMDB).
-    """
-
-    name: str
-    num_labels: int
-    metrics: tuple[str, ...]
-    labels: tuple[str, ...]
-    is_regression: bool = False
-    folder: str | None = None
-    hub_path: str = "nyu-mll/glue"
-    hub_config: str | None = None
-
-
-_NLI2 = ("entailment", "not_entailment")
-
-#: Task name -> label set, metrics and where the data lives.
-TASK_INFO: dict[str, TaskInfo] = {
-    "cola": TaskInfo(
-        "cola", 2, ("matthews_corrcoef", "accuracy"), ("unacceptable", "acceptable"), False, "CoLA", hub_config="cola"
-    ),
-    "sst2": TaskInfo("sst2", 2, ("accuracy",), ("negative", "positive"), False, "SST-2", hub_config="sst2"),
-    "mrpc": TaskInfo("mrpc", 2, ("f1", "accuracy"), ("not_equivalent", "equivalent"), False, "MRPC", hub_config="mrpc"),
-    "qqp": TaskInfo("qqp", 2, ("f1", "accuracy"), ("not_duplicate", "duplicate"), False, "QQP", hub_config="qqp"),
-    "stsb": TaskInfo("stsb", 1, ("spearman", "pearson"), (), True, "STS-B", hub_config="stsb"),
-    "mnli": TaskInfo(
-        "mnli", 3, ("accuracy",), ("entailment", "neutral", "contradiction"), False, "MNLI", hub_config="mnli"
-    ),
-    "mnli-mm": TaskInfo(
-        "mnli-mm", 3, ("accuracy",), ("entailment", "neutral", "contradiction"), False, "MNLI", hub_config="mnli"
-    ),
-    "qnli": TaskInfo("qnli", 2, ("accuracy",), _NLI2, False, "QNLI", hub_config="qnli"),
-    "rte": TaskInfo("rte", 2, ("accuracy",), _NLI2, False, "RTE", hub_config="rte"),
-    "wnli": TaskInfo("wnli", 2, ("accuracy",), ("not_entailment", "entailment"), False, "WNLI", hub_config="wnli"),
-    "imdb": TaskInfo("imdb", 2, ("accuracy",), ("neg", "pos"), False, None, hub_path="stanfordnlp/imdb"),
-}
-
-GLUE_TASKS: tuple[str, ...] = tuple(t for t in TASK_INFO if t != "imdb")
 
 
 @dataclass(frozen=True)
@@ -193,22 +111,6 @@ _FORMATS: dict[str, _TsvFormat] = {
     ),
     "wnli": _TsvFormat(("sentence1", "sentence2"), "label", _BIN, ("sentence1", "sentence2")),
 }
-
-_ALIASES = {"mnlim": "mnli", "mnlimatched": "mnli", "mnlimm": "mnli-mm", "mnlimismatched": "mnli-mm"}
-
-
-def canonical_task(task: str) -> str:
-    """Return the canonical task name (``"SST-2"`` -> ``"sst2"``, ``"MNLI-m"`` -> ``"mnli"``).
-
-    Raises:
-        ConfigError: the task is not one of :data:`TASK_INFO`.
-    """
-    key = str(task).strip().lower().replace("-", "").replace("_", "")
-    key = _ALIASES.get(key, key)
-    if key not in TASK_INFO:
-        raise ConfigError(f"task: unknown task {task!r} (valid: {', '.join(TASK_INFO)})")
-    return key
-
 
 Columns = dict[str, list]
 

@@ -308,10 +308,11 @@ def run(
     import lightning as L
 
     from lit_efficiency.core.paths import resolve_pretrained
-    from lit_efficiency.power_bert.glue import TASK_DEFAULTS, GLUEDataModule, canonical_task
+    from lit_efficiency.power_bert.glue import GLUEDataModule
     from lit_efficiency.power_bert.model import ideal_speedup
     from lit_efficiency.power_bert.retention import save_retention
     from lit_efficiency.power_bert.task import PowerBertFinetune, PowerBertRetrain, PowerBertSearch
+    from lit_efficiency.power_bert.tasks_table import TASK_DEFAULTS, canonical_task
 
     task = canonical_task(task)
     resolve_pretrained(model)  # fail early on a bad model path

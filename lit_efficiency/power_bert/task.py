@@ -26,9 +26,9 @@ from typing_extensions import override
 from lit_efficiency.core.errors import ConfigError
 from lit_efficiency.core.paths import resolve_pretrained
 from lit_efficiency.power_bert.bert import load_hf_config, num_layer_applications
-from lit_efficiency.power_bert.glue import TASK_DEFAULTS, TASK_INFO, canonical_task
 from lit_efficiency.power_bert.model import Mode, PowerBertForSequenceClassification, mass_penalty
 from lit_efficiency.power_bert.retention import Rounding, induce_retention, load_retention, save_retention
+from lit_efficiency.power_bert.tasks_table import TASK_DEFAULTS, TASK_INFO, canonical_task
 
 
 def glue_metrics(task: str) -> torchmetrics.MetricCollection:

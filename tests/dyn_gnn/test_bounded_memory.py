@@ -13,9 +13,9 @@ import torch
 
 from lit_efficiency.core.errors import ConfigError
 from lit_efficiency.dyn_gnn.adjacency import gcn_norm
-from lit_efficiency.dyn_gnn.nn import TMGCN, WDGCN
+from lit_efficiency.dyn_gnn.nn import TMGCN, WDGCN, bounded_forward
 from lit_efficiency.dyn_gnn.streaming import StreamingSnapshotDataModule
-from lit_efficiency.dyn_gnn.task import DynGNNTask, bounded_forward
+from lit_efficiency.dyn_gnn.task import DynGNNTask
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -56,7 +56,7 @@ def test_blocked_checkpointed_equals_unblocked(kw, features):
     torch.manual_seed(0)
     n = 24
     adjs = _graph(n)
-    net = WDGCN(features, hidden_dim=6, out_dim=5, num_gcn_layers=2, num_nodes=n)
+    net = WDGCN(features, hidden_dim=6, out_dim=5, num_layers=2, num_nodes=n)
     xs = torch.randn(len(adjs), n, features) if features else None
     gen = torch.Generator().manual_seed(1)
     state = (torch.randn(1, n, 5, generator=gen), torch.randn(1, n, 5, generator=gen))
@@ -72,7 +72,7 @@ def test_checkpointing_frees_spatial_activations():
     """With checkpoints, autograd keeps fewer saved tensors than without (counted with saved-tensor hooks)."""
     n = 40
     adjs = _graph(n, steps=6, edges=200)
-    net = WDGCN(0, hidden_dim=16, out_dim=4, num_gcn_layers=3, num_nodes=n)
+    net = WDGCN(0, hidden_dim=16, out_dim=4, num_layers=3, num_nodes=n)
 
     def saved_bytes(**kw):
         total = 0

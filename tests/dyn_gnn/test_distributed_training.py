@@ -24,7 +24,7 @@ from lit_efficiency.dyn_gnn.datamodule import SnapshotDataModule
 from lit_efficiency.dyn_gnn.partition import alltoall_bytes, snapshot_blocks, vertex_blocks
 from lit_efficiency.dyn_gnn.partitioned import PartitionedBatch, PartitionedSnapshotDataModule, global_blocks
 from lit_efficiency.dyn_gnn.profilers import CommProfiler
-from lit_efficiency.dyn_gnn.redistribute import CommRecorder
+from lit_efficiency.core.recorders import Recorder
 from lit_efficiency.dyn_gnn.task import DynGNNTask
 from lit_efficiency.dyn_gnn.task_distributed import DistributedDynGNNTask
 
@@ -223,16 +223,16 @@ def test_ddp_training_equals_single_process(model, world, tmp_path):
             assert got["val"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
-class _KeepingRecorder(CommRecorder):
-    """A CommRecorder that also keeps every event (the profiler drains the live list each step)."""
+class _KeepingRecorder(Recorder):
+    """A Recorder that also keeps every event (the profiler drains the live list each step)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.kept: list = []
 
-    def record(self, kind, nbytes, ms, nbytes_received=None) -> None:
-        super().record(kind, nbytes, ms, nbytes_received)
-        self.kept.append((kind, int(nbytes)))
+    def record(self, event) -> None:
+        super().record(event)
+        self.kept.append((event.kind, int(event.bytes_sent)))
 
 
 class _DumpComm(L.Callback):
@@ -241,7 +241,7 @@ class _DumpComm(L.Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         torch.save(
-            {"events": self.profiler.alltoall.kept, "totals": self.profiler.totals},
+            {"events": pl_module.comm_recorder.kept, "totals": self.profiler.totals},
             self.path / f"comm{trainer.global_rank}.pt",
         )
 
@@ -258,8 +258,8 @@ def test_comm_profiler_bytes_in_a_two_rank_run(tmp_path):
     torch.set_num_threads(1)
     world = 2
     profiler = CommProfiler()
-    profiler.alltoall = _KeepingRecorder()
     task = DistributedDynGNNTask(**_model_kwargs("wdgcn"))
+    task.comm_recorder = _KeepingRecorder()
     dm = PartitionedSnapshotDataModule(**DATA)
     logger = CSVLogger(tmp_path, name="csv", version=0)
     _trainer(world, [profiler, _DumpComm(tmp_path, profiler)], max_epochs=2, logger=logger).fit(task, dm)
@@ -288,8 +288,8 @@ def test_comm_profiler_bytes_in_a_two_rank_run(tmp_path):
     # The logged per-step value is what rank 0 sent in that training step: computed from the plan by hand.
     verts = vertex_blocks(NUM_NODES, world)
     with open(tmp_path / "csv" / "version_0" / "metrics.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("data/alltoall_bytes_step")]
-    logged = [float(r["data/alltoall_bytes_step"]) for r in rows]
+        rows = [r for r in csv.DictReader(f) if r.get("train/alltoall_bytes_step")]
+    logged = [float(r["train/alltoall_bytes_step"]) for r in rows]
     expected = []
     for _ in range(2):
         for plan in train_plans:
@@ -298,9 +298,9 @@ def test_comm_profiler_bytes_in_a_two_rank_run(tmp_path):
             in_fwd = (t - s0) * len(verts[0]) * DIM * 4  # my vertices, other ranks' snapshots
             expected.append(2 * (out_fwd + in_fwd))  # s2v + v2s forward, their two backwards
     assert logged == expected
-    assert all(float(r["data/allreduce_bytes_step"]) > 0 for r in rows)  # the DDP comm hook ran every step
+    assert all(float(r["train/allreduce_bytes_step"]) > 0 for r in rows)  # the DDP comm hook ran every step
     num_params = sum(p.numel() for p in task.parameters())
-    assert float(rows[0]["data/allreduce_bytes_step"]) == 4 * num_params
+    assert float(rows[0]["train/allreduce_bytes_step"]) == 4 * num_params
 
 
 @pytest.mark.distributed

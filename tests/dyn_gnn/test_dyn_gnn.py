@@ -157,7 +157,7 @@ def test_wdgcn_temporal_matches_per_vertex_lstm(num_lstm_layers: int) -> None:
 def test_wdgcn_spatial_is_dense_gcn_stack() -> None:
     torch.manual_seed(0)
     xs, adjs = _snapshots(2, 9, 4)
-    model = WDGCN(num_features=4, hidden_dim=5, out_dim=3, num_gcn_layers=2)
+    model = WDGCN(num_features=4, hidden_dim=5, out_dim=3, num_layers=2)
     l1, l2 = model.gcn.layers
     for t in range(2):
         a = adjs[t].to_dense()
@@ -319,7 +319,7 @@ def test_evolvegcn_o_matches_manual_recurrence() -> None:
             expected.append(h)
         assert_close(model(xs, adjs).z, torch.stack(expected))
         weights, _ = model.weight_sequence(4)
-        assert_close(torch.stack([model.spatial(xs[t], adjs[t], weights[t]) for t in range(4)]), torch.stack(expected))
+        assert_close(torch.stack([model.gcn_with_weights(xs[t], adjs[t], weights[t]) for t in range(4)]), torch.stack(expected))
 
 
 def test_evolvegcn_h_matches_manual_recurrence() -> None:

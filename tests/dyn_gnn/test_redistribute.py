@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from lit_efficiency.core.recorders import CommEvent, Recorder, comm_metrics
 from lit_efficiency.dyn_gnn import redistribute as rd
 from lit_efficiency.dyn_gnn.partition import (
     alltoall_bytes,
@@ -26,7 +27,6 @@ from lit_efficiency.dyn_gnn.partition import (
     vertex_blocks,
 )
 from lit_efficiency.dyn_gnn.redistribute import (
-    CommRecorder,
     new_redistribution_group,
     snapshot_to_vertex,
     vertex_to_snapshot,
@@ -72,7 +72,7 @@ def test_redistribution_is_identity_without_process_group():
     assert not dist.is_initialized()
     h = torch.randn(4, 5, 3, requires_grad=True)
     snaps, verts = [range(0, 4)], [range(0, 5)]
-    recorder = CommRecorder()
+    recorder = Recorder()
     assert snapshot_to_vertex(h, snaps, verts, recorder=recorder) is h
     assert vertex_to_snapshot(h, snaps, verts, recorder=recorder) is h
     assert len(recorder) == 0  # no collective ran
@@ -82,34 +82,19 @@ def test_redistribution_is_identity_without_process_group():
         snapshot_to_vertex(h, snaps, [range(0, 6)])
 
 
-def test_comm_recorder_drain_and_metrics():
-    recorder = CommRecorder()
-    recorder.record("snapshot_to_vertex", 100, 1.5)
-    recorder.record("snapshot_to_vertex.backward", 40, 0.5, nbytes_received=60)
-    threads = [threading.Thread(target=recorder.record, args=("x", 1, 0.25)) for _ in range(8)]
+def test_recorder_drain_and_comm_metrics():
+    recorder = Recorder()
+    recorder.record(CommEvent("snapshot_to_vertex", 100, 100, 1.5))
+    recorder.record(CommEvent("snapshot_to_vertex.backward", 40, 60, 0.5))
+    threads = [threading.Thread(target=recorder.record, args=(CommEvent("x", 1, 1, 0.25),)) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     events = recorder.drain()
     assert len(events) == 10 and len(recorder) == 0 and recorder.drain() == []
-    assert events[0] == rd.CommEvent("snapshot_to_vertex", 100, 100, 1.5)
     assert events[1].bytes_received == 60
-    assert CommRecorder.metrics(events) == {
-        "data/alltoall_bytes": 148.0,
-        "time/alltoall_ms": 4.0,
-        "data/alltoall_calls": 10.0,
-    }
-
-
-def test_default_recorder_roundtrip():
-    recorder = CommRecorder()
-    previous = rd.set_default_recorder(recorder)
-    try:
-        assert rd.get_default_recorder() is recorder
-    finally:
-        assert rd.set_default_recorder(previous) is recorder
-    assert rd.get_default_recorder() is previous
+    assert comm_metrics(events, "alltoall") == {"alltoall_bytes": 148.0, "alltoall_ms": 4.0, "alltoall_calls": 10.0}
 
 
 def test_new_redistribution_group_needs_init():
@@ -167,7 +152,7 @@ def _check_layout_and_grads(
     h = full[s.start : s.stop].clone()
     if len(s) or grad_on_empty:
         h.requires_grad_()
-    recorder = CommRecorder()
+    recorder = Recorder()
     out = snapshot_to_vertex(h, snaps, verts, group=group, recorder=recorder)
     assert out.shape == (num_snapshots, len(v), dim) and out.is_contiguous()
     _assert_same(out, full[:, v.start : v.stop])
