@@ -36,10 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lit_efficiency.core.timing import Timer  # noqa: E402
 from lit_efficiency.dyn_gnn.codec import decode_snapshot  # noqa: E402
-from lit_efficiency.dyn_gnn.nn import WDGCN, LinkPredictor, detach_state  # noqa: E402
+from lit_efficiency.dyn_gnn.nn import (  # noqa: E402
+    WDGCN,
+    LinkPredictor,
+    bounded_forward,  # noqa: E402
+    detach_state,
+)
 from lit_efficiency.dyn_gnn.streaming import encode_stream, rebuild_adjacency, ship_item  # noqa: E402
 from lit_efficiency.dyn_gnn.synthetic import iter_synthetic_snapshots  # noqa: E402
-from lit_efficiency.dyn_gnn.nn import bounded_forward  # noqa: E402
 
 
 def peak_rss_gb() -> float:

@@ -38,6 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lit_efficiency.core.timing import Timer  # noqa: E402
+from lit_efficiency.dyn_gnn.adjacency import edge_key  # noqa: E402
 from lit_efficiency.dyn_gnn.codec import (  # noqa: E402
     HEADER_BYTES,
     EncodedGraph,
@@ -119,7 +120,7 @@ def record(name: str, window: int, snapshots: list, num_nodes: int, device: torc
     encoded = encode_stream(((ei, None) for ei in snapshots), num_nodes)
     exact = True
     for t, dec in enumerate(iter_decode(encoded, device, verify=True)):
-        ref = snapshots[t][0].to(torch.int64) * num_nodes + snapshots[t][1].to(torch.int64)
+        ref = edge_key(snapshots[t][0], snapshots[t][1], num_nodes)
         exact &= torch.equal(dec.keys.cpu().to(torch.int64), ref)
     stats = encoded.stats()
     times = time_paths(encoded, device, repeats)

@@ -15,10 +15,6 @@ the paper was released; the encoding below is this project's own design:
   ``searchsorted``, never by sparse subtraction (which keeps explicit zeros).
 * Decoding rebuilds the exact canonical array on any device without a host synchronisation (ranks from a cumulative
   sum, merge positions from ``searchsorted``, two scatters) and then verifies a per-snapshot checksum.
-* The inverse step ``A_t -> A_{t-1}`` (for re-streaming snapshots backwards in time during the backward pass) needs
-  the deleted keys and weights, which a forward diff does not ship. The encoder stores, host-side, an inverse item per
-  snapshot (itself a :class:`SnapshotDiff` from ``A_t`` to ``A_{t-1}``, or the full ``A_{t-1}`` when that is smaller);
-  its bytes are reported separately by :meth:`EncodedGraph.inverse_bytes`.
 * Normalised GCN values ``D^-1/2 (A + I) D^-1/2`` are never shipped: :func:`~lit_efficiency.dyn_gnn.adjacency.gcn_norm_adj_t`
   recomputes them from the decoded keys on the device.
 
@@ -53,12 +49,10 @@ __all__ = [
     "FullSnapshot",
     "SnapshotDiff",
     "TransferStats",
-    "apply_inverse",
     "decode_snapshot",
     "encode_graph",
     "encode_snapshots",
     "iter_decode",
-    "iter_decode_reverse",
     "position_dtype",
     "snapshot_checksum",
     "theoretical_bytes_ratio",
@@ -239,14 +233,12 @@ class TransferStats(NamedTuple):
         diff_entries: ``E_0 + sum_{t>=1} (|added| + |deleted| + |changed|)`` (every ``t >= 1`` shipped as a diff).
         full_bytes: Bytes if every snapshot is shipped full.
         encoded_bytes: Bytes of the adaptive encoding (full or diff, whichever is smaller).
-        inverse_bytes: Host-side bytes kept for backward-in-time application (never shipped forward).
     """
 
     full_entries: int
     diff_entries: int
     full_bytes: int
     encoded_bytes: int
-    inverse_bytes: int
 
     @property
     def entries_ratio(self) -> float:
@@ -266,7 +258,6 @@ class EncodedGraph:
     Attributes:
         num_nodes: Number of vertices ``N``.
         items: Per snapshot, the item to ship (``items[0]`` is always a :class:`FullSnapshot`).
-        inverse: Per snapshot ``t``, the item that rebuilds ``A_{t-1}`` from ``A_t`` (``None`` at ``t = 0``).
         full_nbytes: Per snapshot, :attr:`FullSnapshot.nbytes` of the full version.
         diff_entries: Per snapshot, entries of its forward diff (``E_0`` at ``t = 0``), whether chosen or not.
         weighted: Whether the snapshots carry weights.
@@ -274,7 +265,6 @@ class EncodedGraph:
 
     num_nodes: int
     items: tuple[Item, ...]
-    inverse: tuple[Item | None, ...]
     full_nbytes: tuple[int, ...]
     diff_entries: tuple[int, ...]
     weighted: bool
@@ -306,10 +296,6 @@ class EncodedGraph:
         """Bytes shipped by this encoding (forward direction)."""
         return sum(item.nbytes for item in self.items)
 
-    def inverse_bytes(self) -> int:
-        """Host-side bytes of the inverse items, needed only to walk backwards in time."""
-        return sum(item.nbytes for item in self.inverse if item is not None)
-
     def stats(self) -> TransferStats:
         """Entry and byte totals (see :class:`TransferStats`)."""
         return TransferStats(
@@ -317,7 +303,6 @@ class EncodedGraph:
             diff_entries=sum(self.diff_entries),
             full_bytes=self.full_bytes(),
             encoded_bytes=self.encoded_bytes(),
-            inverse_bytes=self.inverse_bytes(),
         )
 
     def pin_memory(self) -> EncodedGraph:
@@ -327,7 +312,6 @@ class EncodedGraph:
         return EncodedGraph(
             self.num_nodes,
             tuple(item.pin_memory() for item in self.items),
-            self.inverse,
             self.full_nbytes,
             self.diff_entries,
             self.weighted,
@@ -378,57 +362,35 @@ def _check_weights(weights: Tensor | None, num_edges: int, t: int, dtype: torch.
 
 
 
-def _diff_pair(
-    t: int,
-    num_nodes: int,
-    prev_keys: Tensor,
-    prev_w: Tensor | None,
-    prev_checksum: int,
-    keys: Tensor,
-    w: Tensor | None,
-    checksum: int,
-) -> tuple[SnapshotDiff, SnapshotDiff]:
-    """Forward diff ``A_{t-1} -> A_t`` and inverse diff ``A_t -> A_{t-1}`` of two canonical ``int64`` key arrays."""
-    kd = key_dtype(num_nodes)
-    n_prev, n_cur = prev_keys.numel(), keys.numel()
-    pd_prev, pd_cur = position_dtype(n_prev), position_dtype(n_cur)
+def _diff(
+    t: int, num_nodes: int, prev_keys: Tensor, prev_w: Tensor | None, keys: Tensor, w: Tensor | None, checksum: int
+) -> SnapshotDiff:
+    """Diff ``A_{t-1} -> A_t`` of two canonical ``int64`` key arrays (and their weights)."""
+    n_prev = prev_keys.numel()
+    pd_prev = position_dtype(n_prev)
     idx_in_prev, cur_present = match_sorted(prev_keys, keys)
     _, prev_present = match_sorted(keys, prev_keys)
     deleted_pos = torch.nonzero(~prev_present).flatten()  # positions in A_{t-1}
     added_pos = torch.nonzero(~cur_present).flatten()  # positions in A_t
-    fwd_changed_pos = fwd_changed_w = inv_changed_pos = inv_changed_w = None
+    changed_pos = changed_w = None
     if w is not None:
         assert prev_w is not None
         cur_kept = torch.nonzero(cur_present).flatten()
         prev_kept = idx_in_prev[cur_kept]
         changed = _bits(prev_w[prev_kept]) != _bits(w[cur_kept])
-        fwd_changed_pos, fwd_changed_w = prev_kept[changed].to(pd_prev), w[cur_kept[changed]]
-        inv_changed_pos, inv_changed_w = cur_kept[changed].to(pd_cur), prev_w[prev_kept[changed]]
-    forward = SnapshotDiff(
+        changed_pos, changed_w = prev_kept[changed].to(pd_prev), w[cur_kept[changed]]
+    return SnapshotDiff(
         t=t,
         num_nodes=num_nodes,
-        num_edges=n_cur,
+        num_edges=keys.numel(),
         prev_num_edges=n_prev,
         deleted_pos=deleted_pos.to(pd_prev),
-        added_keys=keys[added_pos].to(kd),
+        added_keys=keys[added_pos].to(key_dtype(num_nodes)),
         added_weights=None if w is None else w[added_pos],
-        changed_pos=fwd_changed_pos,
-        changed_weights=fwd_changed_w,
+        changed_pos=changed_pos,
+        changed_weights=changed_w,
         checksum=checksum,
     )
-    inverse = SnapshotDiff(
-        t=t - 1,
-        num_nodes=num_nodes,
-        num_edges=n_prev,
-        prev_num_edges=n_cur,
-        deleted_pos=added_pos.to(pd_cur),
-        added_keys=prev_keys[deleted_pos].to(kd),
-        added_weights=None if prev_w is None else prev_w[deleted_pos],
-        changed_pos=inv_changed_pos,
-        changed_weights=inv_changed_w,
-        checksum=prev_checksum,
-    )
-    return forward, inverse
 
 
 def encode_snapshots(
@@ -473,15 +435,14 @@ def encode_snapshots(
         if missing:
             raise DataError(f"snapshot {missing[0]}: weights missing while other snapshots are weighted")
     if not edge_indices:
-        return EncodedGraph(num_nodes, (), (), (), (), weighted)
+        return EncodedGraph(num_nodes, (), (), (), weighted)
     weights = list(edge_weights) if weighted else [None] * len(edge_indices)  # type: ignore[arg-type]
-    return encode_stream(zip(edge_indices, weights, strict=True), num_nodes, keep_inverse=True)
+    return encode_stream(zip(edge_indices, weights, strict=True), num_nodes)
 
 
 def encode_stream(
     snapshots: Iterable[tuple[Tensor, Tensor | None]],
     num_nodes: int,
-    keep_inverse: bool = False,
     on_snapshot: Callable[[int, Tensor, Tensor | None], None] | None = None,
 ) -> EncodedGraph:
     """Adaptive full/diff encoding of a snapshot *stream*, holding only two snapshots' keys at a time.
@@ -493,12 +454,10 @@ def encode_stream(
     Args:
         snapshots: ``(edge_index (2, E_t), weights (E_t,) or None)`` per snapshot, in canonical order.
         num_nodes: ``N``.
-        keep_inverse: Also keep the inverse items (backward-in-time application); off by default to save host memory.
         on_snapshot: Called as ``on_snapshot(t, keys_int64, weights)`` for every snapshot (e.g. to sample targets).
 
     Returns:
-        The :class:`EncodedGraph` (``inverse`` all ``None`` unless
-        ``keep_inverse``).
+        The :class:`EncodedGraph`.
 
     Raises:
         DataError: A snapshot is not canonical, out of range, or its weights are inconsistent (names the snapshot).
@@ -507,7 +466,6 @@ def encode_stream(
         raise DataError(f"num_nodes must be positive, got {num_nodes}")
     kd = key_dtype(num_nodes)
     items: list[Item] = []
-    inverse: list[Item | None] = []
     full_nbytes: list[int] = []
     diff_entries: list[int] = []
     prev: FullSnapshot | None = None
@@ -530,19 +488,15 @@ def encode_stream(
         full_nbytes.append(full.nbytes)
         if prev is None or prev_keys is None:
             items.append(full)
-            inverse.append(None)
             diff_entries.append(full.num_edges)
         else:
-            fwd, inv = _diff_pair(t, num_nodes, prev_keys, prev.weights, prev.checksum, keys, w, checksum)
+            fwd = _diff(t, num_nodes, prev_keys, prev.weights, keys, w, checksum)
             items.append(fwd if fwd.nbytes < full.nbytes else full)
-            inverse.append((inv if inv.nbytes < prev.nbytes else prev) if keep_inverse else None)
             diff_entries.append(fwd.num_entries)
         prev, prev_keys = full, keys
     if not items:
         raise DataError("encode_stream: the snapshot stream is empty")
-    return EncodedGraph(
-        num_nodes, tuple(items), tuple(inverse), tuple(full_nbytes), tuple(diff_entries), bool(weighted)
-    )
+    return EncodedGraph(num_nodes, tuple(items), tuple(full_nbytes), tuple(diff_entries), bool(weighted))
 
 
 def encode_graph(graph: Any) -> EncodedGraph:
@@ -797,73 +751,3 @@ def iter_decode(
     for item in encoded.items:
         keys, weights = decode_snapshot(keys, weights, item, device, verify)
         yield DecodedSnapshot(item.t, keys, weights)
-
-
-def apply_inverse(
-    item: Item,
-    keys_t: Tensor,
-    weights_t: Tensor | None,
-    prev_info: Item,
-    device: torch.device | str | None = None,
-    verify: bool = True,
-) -> tuple[Tensor, Tensor | None]:
-    """Step backwards in time: rebuild ``A_{t-1}`` from ``A_t``.
-
-    A forward diff deletes by position and does not carry the deleted keys, so it cannot be inverted alone. The
-    inverse needs ``prev_info = encoded.inverse[t]``, kept host-side by :func:`encode_snapshots`: a
-    :class:`SnapshotDiff` from ``A_t`` to ``A_{t-1}`` (its deleted positions are where ``item`` inserted keys, its
-    added keys/weights are what ``item`` deleted, its changed weights are the old values) or, when smaller, the full
-    ``A_{t-1}``.
-
-    Args:
-        item: The forward item of snapshot ``t`` (``encoded[t]``); checked against ``keys_t``.
-        keys_t: ``(E_t,)`` keys of snapshot ``t`` on the device.
-        weights_t: ``(E_t,)`` weights or ``None``.
-        prev_info: ``encoded.inverse[t]``.
-        device: Target device (default ``keys_t.device``).
-        verify: Verify the checksum of ``A_{t-1}``.
-
-    Returns:
-        ``(keys, weights)`` of snapshot ``t - 1``.
-
-    Raises:
-        DataError: Mismatched inputs or corrupted inverse data (the message names the snapshot).
-    """
-    if prev_info is None or prev_info.t != item.t - 1:
-        got = None if prev_info is None else prev_info.t
-        raise DataError(f"snapshot {item.t}: inverse item must rebuild snapshot {item.t - 1}, got {got}")
-    if keys_t.numel() != item.num_edges:
-        raise DataError(f"snapshot {item.t}: expected {item.num_edges} current edges, got {keys_t.numel()}")
-    return decode_snapshot(keys_t, weights_t, prev_info, device if device is not None else keys_t.device, verify)
-
-
-def iter_decode_reverse(
-    encoded: EncodedGraph,
-    keys_last: Tensor,
-    weights_last: Tensor | None = None,
-    device: torch.device | str | None = None,
-    verify: bool = True,
-) -> Iterator[DecodedSnapshot]:
-    """Decode backwards in time from the last snapshot with the inverse items.
-
-    Args:
-        encoded: Output of :func:`encode_snapshots`.
-        keys_last: Keys of snapshot ``S - 1`` (already decoded forward).
-        weights_last: Its weights, or ``None``.
-        device: Target device (default ``keys_last.device``).
-        verify: Verify every checksum.
-
-    Yields:
-        :class:`DecodedSnapshot` for ``t = S - 1, ..., 0``.
-    """
-    device = keys_last.device if device is None else torch.device(device)
-    last = len(encoded) - 1
-    if keys_last.numel() != encoded[last].num_edges:
-        raise DataError(f"snapshot {last}: expected {encoded[last].num_edges} edges, got {keys_last.numel()}")
-    keys, weights = keys_last.to(device), None if weights_last is None else weights_last.to(device)
-    yield DecodedSnapshot(last, keys, weights)
-    for t in range(last, 0, -1):
-        info = encoded.inverse[t]
-        assert info is not None
-        keys, weights = apply_inverse(encoded[t], keys, weights, info, device, verify)
-        yield DecodedSnapshot(t - 1, keys, weights)

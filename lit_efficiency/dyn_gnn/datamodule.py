@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
 from lit_efficiency.core.errors import ConfigError, DataError
+from lit_efficiency.dyn_gnn.adjacency import edge_key
 from lit_efficiency.dyn_gnn.graph import DynamicGraph
 
 __all__ = [
@@ -159,12 +160,12 @@ def sample_negatives(
     """
     if num_negatives <= 0 or positives.shape[1] == 0:
         return positives.new_zeros((2, 0))
-    pos_keys = positives[0] * num_nodes + positives[1]
+    pos_keys = edge_key(positives[0], positives[1], num_nodes)
     src = positives[0].repeat_interleave(num_negatives)
     dst = torch.randint(num_nodes, (src.numel(),), generator=generator)
 
     def bad(s: Tensor, d: Tensor) -> Tensor:
-        keys = s * num_nodes + d
+        keys = edge_key(s, d, num_nodes)
         pos = torch.searchsorted(pos_keys, keys).clamp_(max=pos_keys.numel() - 1)
         return (pos_keys[pos] == keys) | (s == d)
 

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from lit_efficiency.core.errors import ConfigError, DataError
+from lit_efficiency.dyn_gnn.adjacency import edge_key, split_key
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from torch_geometric.data import Data, TemporalData
@@ -95,14 +96,14 @@ def coalesce_edges(
         - edge_index: ``(2, E)`` -> ``(2, E')``; edge_weight, edge_label: ``(E,)`` -> ``(E',)``.
     """
     edge_index = edge_index.to(torch.long)
-    keys = edge_index[0] * num_nodes + edge_index[1]
+    keys = edge_key(edge_index[0], edge_index[1], num_nodes)
     keys, perm = torch.sort(keys, stable=True)
     weight = edge_weight[perm] if edge_weight is not None else None
     label = edge_label[perm] if edge_label is not None else None
     uniq, _, w_out, l_out = _merge_sorted(keys, weight, label)
     if num_nodes == 0:
         return CoalescedEdges(edge_index.new_zeros((2, 0)), w_out, l_out)
-    ei = torch.stack([torch.div(uniq, num_nodes, rounding_mode="floor"), uniq % num_nodes])
+    ei = torch.stack(split_key(uniq, num_nodes))
     return CoalescedEdges(ei, w_out, l_out)
 
 
@@ -222,7 +223,7 @@ class DynamicGraph:
     def keys(self, t: int) -> Tensor:
         """Sorted unique int64 keys ``row * N + col`` of snapshot ``t`` (the diff encoding's currency)."""
         ei = self.edge_indices[t]
-        return ei[0] * self.num_nodes + ei[1]
+        return edge_key(ei[0], ei[1], self.num_nodes)
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> DynamicGraph:
@@ -250,7 +251,7 @@ class DynamicGraph:
                 if lo < 0 or hi >= n:
                     bad = lo if lo < 0 else hi
                     raise DataError(f"{who}: edge_indices[{t}] holds node id {bad} outside [0, {n})")
-                keys = ei[0] * n + ei[1]
+                keys = edge_key(ei[0], ei[1], n)
                 if keys.numel() > 1 and not bool((keys[1:] > keys[:-1]).all()):
                     raise DataError(
                         f"{who}: edge_indices[{t}] is not in canonical order (sorted by row*N+col, no duplicates);"
@@ -625,7 +626,7 @@ def _group_snapshots(
         return empty, [torch.zeros(0, dtype=weight.dtype) for _ in range(count)], labels
 
     # Sort by (snapshot, key) with two stable sorts: no T*N*N overflow for large N.
-    keys = src * num_nodes + dst
+    keys = edge_key(src, dst, num_nodes)
     order = torch.argsort(keys, stable=True)
     order = order[torch.argsort(snap[order], stable=True)]
     keys, snap, weight = keys[order], snap[order], weight[order]
@@ -644,8 +645,7 @@ def _group_snapshots(
         run_label = torch.sign(acc).to(torch.long if label.is_floating_point() else label.dtype)
 
     per_snap = torch.bincount(run_snap, minlength=count).tolist()
-    rows = torch.div(run_keys, num_nodes, rounding_mode="floor")
-    cols = run_keys % num_nodes
+    rows, cols = split_key(run_keys, num_nodes)
     edge_indices = [torch.stack([r, c]) for r, c in zip(rows.split(per_snap), cols.split(per_snap), strict=True)]
     edge_weights = [w.clone() for w in run_weight.split(per_snap)]
     edge_labels = [lb.clone() for lb in run_label.split(per_snap)] if run_label is not None else None

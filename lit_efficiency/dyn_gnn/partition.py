@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lit_efficiency.dyn_gnn.adjacency import edge_key
+
 __all__ = [
     "RedistributionPlan",
     "alltoall_bytes",
@@ -271,7 +273,7 @@ def halo_bytes(
             src, dst = torch.cat([src, dst]), torch.cat([dst, src])
         remote = owner[src] != owner[dst]
         # The receiving rank is the owner of the target; one fetch per distinct (rank, remote source).
-        keys = owner[dst[remote]] * num_nodes + src[remote]
+        keys = edge_key(owner[dst[remote]], src[remote], num_nodes)
         pairs += int(torch.unique(keys).numel())
     factor = 2 if include_backward else 1
     return pairs * dim * dtype_bytes * num_layers * factor

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.dyn_gnn.adjacency import edge_key, split_key
 from lit_efficiency.dyn_gnn.graph import DynamicGraph
 
 __all__ = [
@@ -101,7 +102,7 @@ def _sample_new_keys(count: int, cdf: Tensor, num_nodes: int, forbidden: Tensor,
         draw = 2 * need + 16  # oversample: some draws are self-loops or repeats
         uv = torch.searchsorted(cdf, torch.rand(2, draw, dtype=torch.float64, generator=gen), right=True)
         uv.clamp_(max=num_nodes - 1)
-        keys = uv[0] * num_nodes + uv[1]
+        keys = edge_key(uv[0], uv[1], num_nodes)
         keys = keys[uv[0] != uv[1]]
         if forbidden.numel():
             pos = torch.searchsorted(forbidden, keys).clamp_(max=forbidden.numel() - 1)
@@ -182,7 +183,7 @@ def iter_synthetic_snapshots(
         else:
             merged, counts = torch.unique(torch.cat(list(recent)), return_counts=True)
             weight = counts.to(torch.float32)
-        edge_index = torch.stack([torch.div(merged, num_nodes, rounding_mode="floor"), merged % num_nodes])
+        edge_index = torch.stack(split_key(merged, num_nodes))
         yield EdgeSnapshot(edge_index, weight)
 
 
@@ -301,7 +302,7 @@ def synthetic_link_graph(
             else:
                 partner_inter = partner_intra
             v = torch.where(intra, partner_intra, partner_inter)
-            keys = u * num_nodes + v
+            keys = edge_key(u, v, num_nodes)
             keys = keys[u != v]
             bad = torch.isin(keys, forbidden) | torch.isin(keys, chosen)
             keys = keys[~bad]
@@ -319,7 +320,7 @@ def synthetic_link_graph(
         added = draw(edges_per_snapshot - survive.numel(), keys)
         keys = torch.sort(torch.cat([survive, added])).values
         all_keys.append(keys)
-    edge_indices = [torch.stack([torch.div(k, num_nodes, rounding_mode="floor"), k % num_nodes]) for k in all_keys]
+    edge_indices = [torch.stack(split_key(k, num_nodes)) for k in all_keys]
     x = None
     if num_features > 0:
         x = torch.zeros(num_nodes, num_features)

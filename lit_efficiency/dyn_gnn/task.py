@@ -108,11 +108,11 @@ class DynGNNTask(L.LightningModule):
             raise ConfigError(f"model.model: unknown dynamic GNN {model!r}; valid names: {', '.join(MODEL_NAMES)}")
         if pos_weight != "auto" and not (isinstance(pos_weight, (int, float)) and pos_weight > 0):
             raise ConfigError(f"model.pos_weight must be 'auto' or a positive number, got {pos_weight!r}")
-        # num_nodes / num_features usually come from the data (resolved in setup, then added to ``hparams`` so that
-        # checkpoints reload without it); they are left out of the *initial* hparams the loggers merge with the data
-        # module's, whose ``num_nodes`` is a synthetic-graph size, not necessarily this graph's.
-        self.save_hyperparameters(ignore=["num_nodes", "num_features"])
-        self.hparams.update({"num_nodes": num_nodes, "num_features": num_features})
+        # num_nodes / num_features / task usually come from the data (resolved in setup, then added to ``hparams`` so
+        # that checkpoints reload without it); they are left out of the *initial* hparams the loggers merge with the
+        # data module's, whose ``num_nodes`` is a synthetic-graph size and ``task`` may still be unresolved here.
+        self.save_hyperparameters(ignore=["num_nodes", "num_features", "task"])
+        self.hparams.update({"num_nodes": num_nodes, "num_features": num_features, "task": task})
         self.net: DynamicGNN | None = None
         self.head: nn.Module | None = None
         self._train_state: Any = None

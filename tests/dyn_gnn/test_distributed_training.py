@@ -20,11 +20,11 @@ import torch.multiprocessing as mp
 from lightning.pytorch.strategies import DDPStrategy
 
 from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.core.recorders import Recorder
 from lit_efficiency.dyn_gnn.datamodule import SnapshotDataModule
 from lit_efficiency.dyn_gnn.partition import alltoall_bytes, snapshot_blocks, vertex_blocks
 from lit_efficiency.dyn_gnn.partitioned import PartitionedBatch, PartitionedSnapshotDataModule, global_blocks
 from lit_efficiency.dyn_gnn.profilers import CommProfiler
-from lit_efficiency.core.recorders import Recorder
 from lit_efficiency.dyn_gnn.task import DynGNNTask
 from lit_efficiency.dyn_gnn.task_distributed import DistributedDynGNNTask
 

@@ -153,7 +153,7 @@ def test_bad_model_name_and_task_mismatch():
 @pytest.mark.slow
 def test_smoke_fit_through_cli(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    config = CONF_DIR / "dyngnn" / "smoke.yaml"
+    config = CONF_DIR / "dyn_gnn" / "smoke.yaml"
     main(["fit", "--config", str(config.resolve()), "--trainer.max_epochs=3"])
     metrics = list((tmp_path / "runs/csv").glob("version_*/metrics.csv"))
     assert len(metrics) == 1

@@ -23,12 +23,10 @@ from lit_efficiency.dyn_gnn.codec import (
     HEADER_BYTES,
     FullSnapshot,
     SnapshotDiff,
-    apply_inverse,
     decode_snapshot,
     encode_graph,
     encode_snapshots,
     iter_decode,
-    iter_decode_reverse,
     position_dtype,
     snapshot_checksum,
     theoretical_bytes_ratio,
@@ -162,11 +160,6 @@ def test_diff_contents_match_set_reference():
     # bytes: header + 2 positions + 3 keys + 3 weights + 1 position + 1 weight, all 4 bytes
     assert diff.nbytes == HEADER_BYTES + 4 * (2 + 3 + 3 + 1 + 1)
     assert enc.full_nbytes[1] == HEADER_BYTES + 4 * 2 * len(cur)
-    inv = enc.inverse[1]
-    assert isinstance(inv, SnapshotDiff) and inv.t == 0
-    assert inv.added_keys.tolist() == [3, 40] and inv.added_weights.tolist() == [1.0, 4.0]
-    assert inv.deleted_pos.tolist() == [i for i, k in enumerate(cur) if k not in prev] == [0, 4, 5]
-    assert inv.changed_pos.tolist() == [2] and inv.changed_weights.tolist() == [3.0]
 
 
 def _unweighted_pair(n_prev: int, n_del: int, n_add: int) -> list[torch.Tensor]:
@@ -223,7 +216,7 @@ def test_adaptive_choice_on_random_sequence_matches_set_reference():
 
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize(("n", "churn"), [(40, 0.05), (300, 0.3), (50_000, 0.1)])
-def test_roundtrip_random_bit_exact_forward_and_backward(n, churn, weighted):
+def test_roundtrip_random_bit_exact(n, churn, weighted):
     eis, ws = _random_sequence(n, 10, 800, churn, weighted, seed=n)
     enc = encode_snapshots(eis, n, ws)
     assert enc.kinds.count("diff") >= len(eis) // 2  # the diff path is exercised
@@ -232,23 +225,6 @@ def test_roundtrip_random_bit_exact_forward_and_backward(n, churn, weighted):
     for d in decoded:
         _assert_same(d.keys, d.weights, eis[d.t], None if ws is None else ws[d.t], n)
         assert torch.equal(torch.stack(split_key(d.keys, n)), eis[d.t])
-    last = decoded[-1]
-    back = list(iter_decode_reverse(enc, last.keys, last.weights))
-    assert [d.t for d in back] == list(range(len(eis) - 1, -1, -1))
-    for d in back:
-        _assert_same(d.keys, d.weights, eis[d.t], None if ws is None else ws[d.t], n)
-
-
-def test_forward_then_inverse_single_steps_return_the_start():
-    n = 60
-    eis, ws = _random_sequence(n, 6, 500, 0.1, weighted=True, seed=11)
-    enc = encode_snapshots(eis, n, ws)
-    keys, weights = decode_snapshot(None, None, enc[0])
-    for t in range(1, len(enc)):
-        nxt_keys, nxt_w = decode_snapshot(keys, weights, enc[t])
-        back_keys, back_w = apply_inverse(enc[t], nxt_keys, nxt_w, enc.inverse[t])
-        assert torch.equal(back_keys, keys) and torch.equal(back_w, weights)
-        keys, weights = nxt_keys, nxt_w
 
 
 def test_roundtrip_special_weights_and_encode_graph_duck_typing():
@@ -341,7 +317,7 @@ def test_corrupted_diff_raises_one_line_data_error(encoded_weighted, case):
         list(iter_decode(dataclasses.replace(enc, items=tuple(items))))
 
 
-def test_corrupted_full_snapshot_and_inverse_raise(encoded_weighted):
+def test_corrupted_full_snapshot_and_diff_raise(encoded_weighted):
     enc, states = encoded_weighted
     full = enc[0]
     assert isinstance(full, FullSnapshot)
@@ -351,12 +327,6 @@ def test_corrupted_full_snapshot_and_inverse_raise(encoded_weighted):
     flipped[0] = -flipped[0]
     with pytest.raises(DataError, match=r"^snapshot 0: checksum mismatch"):
         decode_snapshot(None, None, dataclasses.replace(full, weights=flipped))
-    inv = enc.inverse[3]
-    assert isinstance(inv, SnapshotDiff)
-    with pytest.raises(DataError, match=r"^snapshot 2: checksum mismatch"):
-        apply_inverse(enc[3], *states[3], dataclasses.replace(inv, checksum=inv.checksum + 1))
-    with pytest.raises(DataError, match=r"^snapshot 3: expected"):
-        apply_inverse(enc[3], *states[2], inv)
     with pytest.raises(DataError, match=r"^snapshot 3: diff expects a previous snapshot"):
         decode_snapshot(*states[1], enc[3])
 
@@ -489,8 +459,6 @@ def test_real_data_roundtrip_and_doc_entry_ratios(name, window, doc_ratio):
     decoded = list(iter_decode(enc))
     for d in decoded:
         _assert_same(d.keys, d.weights, eis[d.t], None, n)
-    for d in iter_decode_reverse(enc, decoded[-1].keys):
-        _assert_same(d.keys, d.weights, eis[d.t], None, n)
 
 
 @pytest.mark.skipif(
@@ -507,9 +475,6 @@ def test_loader_graphs_roundtrip_weighted(name, window, doc_ratio):
     assert transfer_stats(graph.edge_indices, graph.num_nodes).entries_ratio == pytest.approx(doc_ratio, abs=0.06)
     decoded = list(iter_decode(enc))
     for d in decoded:
-        ws = None if graph.edge_weights is None else graph.edge_weights[d.t]
-        _assert_same(d.keys, d.weights, graph.edge_indices[d.t], ws, graph.num_nodes)
-    for d in iter_decode_reverse(enc, decoded[-1].keys, decoded[-1].weights):
         ws = None if graph.edge_weights is None else graph.edge_weights[d.t]
         _assert_same(d.keys, d.weights, graph.edge_indices[d.t], ws, graph.num_nodes)
 
