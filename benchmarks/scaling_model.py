@@ -15,7 +15,7 @@ machine with fewer devices than ranks, and the per-rank bandwidth
 :math:`B(P) = \big(\frac{g-1}{P-1} / B_\mathrm{intra} + \frac{P-g}{P-1} / (B_\mathrm{inter}/g)\big)^{-1}`.
 
 Inputs come from ``results/comm_volume.json`` (measured here: ``c`` and ``o`` fitted to P = 1 and P = 2, so P = 4 is
-the held-out check; the gloo bandwidth from the P = 2 all-to-all time) and from ``docs/gpu_anchors.md`` (H200
+the held-out check; the gloo bandwidth from the P = 2 all-to-all time) and from ``docs/dynamic_gnn.md`` section 5 (H200
 per-snapshot compute and transfer of a 4M-vertex, 32M-edge snapshot) for the GPU-cluster prediction, plotted beside
 the paper's headline (30x at 128 GPUs).
 

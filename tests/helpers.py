@@ -1,12 +1,57 @@
-"""Small real Lightning components for CLI tests (a linear regressor on a seeded synthetic problem)."""
+"""Shared test helpers: a quiet CPU Trainer, tiny configurations, and small real Lightning components for CLI tests."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_efficiency.core.paths import require_file
+
+#: Tiny synthetic dynamic graph for single-process dyn-GNN tests (``SnapshotDataModule`` arguments).
+TINY_GRAPH = dict(num_nodes=60, num_snapshots=10, edges_per_snapshot=200, num_communities=3, num_node_features=4)
+
+#: Partitioned synthetic graph shared by the DDP tests and ``dyn_gnn/_dist_scripts/dyngnn_node.py``. 36 nodes are
+#: divisible by 2 and 3, so the all-to-all volume equals ``4*N*T*d*(P-1)/P`` exactly.
+DIST_DATA = {
+    "dataset": "synthetic",
+    "num_nodes": 36,
+    "num_snapshots": 8,
+    "edges_per_snapshot": 100,
+    "num_negatives": 3,
+    "block_size": 3,
+    "train_frac": 0.6,
+    "val_frac": 0.2,
+    "test_frac": 0.2,
+    "seed": 3,
+}
+
+#: WD-GCN for :data:`DIST_DATA` (``DynGNNTask`` / ``DistributedDynGNNTask`` arguments).
+DIST_MODEL = {
+    "model": "wdgcn",
+    "hidden_dim": 8,
+    "out_dim": 8,
+    "num_layers": 2,
+    "head_hidden_dim": 8,
+    "num_nodes": 36,
+    "num_features": 8,
+    "task": "link_prediction",
+}
+
+
+def quiet_trainer(**kwargs: Any) -> L.Trainer:
+    """A CPU ``Trainer`` without logger, checkpoints, progress bar or model summary; ``kwargs`` override or add."""
+    defaults: dict[str, Any] = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return L.Trainer(**{**defaults, **kwargs})
 
 
 class TinyRegressionData(L.LightningDataModule):

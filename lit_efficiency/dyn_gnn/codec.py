@@ -10,7 +10,7 @@ the paper was released; the encoding below is this project's own design:
   :class:`SnapshotDiff` against ``A_{t-1}`` and keeps whichever has fewer bytes (:attr:`nbytes`; a tie ships full).
 * A diff lists the deleted entries as **positions** in the previous snapshot's key array (not as keys: deleting by
   position is a keep-mask, deleting by value is a device-side ``isin``, measured 4.5x slower than a full transfer in
-  ``docs/gpu_anchors.md``), the added keys (sorted) with their weights, and for weighted graphs the positions (in the
+  ``docs/dynamic_gnn.md`` section 5), the added keys (sorted) with their weights, and for weighted graphs the positions (in the
   previous snapshot) and new values of the weights that changed. Set differences are computed on sorted keys with
   ``searchsorted``, never by sparse subtraction (which keeps explicit zeros).
 * Decoding rebuilds the exact canonical array on any device without a host synchronisation (ranks from a cumulative

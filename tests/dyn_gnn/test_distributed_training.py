@@ -27,21 +27,11 @@ from lit_efficiency.dyn_gnn.partitioned import PartitionedBatch, PartitionedSnap
 from lit_efficiency.dyn_gnn.profilers import CommProfiler
 from lit_efficiency.dyn_gnn.task import DynGNNTask
 from lit_efficiency.dyn_gnn.task_distributed import DistributedDynGNNTask
+from tests.helpers import DIST_DATA, quiet_trainer
 
 NUM_NODES = 36  # divisible by 2 and 3: the all-to-all volume then equals 4*N*T*d*(P-1)/P exactly
 DIM = 8
-DATA = {
-    "dataset": "synthetic",
-    "num_nodes": NUM_NODES,
-    "num_snapshots": 8,
-    "edges_per_snapshot": 100,
-    "num_negatives": 3,
-    "block_size": 3,
-    "train_frac": 0.6,
-    "val_frac": 0.2,
-    "test_frac": 0.2,
-    "seed": 3,
-}
+DATA = DIST_DATA
 
 
 def _model_kwargs(model: str) -> dict:
@@ -88,16 +78,12 @@ def _trainer(world: int, callbacks: list, max_epochs: int = 2, logger=False) -> 
         strategy = DDPStrategy(
             start_method="fork", process_group_backend="gloo", timeout=datetime.timedelta(seconds=60)
         )
-    return L.Trainer(
-        accelerator="cpu",
+    return quiet_trainer(
         devices=world,
         strategy=strategy,
         max_epochs=max_epochs,
         logger=logger,
         log_every_n_steps=1,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         callbacks=callbacks,
     )

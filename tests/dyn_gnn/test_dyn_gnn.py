@@ -27,6 +27,7 @@ from lit_efficiency.dyn_gnn.nn import (
     m_matrix,
     m_mix_adjacency,
 )
+from tests.helpers import quiet_trainer
 
 pytest.importorskip("torch_geometric")
 
@@ -414,13 +415,7 @@ def test_evolvegcn_o_learns_synthetic_links() -> None:
         block_size=4,
     )
     task = DynGNNTask(model="evolvegcn-o", hidden_dim=16, out_dim=16, num_layers=2, head_hidden_dim=16, lr=0.02)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    trainer = quiet_trainer(
         max_epochs=8,
         num_sanity_val_steps=0,
         check_val_every_n_epoch=100,

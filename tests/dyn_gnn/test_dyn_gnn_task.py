@@ -15,20 +15,10 @@ from lit_efficiency.dyn_gnn.datamodule import SnapshotDataModule, SnapshotTarget
 from lit_efficiency.dyn_gnn.metrics import LinkPredictionMetrics
 from lit_efficiency.dyn_gnn.nn import MODEL_NAMES, detach_state
 from lit_efficiency.dyn_gnn.task import DynGNNTask
+from tests.helpers import TINY_GRAPH, quiet_trainer
 
-TINY_DATA = dict(num_nodes=60, num_snapshots=10, edges_per_snapshot=200, num_communities=3, num_node_features=4)
-
-
-def _trainer(**kwargs) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    return L.Trainer(**{**defaults, **kwargs})
+TINY_DATA = TINY_GRAPH
+_trainer = quiet_trainer
 
 
 def test_link_metrics_match_hand_computed_ranking():

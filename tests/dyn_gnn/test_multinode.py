@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import torch.distributed as dist
@@ -28,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "dyn_gnn" / "_dist_scripts" / "dyngnn_node.py"
 sys.path.insert(0, str(SCRIPT.parent))
 from dyngnn_node import DATA, MODEL, Record  # noqa: E402
+
+from tests.helpers import quiet_trainer  # noqa: E402
 
 pytestmark = [
     pytest.mark.distributed,
@@ -89,14 +90,8 @@ def _reference(tmp_path: Path) -> tuple[Path, list[tuple[int, int, float]], dict
     torch.save(copy.deepcopy(task.state_dict()), init)
     out = tmp_path / "ref"
     out.mkdir()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
+    trainer = quiet_trainer(
         max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
         callbacks=[Record(out)],

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lit_efficiency.core.recorders import CommEvent, Recorder, TransferEvent
 from lit_efficiency.dyn_gnn.profilers import AllReduceTimer, CommProfiler, TransferProfiler
+from tests.helpers import quiet_trainer
 
 # Per batch i (0-based): h2d 1.5*(i+1) ms, rebuild 0.25 ms, 100*(i+1) bytes shipped, 400 bytes in full.
 FIGURES = [(1.5 * (i + 1), 0.25, 100 * (i + 1), 400) for i in range(4)]
@@ -45,10 +46,9 @@ class Regressor(L.LightningModule):
 
 def test_transfer_profiler_logs_exact_figures(tmp_path):
     profiler = TransferProfiler()
-    trainer = L.Trainer(
-        max_epochs=1, accelerator="cpu", callbacks=[profiler], log_every_n_steps=1, enable_progress_bar=False,
-        logger=L.pytorch.loggers.CSVLogger(tmp_path, name="t"), enable_checkpointing=False, enable_model_summary=False,
-    )  # fmt: skip
+    trainer = quiet_trainer(
+        max_epochs=1, callbacks=[profiler], log_every_n_steps=1, logger=L.pytorch.loggers.CSVLogger(tmp_path, name="t")
+    )
     trainer.fit(Regressor(), datamodule=RecordingData())
     rows = list(csv.DictReader(open(next(tmp_path.glob("t/version_0/metrics.csv")))))
     steps = [r for r in rows if r.get("train/h2d_ms_step")]
@@ -95,10 +95,9 @@ class AllToAllModule(Regressor):
 
 def test_comm_profiler_reads_the_modules_recorder(tmp_path):
     profiler = CommProfiler()
-    trainer = L.Trainer(
-        max_epochs=1, accelerator="cpu", callbacks=[profiler], log_every_n_steps=1, enable_progress_bar=False,
-        logger=L.pytorch.loggers.CSVLogger(tmp_path, name="c"), enable_checkpointing=False, enable_model_summary=False,
-    )  # fmt: skip
+    trainer = quiet_trainer(
+        max_epochs=1, callbacks=[profiler], log_every_n_steps=1, logger=L.pytorch.loggers.CSVLogger(tmp_path, name="c")
+    )
     trainer.fit(AllToAllModule(), datamodule=RecordingData())
     rows = list(csv.DictReader(open(next(tmp_path.glob("c/version_0/metrics.csv")))))
     steps = [r for r in rows if r.get("train/alltoall_bytes_step")]

@@ -22,6 +22,7 @@ from lit_efficiency.dyn_gnn.profilers import TransferProfiler
 from lit_efficiency.dyn_gnn.streaming import StreamingSnapshotDataModule, encode_stream, rebuild_adjacency
 from lit_efficiency.dyn_gnn.synthetic import iter_synthetic_snapshots, synthetic_dynamic_graph
 from lit_efficiency.dyn_gnn.task import DynGNNTask
+from tests.helpers import quiet_trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 DM_ARGS = dict(
@@ -37,15 +38,7 @@ def _quiet():
         yield
 
 
-def _trainer(**kwargs) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
+_trainer = quiet_trainer
 
 
 def _fit(dm: SnapshotDataModule, max_steps: int = 3):

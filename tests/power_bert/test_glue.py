@@ -27,6 +27,7 @@ from lit_efficiency.power_bert.glue import (
     read_glue_tsv,
     read_imdb_split,
 )
+from tests.helpers import quiet_trainer
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = ["the", "cat", "a", "dog", "sat", "is", "on", "mat"]
@@ -441,9 +442,7 @@ def test_trainer_predict_with_length_sorted_batches(tmp_path, tokenizer_dir):
         sort_by_length=True,
         eval_batch_size=2,
     )
-    trainer = L.Trainer(
-        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
-    )
+    trainer = quiet_trainer()
     out = trainer.predict(Echo(), datamodule=dm)
     idx = torch.cat([o[0] for o in out]).tolist()
     lengths = torch.cat([o[1] for o in out]).tolist()

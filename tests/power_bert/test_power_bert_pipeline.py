@@ -5,7 +5,6 @@ import json
 import math
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import yaml
@@ -23,6 +22,7 @@ from lit_efficiency.power_bert.task import (
     glue_metrics,
     linear_warmup_decay,
 )
+from tests.helpers import quiet_trainer
 
 SMOKE = CONF_DIR / "power_bert" / "smoke.yaml"
 
@@ -81,10 +81,7 @@ def test_search_clamps_retention_after_every_step(tiny_model, tmp_path):
         retention_file=str(tmp_path / "retention.json"),
     )
     data = torch.utils.data.DataLoader([_batch(tiny_model)] * 3, batch_size=None)
-    trainer = L.Trainer(
-        max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_steps=3, limit_val_batches=0)
     trainer.fit(module, train_dataloaders=data)
     values = torch.cat([r.r.detach() for r in module.model.encoder.soft_extracts])
     assert values.min().item() == 0.0 and values.max().item() <= 1.0  # an Adam step of ~5 went below 0: clamped
@@ -257,6 +254,6 @@ def test_model_and_data_must_agree_without_the_cli(tiny_model):
     """Used from Python (no link), a model and a data module for different tasks fail at setup, in one line."""
     module = PowerBertFinetune(model_name_or_path=tiny_model, task="rte", max_seq_len=32)
     data = GLUEDataModule(task="cola", tokenizer_name="tiny-random-bert", max_seq_len=32, train_limit=8, eval_limit=8)
-    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False)
+    trainer = quiet_trainer(max_steps=1)
     with pytest.raises(ConfigError, match="model task 'rte' != data task 'cola'"):
         trainer.fit(module, datamodule=data)

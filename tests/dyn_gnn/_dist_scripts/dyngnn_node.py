@@ -22,30 +22,10 @@ from lightning.pytorch.strategies import DDPStrategy
 from lit_efficiency.core.errors import LitEfficiencyError
 from lit_efficiency.dyn_gnn.partitioned import PartitionedSnapshotDataModule
 from lit_efficiency.dyn_gnn.task_distributed import DistributedDynGNNTask
+from tests.helpers import DIST_DATA, DIST_MODEL, quiet_trainer
 
 # Shared with the tests (they import these to build the single-process reference).
-DATA = {
-    "dataset": "synthetic",
-    "num_nodes": 36,
-    "num_snapshots": 8,
-    "edges_per_snapshot": 100,
-    "num_negatives": 3,
-    "block_size": 3,
-    "train_frac": 0.6,
-    "val_frac": 0.2,
-    "test_frac": 0.2,
-    "seed": 3,
-}
-MODEL = {
-    "model": "wdgcn",
-    "hidden_dim": 8,
-    "out_dim": 8,
-    "num_layers": 2,
-    "head_hidden_dim": 8,
-    "num_nodes": 36,
-    "num_features": 8,
-    "task": "link_prediction",
-}
+DATA, MODEL = DIST_DATA, DIST_MODEL
 
 
 class Record(L.Callback):
@@ -93,16 +73,12 @@ def main(argv: list[str] | None = None) -> None:
         callbacks.append(ModelCheckpoint(dirpath=args.ckpt_dir, save_last=True, every_n_epochs=1))
         last = args.ckpt_dir / "last.ckpt"
         ckpt_path = str(last) if last.is_file() else None
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         devices=args.devices,
         num_nodes=args.num_nodes,
         strategy=DDPStrategy(process_group_backend="gloo", timeout=datetime.timedelta(seconds=args.timeout)),
         max_epochs=args.max_epochs,
-        logger=False,
         enable_checkpointing=args.ckpt_dir is not None,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
         callbacks=callbacks,
