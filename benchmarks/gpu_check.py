@@ -35,6 +35,7 @@ import gc
 import json
 import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -46,7 +47,6 @@ import traceback
 import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -73,6 +73,8 @@ RETENTIONS = {
     "r110": [110, 90, 75, 64, 55, 48, 42, 37, 33, 29, 25, 22],
 }
 STATUSES = ("ok", "failed", "skipped")
+#: A line that marks a test (or a whole module) as a GPU test.
+GPU_MARK = re.compile(r"^\s*(@pytest\.mark\.gpu\b|pytestmark\s*=.*pytest\.mark\.gpu\b)", re.MULTILINE)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -185,7 +187,7 @@ GPU_SIZES = Sizes(
 )
 DRY_SIZES = Sizes(
     bert=dict(num_hidden_layers=12, hidden_size=32, num_attention_heads=2, intermediate_size=64, vocab_size=1000),
-    bert_batches=(4, 2),
+    bert_batches=(2, 1),
     bert_seq_len=128,
     bert_repeats=3,
     bert_warmup=1,
@@ -213,8 +215,6 @@ GPU_BUDGETS = {
     "sparse_precision": 15,
 }
 DRY_BUDGETS = {name: 40 for name in GPU_BUDGETS}
-#: Sections that run in a child process (their budget is the child's timeout).
-SUBPROCESS_SECTIONS = ("pytest_gpu", "nccl_smoke")
 #: Hard cap of the whole run: a section that would start after it is skipped.
 TOTAL_BUDGET_S = 345
 
@@ -391,10 +391,10 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 # a. pytest -m gpu
 # ----------------------------------------------------------------------------------------------------------------
 def gpu_test_files() -> list[str]:
-    """Test files that hold GPU tests (``pytest.mark.gpu`` in the text), relative to the root."""
+    """Test files that hold GPU tests (a ``@pytest.mark.gpu`` decorator or ``pytestmark``), relative to the root."""
     files = []
     for path in sorted((ROOT / "tests").rglob("test_*.py")):
-        if "mark.gpu" in path.read_text(encoding="utf-8", errors="replace"):
+        if GPU_MARK.search(path.read_text(encoding="utf-8", errors="replace")):
             files.append(str(path.relative_to(ROOT)))
     return files
 
@@ -1227,14 +1227,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"gpu_check on {ctx.label['device']} (torch {ctx.label['torch']}, CUDA {ctx.label['cuda']}), "
           f"dry_run={args.dry_run}, out={args.out}", flush=True)  # fmt: skip
-    # Dry run: the two subprocess sections run in threads beside the others (on a GPU everything is sequential, so
-    # that no section disturbs another's timing).
-    background = {}
-    if ctx.dry_run:
-        pool = ThreadPoolExecutor(max_workers=len(SUBPROCESS_SECTIONS))
-        background = {n: pool.submit(run_section, n, ctx, args.out) for n in names if n in SUBPROCESS_SECTIONS}
-    done = {n: run_section(n, ctx, args.out) for n in names if n not in background}
-    records = [background[n].result() if n in background else done[n] for n in names]
+    records = [run_section(name, ctx, args.out) for name in names]
     table = summary_table(records)
     summary = {
         "label": ctx.label,
