@@ -8,7 +8,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_M
 DEMO_DIR ?= outputs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo test gpu-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ demo: $(STAMP)
 # Everything except GPU tests (slow and distributed included). pytest exit 5 = no test collected = failure.
 test: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+# The prepared GPU check (docs/gpu.md): plain $(PYTHON) with the working tree on PYTHONPATH, no venv and no install
+# (the GPU machine has no network). DRY_RUN=1: CPU, tiny sizes. GPU_CHECK_ARGS: e.g. --out DIR, --only power_bert.
+gpu-check:
+	$(OFFLINE) PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) benchmarks/gpu_check.py $(if $(DRY_RUN),--dry-run) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) runs outputs .pytest_cache
