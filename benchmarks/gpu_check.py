@@ -677,9 +677,7 @@ def build_encoded(api: SimpleNamespace, num_nodes: int, sequence: Iterator, pin:
             items.append(diff)
             diff_entries.append(deleted.numel() + added.numel())
         prev_edges = keys.numel()
-    encoded = api.EncodedGraph(
-        num_nodes, tuple(items), (None,) * len(items), tuple(full_nbytes), tuple(diff_entries), False
-    )
+    encoded = api.EncodedGraph(num_nodes, tuple(items), tuple(full_nbytes), tuple(diff_entries), False)
     return encoded, full_keys
 
 

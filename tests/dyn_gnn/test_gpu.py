@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lit_efficiency.dyn_gnn.adjacency import gcn_norm
-from lit_efficiency.dyn_gnn.codec import encode_snapshots, iter_decode, iter_decode_reverse
+from lit_efficiency.dyn_gnn.codec import encode_snapshots, iter_decode
 from lit_efficiency.dyn_gnn.datamodule import SnapshotDataModule
 from lit_efficiency.dyn_gnn.streaming import StreamingSnapshotDataModule, rebuild_adjacency
 from lit_efficiency.dyn_gnn.synthetic import iter_synthetic_snapshots
@@ -137,8 +137,8 @@ def test_streaming_diff_with_pinned_prefetch_trains_like_full_transfer():
 
 
 @pytest.mark.parametrize("num_nodes", [3000, 50_000])  # int32 keys (N*N < 2**31) and int64 keys
-def test_codec_decode_on_cuda_equals_cpu_forward_and_reverse(num_nodes):
-    """Weighted snapshots (window 3: weights change) decoded on CUDA, forward and backward in time, equal the CPU."""
+def test_codec_decode_on_cuda_equals_cpu(num_nodes):
+    """Weighted snapshots (window 3: weights change) decoded on CUDA equal the CPU decode."""
     snaps = list(iter_synthetic_snapshots(num_nodes, 6, 20_000, churn=0.05, window=3, seed=2))
     encoded = encode_snapshots([s.edge_index for s in snaps], num_nodes, [s.edge_weight for s in snaps])
     assert any(item.kind == "diff" and item.changed_pos.numel() for item in encoded.items)
@@ -147,10 +147,6 @@ def test_codec_decode_on_cuda_equals_cpu_forward_and_reverse(num_nodes):
     for gpu, cpu in zip(forward_gpu, forward_cpu, strict=True):
         assert gpu.keys.is_cuda and torch.equal(gpu.keys.cpu(), cpu.keys)
         assert torch.equal(gpu.weights.cpu(), cpu.weights)
-    backward_gpu = iter_decode_reverse(encoded, forward_gpu[-1].keys, forward_gpu[-1].weights)
-    backward_cpu = iter_decode_reverse(encoded, forward_cpu[-1].keys, forward_cpu[-1].weights)
-    for gpu, cpu in zip(backward_gpu, backward_cpu, strict=True):
-        assert gpu.t == cpu.t and torch.equal(gpu.keys.cpu(), cpu.keys) and torch.equal(gpu.weights.cpu(), cpu.weights)
     last_gpu, last_cpu = forward_gpu[-1], forward_cpu[-1]
     adj_gpu = rebuild_adjacency(last_gpu.keys, last_gpu.weights, num_nodes, directed=True)
     adj_cpu = rebuild_adjacency(last_cpu.keys, last_cpu.weights, num_nodes, directed=True)
