@@ -276,13 +276,17 @@ def _version(dist: str) -> str | None:
 
 
 def _git_commit() -> str | None:
+    """``$LIT_EFFICIENCY_COMMIT`` when set (a copied tree whose .git is stale), else HEAD, ``+modified`` if dirty."""
+    if os.environ.get("LIT_EFFICIENCY_COMMIT"):
+        return os.environ["LIT_EFFICIENCY_COMMIT"]
     try:
-        out = subprocess.run(
+        head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5, check=True
-        )
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT, capture_output=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return (head + ("+modified" if dirty.returncode else "")) or None
 
 
 def run_label(device: torch.device, dry_run: bool) -> dict[str, Any]:

@@ -19,7 +19,7 @@ Models (paper links in each class): :class:`WDGCN`, :class:`CDGCN` (Manessi et a
 
 Graphs are given as normalised sparse adjacencies (:func:`~lit_efficiency.dyn_gnn.adjacency.gcn_norm`, ``torch.sparse_csr``), oriented
 ``adj[target, source]`` so that ``adj @ X`` aggregates messages into targets like PyG's ``GCNConv``. Graph products use
-``torch.sparse.mm``; degrees and self loops use ``torch_geometric.utils`` (no torch-scatter / torch-sparse needed).
+``torch.sparse.mm`` (:func:`spmm`); the normalisation is :mod:`~lit_efficiency.dyn_gnn.adjacency`'s.
 
 Node features: a model built with ``num_features=0`` takes ``x=None`` and uses a learnable ``nn.Embedding(num_nodes,
 embedding_dim)`` as the (time-constant) feature matrix; this needs ``num_nodes``. With ``num_features > 0`` the
@@ -56,6 +56,7 @@ __all__ = [
     "WDGCN",
     "bounded_forward",
     "build_model",
+    "spmm",
     "causal_moving_average",
     "detach_state",
     "m_matrix",
@@ -73,11 +74,23 @@ Features = Tensor | Sequence[Tensor | None] | None
 
 
 
-def _spmm(adj: Tensor, x: Tensor) -> Tensor:
-    """``adj @ x`` for a sparse (CSR or COO) or dense ``(N, N)`` adjacency and a dense ``(N, d)`` matrix."""
+def spmm(adj: Tensor, x: Tensor) -> Tensor:
+    """``adj @ x`` for a sparse (CSR or COO) or dense ``(N, N)`` adjacency and a dense ``(N, d)`` matrix.
+
+    Mixed precision: under autocast the dense operand arrives in fp16/bf16 while the adjacency stays fp32, a pair
+    cuSPARSE has no SpMM kernel for (and CPU has no bf16 one): the product then runs in the adjacency's dtype (fp32
+    accumulation) and returns that dtype; the dense layers around it still run in low precision. Measured on an H200
+    (``benchmarks/results/gpu/``): ``16-mixed`` and ``bf16-mixed`` training steps crashed before this.
+
+    Shapes:
+        adj ``(N, N)``, x ``(N, d)`` -> ``(N, d)``.
+    """
     if adj.layout == torch.strided:
         return adj @ x
-    return torch.sparse.mm(adj, x)
+    if x.dtype == adj.dtype and not torch.is_autocast_enabled(x.device.type):
+        return torch.sparse.mm(adj, x)
+    with torch.autocast(device_type=x.device.type, enabled=False):  # CPU autocast would cast the adjacency itself
+        return torch.sparse.mm(adj, x.to(adj.dtype))
 
 
 def m_matrix(
@@ -225,7 +238,7 @@ class GCNLayer(nn.Module):
 
     def forward(self, x: Tensor, adj: Tensor) -> Tensor:
         """Apply the layer to one snapshot."""
-        out = _spmm(adj, self.lin(x))
+        out = spmm(adj, self.lin(x))
         if self.bias is not None:
             out = out + self.bias
         return out
@@ -750,7 +763,7 @@ class _EvolveGCN(DynamicGNN):
             raise ValueError(f"expected {len(self.initial_weights)} weight matrices, got {len(weights)}")
         h = self.features(x, adj.shape[0])
         for w in weights:
-            h = self.act(_spmm(adj, h @ w))
+            h = self.act(spmm(adj, h @ w))
         return h
 
     def temporal(self, h: Tensor, state: Any = None) -> tuple[Tensor, Any]:
@@ -773,7 +786,7 @@ class _EvolveGCN(DynamicGNN):
         for layer, layer_state in enumerate(state):
             w_t, layer_state = self.evolve(layer, h, layer_state)
             new_state.append(layer_state)
-            h = self.act(_spmm(adj, h @ w_t))
+            h = self.act(spmm(adj, h @ w_t))
         return h, new_state
 
     def forward(self, xs: Features, adjs: Sequence[Tensor], state: list[Any] | None = None) -> DynGNNOutput:

@@ -26,6 +26,7 @@ from lit_efficiency.dyn_gnn.nn import (
     detach_state,
     m_matrix,
     m_mix_adjacency,
+    spmm,
 )
 from tests.helpers import quiet_trainer
 
@@ -578,3 +579,16 @@ def test_module_imports_no_lightning_or_wandb() -> None:
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
     assert not imported & {"lightning", "pytorch_lightning", "wandb"}
+
+
+def test_spmm_under_cpu_bf16_autocast_matches_fp32() -> None:
+    """torch.sparse.mm has no CPU bf16 kernel; spmm runs the product in the adjacency's fp32 under autocast."""
+    torch.manual_seed(0)
+    edge_index, _ = _random_graph(30, 120, seed=3)
+    adj = gcn_norm(edge_index, 30)
+    x, w = torch.randn(30, 8), torch.randn(8, 4)
+    want = spmm(adj, x @ w)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = spmm(adj, x @ w)
+    assert got.dtype == torch.float32
+    assert_close(got, want, rtol=2e-2, atol=2e-2)  # x @ w ran in bf16
