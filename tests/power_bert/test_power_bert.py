@@ -496,3 +496,30 @@ def test_power_bert_hard_on_cuda_matches_cpu():
     torch.testing.assert_close(got.last_hidden_state.cpu(), want.last_hidden_state, atol=1e-4, rtol=0)
     assert torch.equal(got.kept_positions.cpu(), want.kept_positions)
     assert torch.isfinite(half.last_hidden_state).all()
+
+
+def test_hard_forward_calls_the_tested_extract_in_every_dropping_layer(monkeypatch):
+    """One path per value: the encoder's elimination is :func:`extract` itself, not an inlined copy."""
+    import lit_efficiency.power_bert.model as model_module
+
+    calls: list[int] = []
+    real = model_module.extract
+
+    def spy(hidden, mask, sig, keep):
+        calls.append(keep)
+        return real(hidden, mask, sig, keep)
+
+    monkeypatch.setattr(model_module, "extract", spy)
+    enc = PowerBertEncoder(tiny_bert_config(), mode="hard", retention=[7, 7, 4], max_seq_len=12).eval()
+    ids, mask, tt = padded_batch()  # 9 tokens: layer 1 drops to 7, layer 2 keeps them, layer 3 drops to 4
+    with torch.no_grad():
+        out = enc(ids, mask, tt)
+    assert calls == [7, 4] and out.last_hidden_state.shape[1] == 4
+
+
+def test_retention_reaches_the_model_as_a_list_only(tmp_path):
+    """Files are read at the edge (load_retention); the model refuses a path instead of reading it."""
+    path = tmp_path / "retention.json"
+    path.write_text(json.dumps({"retention": [6, 4, 2]}))
+    with pytest.raises(ConfigError, match="expected a list of 3 token counts, got str"):
+        PowerBertEncoder(tiny_bert_config(), mode="hard", retention=str(path), max_seq_len=12)
