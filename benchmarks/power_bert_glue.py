@@ -96,9 +96,7 @@ def main() -> None:
     parser.add_argument("--out-dir", default="outputs/bench_power_bert")
     parser.add_argument("--model", default="minilm-l6")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (1: robust on shared machines)"
-    )
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: robust on shared machines)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for task in args.tasks:

@@ -60,7 +60,6 @@ class LitEfficiencyCLI(LightningCLI):
             **kwargs,
         )
 
-
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Values decided once, by the data module, and linked into the model (never typed twice).
 

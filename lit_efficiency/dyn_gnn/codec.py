@@ -10,13 +10,13 @@ the paper was released; the encoding below is this project's own design:
   :class:`SnapshotDiff` against ``A_{t-1}`` and keeps whichever has fewer bytes (:attr:`nbytes`; a tie ships full).
 * A diff lists the deleted entries as **positions** in the previous snapshot's key array (not as keys: deleting by
   position is a keep-mask, deleting by value is a device-side ``isin``, measured 4.5x slower than a full transfer in
-  ``docs/dynamic_gnn.md`` section 5), the added keys (sorted) with their weights, and for weighted graphs the positions (in the
-  previous snapshot) and new values of the weights that changed. Set differences are computed on sorted keys with
-  ``searchsorted``, never by sparse subtraction (which keeps explicit zeros).
+  ``docs/dynamic_gnn.md`` section 5), the added keys (sorted) with their weights, and for weighted graphs the
+  positions (in the previous snapshot) and new values of the weights that changed. Set differences are computed on
+  sorted keys with ``searchsorted``, never by sparse subtraction (which keeps explicit zeros).
 * Decoding rebuilds the exact canonical array on any device without a host synchronisation (ranks from a cumulative
   sum, merge positions from ``searchsorted``, two scatters) and then verifies a per-snapshot checksum.
-* Normalised GCN values ``D^-1/2 (A + I) D^-1/2`` are never shipped: :func:`~lit_efficiency.dyn_gnn.adjacency.gcn_norm_adj_t`
-  recomputes them from the decoded keys on the device.
+* Normalised GCN values ``D^-1/2 (A + I) D^-1/2`` are never shipped:
+  :func:`~lit_efficiency.dyn_gnn.adjacency.gcn_norm_adj_t` recomputes them from the decoded keys on the device.
 
 Checksum (:func:`snapshot_checksum`): with the Mersenne prime ``P = 2**31 - 1``, each array ``x`` (keys as ``int64``;
 weights as their raw IEEE bit patterns) is hashed as
@@ -69,7 +69,6 @@ _P = 2**31 - 1
 _KEY_LANE = (1_103_515_245, 12_345, 2_654_435_761 % _P, 97_531)
 _WEIGHT_LANE = (48_271, 1_013_904_223, 40_503, 7_777_777)
 _INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
 
 
 def position_dtype(num_edges: int) -> torch.dtype:
@@ -359,7 +358,6 @@ def _check_weights(weights: Tensor | None, num_edges: int, t: int, dtype: torch.
     if dtype is not None and weights.dtype != dtype:
         raise DataError(f"snapshot {t}: edge weights are {weights.dtype} but earlier snapshots are {dtype}")
     return weights.detach().to("cpu").contiguous().clone()
-
 
 
 def _diff(

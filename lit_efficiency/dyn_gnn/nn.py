@@ -17,9 +17,10 @@ Models (paper links in each class): :class:`WDGCN`, :class:`CDGCN` (Manessi et a
 :class:`EvolveGCNO`, :class:`EvolveGCNH` (Pareja et al.); heads :class:`LinkPredictor`, :class:`EdgeClassifier`,
 :class:`NodeRegressor`; :func:`build_model` picks a model by name.
 
-Graphs are given as normalised sparse adjacencies (:func:`~lit_efficiency.dyn_gnn.adjacency.gcn_norm`, ``torch.sparse_csr``), oriented
-``adj[target, source]`` so that ``adj @ X`` aggregates messages into targets like PyG's ``GCNConv``. Graph products use
-``torch.sparse.mm`` (:func:`spmm`); the normalisation is :mod:`~lit_efficiency.dyn_gnn.adjacency`'s.
+Graphs are given as normalised sparse adjacencies (:func:`~lit_efficiency.dyn_gnn.adjacency.gcn_norm`,
+``torch.sparse_csr``), oriented ``adj[target, source]`` so that ``adj @ X`` aggregates messages into targets like
+PyG's ``GCNConv``. Graph products use ``torch.sparse.mm`` (:func:`spmm`); the normalisation is
+:mod:`~lit_efficiency.dyn_gnn.adjacency`'s.
 
 Node features: a model built with ``num_features=0`` takes ``x=None`` and uses a learnable ``nn.Embedding(num_nodes,
 embedding_dim)`` as the (time-constant) feature matrix; this needs ``num_nodes``. With ``num_features > 0`` the
@@ -71,7 +72,6 @@ Features = Tensor | Sequence[Tensor | None] | None
 # --------------------------------------------------------------------------------------------------------------------
 # Graph operators
 # --------------------------------------------------------------------------------------------------------------------
-
 
 
 def spmm(adj: Tensor, x: Tensor) -> Tensor:
@@ -211,7 +211,8 @@ class GCNLayer(nn.Module):
         H' = \hat{A} H W + b
 
     Equal to PyG's ``GCNConv(in_channels, out_channels)`` with the same ``lin.weight`` and ``bias`` when
-    ``adj = gcn_norm(edge_index, N, edge_weight)`` (:mod:`~lit_efficiency.dyn_gnn.adjacency`). The activation is left to the caller.
+    ``adj = gcn_norm(edge_index, N, edge_weight)`` (:mod:`~lit_efficiency.dyn_gnn.adjacency`). The activation is left
+    to the caller.
 
     Args:
         in_channels: input feature size ``F``.
@@ -552,7 +553,7 @@ class TMGCN(DynamicGNN):
 
     @property
     def temporal_is_identity(self) -> bool:
-        """With ``mixing="input"`` the mixing happens before the spatial stage and the temporal stage is the identity."""
+        """``mixing="input"`` mixes before the spatial stage, so the temporal stage is the identity."""
         return self.mixing == "input"
 
     def spatial_snapshot(self, x: Tensor | None, adj: Tensor) -> Tensor:

@@ -290,9 +290,7 @@ def snapshot_to_vertex(
     if _prepare(h, snap_blocks, vert_blocks, group, to_vertex=True) == 1:
         return h
     h = _ensure_backward_participation(h)
-    return SnapshotToVertex.apply(
-        h, tuple(snap_blocks), tuple(vert_blocks), group, recorder
-    )
+    return SnapshotToVertex.apply(h, tuple(snap_blocks), tuple(vert_blocks), group, recorder)
 
 
 def vertex_to_snapshot(
@@ -319,9 +317,7 @@ def vertex_to_snapshot(
     if _prepare(h, snap_blocks, vert_blocks, group, to_vertex=False) == 1:
         return h
     h = _ensure_backward_participation(h)
-    return VertexToSnapshot.apply(
-        h, tuple(snap_blocks), tuple(vert_blocks), group, recorder
-    )
+    return VertexToSnapshot.apply(h, tuple(snap_blocks), tuple(vert_blocks), group, recorder)
 
 
 def _ensure_backward_participation(h: torch.Tensor) -> torch.Tensor:

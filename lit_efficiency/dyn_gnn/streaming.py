@@ -179,8 +179,9 @@ class StreamingSnapshotDataModule(SnapshotDataModule):
         **kwargs: :class:`SnapshotDataModule` arguments (``dataset``, ``window``, ``block_size``, ...).
 
     Attributes:
-        transfer_recorder: :class:`~lit_efficiency.core.recorders.Recorder` with one :class:`~lit_efficiency.core.recorders.TransferEvent` per
-            transferred block (``h2d_ms``, ``rebuild_ms``, ``h2d_bytes``, ``full_bytes``).
+        transfer_recorder: :class:`~lit_efficiency.core.recorders.Recorder` with one
+            :class:`~lit_efficiency.core.recorders.TransferEvent` per transferred block (``h2d_ms``, ``rebuild_ms``,
+            ``h2d_bytes``, ``full_bytes``).
         encoded: The :class:`EncodedGraph` (``transfer="diff"``), else ``None``.
     """
 

@@ -19,7 +19,8 @@ test batches run from snapshot 0 in order with the current weights, so the state
 is built chronologically from the whole past (training period included).
 
 Metrics (torchmetrics): link prediction MAP / MRR (one ranking per source node and snapshot) and AUC
-(:class:`~lit_efficiency.dyn_gnn.metrics.LinkPredictionMetrics`); edge sign accuracy / F1 / AUC; node regression MSE / MAE.
+(:class:`~lit_efficiency.dyn_gnn.metrics.LinkPredictionMetrics`); edge sign accuracy / F1 / AUC; node regression
+MSE / MAE.
 Logged as ``train/loss``, ``val/loss``, ``val/map``, ``val/mrr``, ``val/auc`` (``test/...`` likewise).
 """
 

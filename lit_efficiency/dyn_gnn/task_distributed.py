@@ -3,8 +3,9 @@ r"""Distributed dynamic-GNN training: snapshot-partitioned spatial stage, one al
 The SC'21 scheme (Chakaravarthy et al., "Efficient Scaling of Dynamic Graph Neural Networks",
 https://arxiv.org/abs/2109.07893; ``docs/dynamic_gnn.md`` section 4) on top of
 :class:`~lit_efficiency.dyn_gnn.task.DynGNNTask`, run by Lightning's DDP strategy (weights replicated, gradients
-all-reduced by DDP). Per global block of ``T`` snapshots (a :class:`~lit_efficiency.dyn_gnn.partitioned.PartitionedBatch`
-from :class:`~lit_efficiency.dyn_gnn.partitioned.PartitionedSnapshotDataModule`), rank ``p`` runs
+all-reduced by DDP). Per global block of ``T`` snapshots (a
+:class:`~lit_efficiency.dyn_gnn.partitioned.PartitionedBatch` from
+:class:`~lit_efficiency.dyn_gnn.partitioned.PartitionedSnapshotDataModule`), rank ``p`` runs
 
 1. the **spatial** stage on its snapshots ``S_p``: :math:`H = \mathrm{spatial}(X_{S_p}, \hat{A}_{S_p})`,
    ``(T_p, N, d)``, no communication;
@@ -57,6 +58,7 @@ from lit_efficiency.dyn_gnn.redistribute import new_redistribution_group, snapsh
 from lit_efficiency.dyn_gnn.task import DynGNNTask
 
 __all__ = ["DistributedDynGNNTask", "DistributedTrainingError"]
+
 
 class DistributedTrainingError(LitEfficiencyError, RuntimeError):
     """A collective failed: a peer rank died or did not answer within the timeout."""
@@ -159,12 +161,13 @@ class DistributedDynGNNTask(DynGNNTask):
         world = self._world
         snaps = batch.relative_blocks() if world > 1 else (range(0, len(adjs)),)
         verts = tuple(vertex_blocks(num_nodes, world))
-        hv = self._collective("snapshot->vertex all-to-all", snapshot_to_vertex, h, snaps, verts, self._group, self.comm_recorder)
+        group, recorder = self._group, self.comm_recorder
+        hv = self._collective("snapshot->vertex all-to-all", snapshot_to_vertex, h, snaps, verts, group, recorder)
         if hv.shape[1] == 0:  # more ranks than vertices: nothing to run, keep the shape
             zv = hv.new_zeros(hv.shape[0], 0, net.out_dim)
         else:
             zv, state = net.temporal(hv, state)
-        z = self._collective("vertex->snapshot all-to-all", vertex_to_snapshot, zv, snaps, verts, self._group, self.comm_recorder)
+        z = self._collective("vertex->snapshot all-to-all", vertex_to_snapshot, zv, snaps, verts, group, recorder)
         return z, state
 
     def _partitioned_block(

@@ -492,4 +492,3 @@ def main(argv: list[str]) -> None:
     init = parser.instantiate_classes(cfg)
     kwargs = {k: v for k, v in vars(init).items() if k != "config" and not k.startswith("__")}
     run(**kwargs)
-

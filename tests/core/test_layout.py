@@ -122,3 +122,17 @@ def test_old_import_paths_are_the_new_objects():
     from lit_efficiency.power_bert.model import PowerBertEncoder
 
     assert Old is PowerBertEncoder and old_resolve is resolve_data_root
+
+
+def test_every_repository_path_named_in_the_readme_exists():
+    """Paths the README and docs/ give a reader (configs, scripts, results, modules) exist in this layout."""
+    import re
+
+    roots = "conf|benchmarks|docs|lit_efficiency|tests"
+    pattern = re.compile(rf"(?<![\w/.])((?:{roots})/[\w./-]*\w\.(?:yaml|py|md|json|png))")
+    missing = {}
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for path in sorted(set(pattern.findall(doc.read_text()))):
+            if "*" not in path and "<" not in path and not (ROOT / path).exists() and not (doc.parent / path).exists():
+                missing.setdefault(doc.name, []).append(path)
+    assert missing == {}

@@ -77,7 +77,11 @@ def test_search_loss_is_task_loss_plus_weighted_mass(tiny_model):
 
 def test_search_clamps_retention_after_every_step(tiny_model, tmp_path):
     module = PowerBertSearch(
-        model_name_or_path=tiny_model, task="rte", retention_lr=5.0, mass_lambda=1.0, max_seq_len=16,
+        model_name_or_path=tiny_model,
+        task="rte",
+        retention_lr=5.0,
+        mass_lambda=1.0,
+        max_seq_len=16,
         retention_file=str(tmp_path / "retention.json"),
     )
     data = torch.utils.data.DataLoader([_batch(tiny_model)] * 3, batch_size=None)
