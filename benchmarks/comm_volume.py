@@ -32,6 +32,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 
 from lit_efficiency.core.recorders import Recorder
+from lit_efficiency.core.trainer import quiet_trainer
 from lit_efficiency.dyn_gnn.partition import alltoall_bytes, halo_bytes
 from lit_efficiency.dyn_gnn.partitioned import PartitionedSnapshotDataModule
 from lit_efficiency.dyn_gnn.profilers import CommProfiler
@@ -81,15 +82,10 @@ def run(world: int, args: argparse.Namespace, data: dict, model: dict) -> dict:
             strategy = DDPStrategy(
                 start_method="fork", process_group_backend="gloo", timeout=datetime.timedelta(seconds=600)
             )
-        trainer = L.Trainer(
-            accelerator="cpu",
+        trainer = quiet_trainer(
             devices=world,
             strategy=strategy,
             max_epochs=args.epochs,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
             num_sanity_val_steps=0,
             limit_val_batches=0,
             callbacks=[profiler, _Dump(out, profiler)],

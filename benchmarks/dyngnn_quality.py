@@ -35,6 +35,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from lit_efficiency.core.trainer import quiet_trainer
 from lit_efficiency.dyn_gnn.datamodule import SnapshotDataModule, sample_negatives
 from lit_efficiency.dyn_gnn.nn import MODEL_NAMES, LinkPredictor
 from lit_efficiency.dyn_gnn.task import DynGNNTask
@@ -74,17 +75,7 @@ class _EpochTimer(L.Callback):
 
 
 def _trainer(epochs: int, callbacks: list) -> L.Trainer:
-    return L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-    )
+    return quiet_trainer(max_epochs=epochs, num_sanity_val_steps=0, callbacks=callbacks)
 
 
 def train_and_test(dm: SnapshotDataModule, model: str, epochs: int, hidden: int, lr: float) -> dict:

@@ -967,6 +967,8 @@ def nccl_child(out: Path, backend: str, accelerator: str) -> int:
     import torch.distributed as dist
     from lightning.pytorch.strategies import DDPStrategy
 
+    from lit_efficiency.core.trainer import quiet_trainer
+
     api = distributed_api()
     seen: dict[str, Any] = {"losses": []}
 
@@ -991,11 +993,10 @@ def nccl_child(out: Path, backend: str, accelerator: str) -> int:
         dataset="synthetic", num_nodes=36, num_snapshots=8, edges_per_snapshot=100, num_negatives=3, block_size=3,
         train_frac=0.6, val_frac=0.2, test_frac=0.2, seed=3,
     )  # fmt: skip
-    trainer = L.Trainer(
-        accelerator=accelerator, devices=1,
+    trainer = quiet_trainer(
+        accelerator=accelerator,
         strategy=DDPStrategy(process_group_backend=backend, timeout=datetime.timedelta(seconds=60)),
-        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[Probe()],
+        max_epochs=1, num_sanity_val_steps=0, callbacks=[Probe()],
     )  # fmt: skip
     trainer.fit(task, data)
     seen["val"] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_efficiency.core.paths import require_file
+from lit_efficiency.core.trainer import quiet_trainer  # noqa: F401  (re-exported for the tests)
 
 #: Tiny synthetic dynamic graph for single-process dyn-GNN tests (``SnapshotDataModule`` arguments).
 TINY_GRAPH = dict(num_nodes=60, num_snapshots=10, edges_per_snapshot=200, num_communities=3, num_node_features=4)
@@ -39,19 +38,6 @@ DIST_MODEL = {
     "num_features": 8,
     "task": "link_prediction",
 }
-
-
-def quiet_trainer(**kwargs: Any) -> L.Trainer:
-    """A CPU ``Trainer`` without logger, checkpoints, progress bar or model summary; ``kwargs`` override or add."""
-    defaults: dict[str, Any] = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    return L.Trainer(**{**defaults, **kwargs})
 
 
 class TinyRegressionData(L.LightningDataModule):

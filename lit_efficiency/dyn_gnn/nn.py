@@ -353,6 +353,26 @@ class DynamicGNN(nn.Module):
     #: ``num_nodes``), filled from the task's arguments of the same names.
     options: ClassVar[tuple[str, ...]] = ()
 
+    def __init__(self, num_features: int, hidden_dim: int, out_dim: int, num_layers: int, num_nodes: int) -> None:
+        """The core arguments every model shares; builds the node-feature front end.
+
+        Args:
+            num_features: node feature size ``F``; ``0`` for a learnable node embedding (then ``num_nodes`` is needed).
+            hidden_dim: size of the hidden GCN layers (and embedding size when ``num_features == 0``).
+            out_dim: output embedding size (the LSTM's hidden size for WD-/CD-GCN, the last GCN layer's otherwise).
+            num_layers: number of GCN layers.
+            num_nodes: ``N``, only needed when ``num_features == 0``.
+        """
+        super().__init__()
+        if num_layers < 1:
+            raise ConfigError(f"num_layers must be >= 1, got {num_layers}")
+        self.features = NodeFeatures(num_features, num_nodes, hidden_dim)
+        self.out_dim = out_dim
+
+    def layer_dims(self, hidden_dim: int, num_layers: int, last_dim: int) -> list[int]:
+        """Widths of a GCN stack: the node features, ``num_layers - 1`` hidden layers, then ``last_dim``."""
+        return [self.features.out_dim] + [hidden_dim] * (num_layers - 1) + [last_dim]
+
     @classmethod
     def temporal_halo_for(cls, **options: Any) -> int:
         """Snapshots before its block a rank must also hold when snapshots are partitioned (0: none)."""
@@ -412,12 +432,7 @@ class WDGCN(DynamicGNN):
     ``(num_lstm_layers, N, out_dim)``.
 
     Args:
-        num_features: node feature size ``F``; ``0`` for a learnable node embedding (then ``num_nodes`` is needed).
-        hidden_dim: GCN layer size (and embedding size when ``num_features == 0``).
-        out_dim: LSTM hidden size = output embedding size.
-        num_layers: number of GCN layers.
-        num_lstm_layers: number of stacked LSTM layers.
-        num_nodes: ``N``, only needed when ``num_features == 0``.
+        num_lstm_layers: number of stacked LSTM layers; the other arguments are :class:`DynamicGNN`'s.
 
     Shapes:
         xs ``(T, N, F)`` or ``None``, ``T`` adjacencies ``(N, N)`` -> z ``(T, N, out_dim)``.
@@ -432,13 +447,9 @@ class WDGCN(DynamicGNN):
         num_lstm_layers: int = 1,
         num_nodes: int = 0,
     ) -> None:
-        super().__init__()
-        if num_layers < 1:
-            raise ConfigError(f"num_layers must be >= 1, got {num_layers}")
-        self.features = NodeFeatures(num_features, num_nodes, hidden_dim)
-        self.gcn = GCNStack([self.features.out_dim] + [hidden_dim] * num_layers, activate_last=True)
+        super().__init__(num_features, hidden_dim, out_dim, num_layers, num_nodes)
+        self.gcn = GCNStack(self.layer_dims(hidden_dim, num_layers, hidden_dim), activate_last=True)
         self.spatial_dim = self._spatial_dim(hidden_dim)
-        self.out_dim = out_dim
         self.lstm = nn.LSTM(self.spatial_dim, out_dim, num_layers=num_lstm_layers)
 
     def _spatial_dim(self, hidden_dim: int) -> int:
@@ -507,13 +518,9 @@ class TMGCN(DynamicGNN):
       window (or the features are, e.g. a node embedding) and the model has one layer.
 
     Args:
-        num_features: node feature size ``F``; ``0`` for a learnable node embedding (then ``num_nodes`` is needed).
-        hidden_dim: size of the hidden GCN layers (and embedding size when ``num_features == 0``).
-        out_dim: size of the last GCN layer = output embedding size.
-        num_layers: number of GCN layers.
         bandwidth: ``b``, number of time steps averaged by ``M``.
-        mixing: ``"input"`` (exact) or ``"output"`` (mix per vertex after the GCN), see above.
-        num_nodes: ``N``, only needed when ``num_features == 0``.
+        mixing: ``"input"`` (exact) or ``"output"`` (mix per vertex after the GCN), see above; the other arguments
+            are :class:`DynamicGNN`'s.
 
     Shapes:
         xs ``(T, N, F)`` or ``None``, ``T`` adjacencies ``(N, N)`` -> z ``(T, N, out_dim)``.
@@ -529,20 +536,15 @@ class TMGCN(DynamicGNN):
         mixing: Literal["input", "output"] = "input",
         num_nodes: int = 0,
     ) -> None:
-        super().__init__()
-        if num_layers < 1:
-            raise ConfigError(f"num_layers must be >= 1, got {num_layers}")
+        super().__init__(num_features, hidden_dim, out_dim, num_layers, num_nodes)
         if bandwidth < 1:
             raise ConfigError(f"bandwidth must be >= 1, got {bandwidth}")
         if mixing not in ("input", "output"):
             raise ConfigError(f"mixing must be 'input' or 'output', got {mixing!r}")
         self.bandwidth = bandwidth
         self.mixing = mixing
-        self.features = NodeFeatures(num_features, num_nodes, hidden_dim)
-        dims = [self.features.out_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-        self.gcn = GCNStack(dims, activate_last=False)
+        self.gcn = GCNStack(self.layer_dims(hidden_dim, num_layers, out_dim), activate_last=False)
         self.spatial_dim = out_dim
-        self.out_dim = out_dim
 
     options: ClassVar[tuple[str, ...]] = ("bandwidth", "mixing")
 
@@ -710,25 +712,27 @@ class _EvolveGCN(DynamicGNN):
     def __init__(
         self,
         num_features: int,
-        hidden_dim: int,
-        out_dim: int,
-        num_layers: int,
-        num_nodes: int,
-        activation: EvolveActivation,
+        hidden_dim: int = 32,
+        out_dim: int = 32,
+        num_layers: int = 2,
+        num_nodes: int = 0,
+        activation: EvolveActivation = "leaky_relu",
     ) -> None:
-        super().__init__()
-        if num_layers < 1:
-            raise ConfigError(f"num_layers must be >= 1, got {num_layers}")
+        super().__init__(num_features, hidden_dim, out_dim, num_layers, num_nodes)
         if activation not in ("leaky_relu", "rrelu", "relu"):
             raise ConfigError(f"activation must be 'leaky_relu', 'rrelu' or 'relu', got {activation!r}")
         self.activation = activation
-        self.features = NodeFeatures(num_features, num_nodes, hidden_dim)
-        self.dims = [self.features.out_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        self.dims = self.layer_dims(hidden_dim, num_layers, out_dim)
         self.initial_weights = nn.ParameterList(
             nn.Parameter(torch.empty(d_in, d_out)) for d_in, d_out in zip(self.dims[:-1], self.dims[1:], strict=True)
         )
         self.spatial_dim = out_dim
-        self.out_dim = out_dim
+        self.build_cells([(d_in, d_out) for d_in, d_out in zip(self.dims[:-1], self.dims[1:], strict=True)])
+        self.reset_parameters()
+
+    def build_cells(self, shapes: list[tuple[int, int]]) -> None:
+        """Create the per-layer recurrent cells (and whatever else the variant evolves) for ``(D_in, D_out)`` shapes."""
+        raise NotImplementedError
 
     def reset_parameters(self) -> None:
         """Initial weights ``W_0 ~ U(±1/sqrt(D_out))`` (the authors' code); the cells initialise themselves."""
@@ -821,31 +825,15 @@ class EvolveGCNO(_EvolveGCN):
     as input; this class follows the paper's LSTM. See :class:`_EvolveGCN` for the activation.
 
     Args:
-        num_features: node feature size ``F``; ``0`` for a learnable node embedding (then ``num_nodes`` is needed).
-        hidden_dim: size of hidden GCN layers (and embedding size when ``num_features == 0``).
-        out_dim: size of the last GCN layer.
-        num_layers: number of GCN layers.
-        num_nodes: ``N``, only needed when ``num_features == 0``.
-        activation: ``"leaky_relu"`` (slope 11/48), ``"rrelu"`` or ``"relu"``, after every layer.
+        activation: ``"leaky_relu"`` (slope 11/48), ``"rrelu"`` or ``"relu"``, after every layer; the other
+            arguments are :class:`DynamicGNN`'s.
 
     Shapes:
         xs ``(T, N, F)`` or ``None``, ``T`` adjacencies ``(N, N)`` -> z ``(T, N, out_dim)``.
     """
 
-    def __init__(
-        self,
-        num_features: int,
-        hidden_dim: int = 32,
-        out_dim: int = 32,
-        num_layers: int = 2,
-        num_nodes: int = 0,
-        activation: EvolveActivation = "leaky_relu",
-    ) -> None:
-        super().__init__(num_features, hidden_dim, out_dim, num_layers, num_nodes, activation)
-        self.cells = nn.ModuleList(
-            MatLSTMCell(d_in, d_out) for d_in, d_out in zip(self.dims[:-1], self.dims[1:], strict=True)
-        )
-        self.reset_parameters()
+    def build_cells(self, shapes: list[tuple[int, int]]) -> None:
+        self.cells = nn.ModuleList(MatLSTMCell(d_in, d_out) for d_in, d_out in shapes)
 
     def initial_state(self) -> list[tuple[Tensor, Tensor]]:
         return [(w, torch.zeros_like(w)) for w in self.initial_weights]
@@ -887,21 +875,9 @@ class EvolveGCNH(_EvolveGCN):
     authors' code: a graph with fewer than ``k`` nodes is padded with zero rows (they repeat the last index).
     """
 
-    def __init__(
-        self,
-        num_features: int,
-        hidden_dim: int = 32,
-        out_dim: int = 32,
-        num_layers: int = 2,
-        num_nodes: int = 0,
-        activation: EvolveActivation = "leaky_relu",
-    ) -> None:
-        super().__init__(num_features, hidden_dim, out_dim, num_layers, num_nodes, activation)
-        self.cells = nn.ModuleList(
-            MatGRUCell(d_in, d_out) for d_in, d_out in zip(self.dims[:-1], self.dims[1:], strict=True)
-        )
-        self.scorers = nn.ParameterList(nn.Parameter(torch.empty(d_in)) for d_in in self.dims[:-1])
-        self.reset_parameters()
+    def build_cells(self, shapes: list[tuple[int, int]]) -> None:
+        self.cells = nn.ModuleList(MatGRUCell(d_in, d_out) for d_in, d_out in shapes)
+        self.scorers = nn.ParameterList(nn.Parameter(torch.empty(d_in)) for d_in, _ in shapes)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()

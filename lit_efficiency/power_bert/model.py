@@ -231,6 +231,9 @@ class PowerBertEncoder(BertEncoder):
             config's ``max_position_embeddings``.
         mask_padded_queries: let padded query rows not count in the significance score (reference: they count).
         add_pooling_layer: build the [CLS] pooler.
+
+    The forward pass is :meth:`BertEncoder.forward` (one layer loop); :meth:`layer_step` is where the modes differ.
+    In hard mode the output's ``last_hidden_state`` is ``(B, min(l_n, L), D)``.
     """
 
     def __init__(
@@ -292,32 +295,6 @@ class PowerBertEncoder(BertEncoder):
     def optional_weight_prefixes(self) -> tuple[str, ...]:
         """Soft-Extract weights may be absent from a checkpoint (fresh ones start at 1), as may the pooler."""
         return (*super().optional_weight_prefixes(), "soft_extracts.")
-
-    def forward(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None = None,
-        token_type_ids: Tensor | None = None,
-        position_ids: Tensor | None = None,
-        output_attentions: bool = False,
-    ) -> PowerBertOutput:
-        """Encode a batch, eliminating word-vectors as the mode says (the loop is :meth:`BertEncoder.forward`'s).
-
-        Args:
-            input_ids: ``(B, L)`` token ids.
-            attention_mask: ``(B, L)`` 1 real / 0 padding (anywhere but position 0, [CLS]). Default: all ones.
-            token_type_ids: ``(B, L)`` segment ids. Default: zeros.
-            position_ids: ``(B, L)`` or ``(1, L)``. Default: ``0 .. L-1``.
-            output_attentions: return every layer's probabilities (forces eager attention everywhere).
-
-        Returns:
-            :class:`PowerBertOutput`; in hard mode ``last_hidden_state`` is ``(B, min(l_n, L), D)``.
-        """
-        if self.mode == "soft" and input_ids.shape[1] > self.max_seq_len:
-            raise ValueError(
-                f"sequence length {input_ids.shape[1]} exceeds max_seq_len={self.max_seq_len} (Soft-Extract size)"
-            )
-        return super().forward(input_ids, attention_mask, token_type_ids, position_ids, output_attentions)
 
     @override
     def layer_step(self, index: int, state: LayerState) -> LayerState:

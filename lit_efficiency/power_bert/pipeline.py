@@ -27,6 +27,7 @@ from typing import Any, Literal
 import torch
 
 from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.core.trainer import quiet_trainer
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -269,11 +270,8 @@ def _check_output_dir(out: Path, fingerprint: dict[str, Any]) -> None:
 
 def evaluate(module, datamodule, accelerator: str) -> dict[str, float]:
     """Dev-set metrics of ``module`` on ``datamodule`` (one device, no logging)."""
-    import lightning as L
 
-    trainer = L.Trainer(
-        accelerator=accelerator, devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
-    )
+    trainer = quiet_trainer(accelerator=accelerator)
     return {k: float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
 
 
