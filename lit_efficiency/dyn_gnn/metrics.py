@@ -47,13 +47,14 @@ class LinkPredictionMetrics(nn.Module):
     evaluation. An ``nn.Module`` so that the metric states follow the LightningModule's device.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sync_on_compute: bool = True) -> None:
+        """Args: sync_on_compute: let torchmetrics sync states across processes in ``compute`` (see the factories)."""
         super().__init__()
         # Every query built by the data module holds a positive, but skip (rather than count as 0) any that does
         # not, so that a hand-made or filtered candidate set is still scored like EvolveGCN's.
-        self.map = RetrievalMAP(empty_target_action="skip")
-        self.mrr = RetrievalMRR(empty_target_action="skip")
-        self.auc = BinaryAUROC()
+        self.map = RetrievalMAP(empty_target_action="skip", sync_on_compute=sync_on_compute)
+        self.mrr = RetrievalMRR(empty_target_action="skip", sync_on_compute=sync_on_compute)
+        self.auc = BinaryAUROC(sync_on_compute=sync_on_compute)
         self.num_updates = 0
 
     def update(self, scores: Tensor, labels: Tensor, source: Tensor, t: int, num_nodes: int) -> None:
@@ -88,11 +89,18 @@ class LinkPredictionMetrics(nn.Module):
         self.num_updates = 0
 
 
-def edge_sign_metrics() -> MetricCollection:
-    """Accuracy, F1 (positive class = positive sign) and AUC of edge-sign probabilities."""
-    return MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score(), "auc": BinaryAUROC()})
+def edge_sign_metrics(sync_on_compute: bool = True) -> MetricCollection:
+    """Accuracy, F1 (positive class = positive sign) and AUC of edge-sign probabilities.
+
+    Args:
+        sync_on_compute: torchmetrics' own cross-process sync in ``compute``; ``False`` where the caller combines
+            the states itself (the snapshot-partitioned task, whose ranks may hold no sample).
+    """
+    kw = {"sync_on_compute": sync_on_compute}
+    return MetricCollection({"acc": BinaryAccuracy(**kw), "f1": BinaryF1Score(**kw), "auc": BinaryAUROC(**kw)})
 
 
-def node_regression_metrics() -> MetricCollection:
-    """MSE and MAE of node-level predictions."""
-    return MetricCollection({"mse": MeanSquaredError(), "mae": MeanAbsoluteError()})
+def node_regression_metrics(sync_on_compute: bool = True) -> MetricCollection:
+    """MSE and MAE of node-level predictions (``sync_on_compute`` as :func:`edge_sign_metrics`)."""
+    kw = {"sync_on_compute": sync_on_compute}
+    return MetricCollection({"mse": MeanSquaredError(**kw), "mae": MeanAbsoluteError(**kw)})

@@ -26,7 +26,7 @@ Logged as ``train/loss``, ``val/loss``, ``val/map``, ``val/mrr``, ``val/auc`` (`
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
@@ -79,6 +79,10 @@ class DynGNNTask(L.LightningModule):
         temporal_chunk_size: bounded memory: vertices per LSTM chunk (``None`` = all vertices at once).
         checkpoint_temporal: bounded memory: activation-checkpoint each temporal chunk.
     """
+
+    #: Let torchmetrics sync metric states across processes in ``compute`` (the snapshot-partitioned subclass
+    #: combines them itself: its ranks may hold no sample).
+    sync_metrics_on_compute: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -133,16 +137,17 @@ class DynGNNTask(L.LightningModule):
             num_nodes=num_nodes,
             **{name: hp[name] for name in cls.options},
         )
+        sync = self.sync_metrics_on_compute
         if task == "link_prediction":
             self.head = LinkPredictor(self.net.out_dim, hp.head_hidden_dim)
-            self.val_metrics: nn.Module = LinkPredictionMetrics()
-            self.test_metrics: nn.Module = LinkPredictionMetrics()
+            self.val_metrics: nn.Module = LinkPredictionMetrics(sync)
+            self.test_metrics: nn.Module = LinkPredictionMetrics(sync)
         elif task == "edge_sign":
             self.head = EdgeClassifier(self.net.out_dim, 2, hp.head_hidden_dim)
-            self.val_metrics, self.test_metrics = edge_sign_metrics(), edge_sign_metrics()
+            self.val_metrics, self.test_metrics = edge_sign_metrics(sync), edge_sign_metrics(sync)
         elif task == "node_regression":
             self.head = NodeRegressor(self.net.out_dim, hp.head_hidden_dim)
-            self.val_metrics, self.test_metrics = node_regression_metrics(), node_regression_metrics()
+            self.val_metrics, self.test_metrics = node_regression_metrics(sync), node_regression_metrics(sync)
         else:
             raise ConfigError(f"model.task: unknown task {task!r}")
         self.hparams.update({"num_nodes": num_nodes, "num_features": num_features, "task": task})

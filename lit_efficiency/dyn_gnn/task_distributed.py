@@ -41,7 +41,7 @@ to resume. Set the strategy's ``timeout`` to the same value so DDP's all-reduce 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -74,6 +74,8 @@ class DistributedDynGNNTask(DynGNNTask):
         redistribution_timeout_s: timeout of the redistribution process group's collectives, seconds.
         **kwargs: the parent's arguments (``model``, ``hidden_dim``, ..., ``num_nodes``, ``num_features``, ``task``).
     """
+
+    sync_metrics_on_compute: ClassVar[bool] = False  # states are combined by _gather_metric_states
 
     def __init__(self, redistribution_timeout_s: float = 300.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -230,8 +232,6 @@ class DistributedDynGNNTask(DynGNNTask):
         for metric in module.modules():
             if not isinstance(metric, Metric):
                 continue
-            metric.sync_on_compute = False
-            metric._to_sync = False
             if world == 1:
                 continue
             for name, reduce in metric._reductions.items():
