@@ -29,8 +29,10 @@ test: $(STAMP)
 
 # The prepared GPU check (docs/gpu.md): plain $(PYTHON) with the working tree on PYTHONPATH, no venv and no install
 # (the GPU machine has no network). DRY_RUN=1: CPU, tiny sizes. GPU_CHECK_ARGS: e.g. --out DIR, --only power_bert.
+# The project's .venv when there is one (CPU dry run here), else plain $(PYTHON) (the GPU machine's own torch).
+GPU_CHECK_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
 gpu-check:
-	$(OFFLINE) PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) benchmarks/gpu_check.py $(if $(DRY_RUN),--dry-run) $(GPU_CHECK_ARGS)
+	$(OFFLINE) PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_CHECK_PYTHON) benchmarks/gpu_check.py $(if $(DRY_RUN),--dry-run) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) runs outputs .pytest_cache
