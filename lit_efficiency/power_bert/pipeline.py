@@ -199,7 +199,7 @@ def _run_stage(
         print(f"[power-bert] {name}: resuming from {last}")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     best = Path(checkpoint.best_model_path) if monitor and checkpoint.best_model_path else last
-    state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(state)
     module.save_pretrained(stage_dir / "model")
     datamodule.tokenizer.save_pretrained(stage_dir / "model")

@@ -180,7 +180,7 @@ class PowerBertModule(L.LightningModule):
         callback = self.trainer.checkpoint_callback
         best = getattr(callback, "best_model_path", "") if callback is not None else ""
         if best and getattr(callback, "monitor", None):
-            self.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+            self.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
         folder = self.save_pretrained(self.export_dir)
         tokenizer = getattr(getattr(self.trainer, "datamodule", None), "tokenizer", None)
         if tokenizer is not None:

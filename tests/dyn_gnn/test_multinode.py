@@ -131,7 +131,7 @@ def test_dead_rank_fails_the_others_fast_and_rerun_resumes(tmp_path):
     assert "rank 0:" in out0 and "failed (a peer rank died or timed out" in out0, out0[-3000:]
     assert "ckpt_path=last" in out0
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
-    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["epoch"] == 0
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["epoch"] == 0
 
     resumed = _launch_nodes(common, timeout=120)
     for code, out, _ in resumed:
