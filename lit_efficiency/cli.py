@@ -20,7 +20,7 @@ from typing import Any
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from lit_efficiency.core.deprecation import LitEfficiencyDeprecationWarning
-from lit_efficiency.core.errors import LitEfficiencyError
+from lit_efficiency.core.errors import ConfigError, LitEfficiencyError
 
 #: ``conf/`` of the checkout (present for source and editable installs).
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -51,6 +51,7 @@ class LitEfficiencyCLI(LightningCLI):
             "epilog": epilog,
         }
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        self._explicit_model_links = _explicit_model_links(sys.argv[1:] if args is None else args)
         super().__init__(
             subclass_mode_model=True,
             subclass_mode_data=True,
@@ -68,6 +69,69 @@ class LitEfficiencyCLI(LightningCLI):
         """
         for name in LINKED_FROM_DATA:
             parser.link_arguments(f"data.init_args.{name}", f"model.init_args.{name}", apply_on="parse")
+
+    def before_instantiate_classes(self) -> None:
+        """Refuse what the link would otherwise hide: a model value that differs from the data's, or a model that
+        takes a linked argument while the data module has none to give it (its value would vanish from the saved
+        ``config.yaml``)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        model_args, data_args = config.get("model.init_args"), config.get("data.init_args")
+        if model_args is None or data_args is None:
+            return
+        for name in LINKED_FROM_DATA:
+            if name not in model_args:
+                continue
+            if name not in data_args:
+                raise ConfigError(
+                    f"model.init_args.{name} is linked from data.init_args.{name}, but the data module "
+                    f"({config.get('data.class_path')}) has no `{name}` argument: add one to it"
+                )
+            given = self._explicit_model_links.get(name)
+            if given is not None and str(given[0]) != str(data_args[name]):
+                raise ConfigError(
+                    f"{given[1]}: model.init_args.{name}={given[0]!r} differs from data.init_args.{name}="
+                    f"{data_args[name]!r}; set {name} once, on the data (the CLI copies it to the model)"
+                )
+
+
+def _explicit_model_links(args: Any) -> dict[str, tuple[Any, str]]:
+    """Model values of :data:`LINKED_FROM_DATA` typed on the command line or in a ``--config`` file.
+
+    The link overwrites them with the data's value; they are collected here, before parsing, so that a differing
+    one is an error instead of being dropped silently. Returns ``{name: (value, where)}``.
+    """
+    found: dict[str, tuple[Any, str]] = {}
+    if isinstance(args, dict):
+        model = (args.get("model") or {}) if isinstance(args.get("model"), dict) else {}
+        for name in LINKED_FROM_DATA:
+            if name in (model.get("init_args") or {}):
+                found[name] = (model["init_args"][name], "args")
+        return found
+    argv = [str(a) for a in (args or [])]
+    for i, token in enumerate(argv):
+        key, sep, value = token.partition("=")
+        if key in ("--config", "-c"):
+            path = value if sep else (argv[i + 1] if i + 1 < len(argv) else "")
+            model = _yaml_model_section(path)
+            for name in LINKED_FROM_DATA:
+                if name in (model.get("init_args") or {}):
+                    found[name] = (model["init_args"][name], path)
+        for name in LINKED_FROM_DATA:
+            if key in (f"--model.init_args.{name}", f"--model.{name}"):
+                found[name] = (value if sep else (argv[i + 1] if i + 1 < len(argv) else ""), "command line")
+    return found
+
+
+def _yaml_model_section(path: str) -> dict[str, Any]:
+    """The ``model`` mapping of a YAML config file ({} when unreadable: the parser reports that itself)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    model = data.get("model") if isinstance(data, dict) else None
+    return model if isinstance(model, dict) else {}
 
 
 def _destroy_process_group() -> None:

@@ -341,6 +341,9 @@ class DynamicGNN(nn.Module):
     arguments (``num_features``, ``hidden_dim``, ``out_dim``, ``num_layers``, ``num_nodes``); its own extra ones are
     listed in :attr:`options`. What snapshot partitioning (SC'21) needs to know is a property of the class:
     :attr:`partitionable` and :meth:`temporal_halo_for`.
+
+    Shapes (every model):
+        xs ``(T, N, F)`` or ``None``, ``T`` adjacencies ``(N, N)`` -> z ``(T, N, out_dim)``.
     """
 
     spatial_dim: int
@@ -420,7 +423,27 @@ class DynamicGNN(nn.Module):
         return DynGNNOutput(z, state)
 
 
-class WDGCN(DynamicGNN):
+class StackedGCN(DynamicGNN):
+    """A dynamic GNN whose spatial stage is one GCN stack, weights shared over time, run on every snapshot.
+
+    Args:
+        last_dim: width of the stack's last layer.
+        activate_last: ReLU after the last layer too.
+        Other arguments: :class:`DynamicGNN`'s.
+    """
+
+    def __init__(
+        self, num_features: int, hidden_dim: int, out_dim: int, num_layers: int, num_nodes: int, last_dim: int,
+        activate_last: bool,
+    ) -> None:  # fmt: skip
+        super().__init__(num_features, hidden_dim, out_dim, num_layers, num_nodes)
+        self.gcn = GCNStack(self.layer_dims(hidden_dim, num_layers, last_dim), activate_last=activate_last)
+
+    def spatial_snapshot(self, x: Tensor | None, adj: Tensor) -> Tensor:
+        return self.gcn(self.features(x, adj.shape[0]), adj)
+
+
+class WDGCN(StackedGCN):
     r"""Waterfall dynamic GCN (Manessi, Rozza, Manzo, https://arxiv.org/abs/1704.06199).
 
     .. math::
@@ -433,9 +456,6 @@ class WDGCN(DynamicGNN):
 
     Args:
         num_lstm_layers: number of stacked LSTM layers; the other arguments are :class:`DynamicGNN`'s.
-
-    Shapes:
-        xs ``(T, N, F)`` or ``None``, ``T`` adjacencies ``(N, N)`` -> z ``(T, N, out_dim)``.
     """
 
     def __init__(
@@ -447,16 +467,12 @@ class WDGCN(DynamicGNN):
         num_lstm_layers: int = 1,
         num_nodes: int = 0,
     ) -> None:
-        super().__init__(num_features, hidden_dim, out_dim, num_layers, num_nodes)
-        self.gcn = GCNStack(self.layer_dims(hidden_dim, num_layers, hidden_dim), activate_last=True)
+        super().__init__(num_features, hidden_dim, out_dim, num_layers, num_nodes, hidden_dim, activate_last=True)
         self.spatial_dim = self._spatial_dim(hidden_dim)
         self.lstm = nn.LSTM(self.spatial_dim, out_dim, num_layers=num_lstm_layers)
 
     def _spatial_dim(self, hidden_dim: int) -> int:
         return hidden_dim
-
-    def spatial_snapshot(self, x: Tensor | None, adj: Tensor) -> Tensor:
-        return self.gcn(self.features(x, adj.shape[0]), adj)
 
     def temporal(self, h: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """LSTM over time for every vertex: ``(T, N, spatial_dim)`` -> ``(T, N, out_dim)``, state ``(h_n, c_n)``."""
@@ -491,7 +507,7 @@ class TMGCNState(NamedTuple):
     """``(<= b-1, N, out_dim)`` spatial outputs (``mixing="output"``)."""
 
 
-class TMGCN(DynamicGNN):
+class TMGCN(StackedGCN):
     r"""Tensor M-product GCN (Malik, Ubaru, Horesh, Kilmer, Avron, https://arxiv.org/abs/1910.07643).
 
     With ``M`` = :func:`m_matrix` (causal moving average of bandwidth ``b``), the definition is
@@ -521,9 +537,6 @@ class TMGCN(DynamicGNN):
         bandwidth: ``b``, number of time steps averaged by ``M``.
         mixing: ``"input"`` (exact) or ``"output"`` (mix per vertex after the GCN), see above; the other arguments
             are :class:`DynamicGNN`'s.
-
-    Shapes:
-        xs ``(T, N, F)`` or ``None``, ``T`` adjacencies ``(N, N)`` -> z ``(T, N, out_dim)``.
     """
 
     def __init__(
@@ -536,14 +549,13 @@ class TMGCN(DynamicGNN):
         mixing: Literal["input", "output"] = "input",
         num_nodes: int = 0,
     ) -> None:
-        super().__init__(num_features, hidden_dim, out_dim, num_layers, num_nodes)
+        super().__init__(num_features, hidden_dim, out_dim, num_layers, num_nodes, out_dim, activate_last=False)
         if bandwidth < 1:
             raise ConfigError(f"bandwidth must be >= 1, got {bandwidth}")
         if mixing not in ("input", "output"):
             raise ConfigError(f"mixing must be 'input' or 'output', got {mixing!r}")
         self.bandwidth = bandwidth
         self.mixing = mixing
-        self.gcn = GCNStack(self.layer_dims(hidden_dim, num_layers, out_dim), activate_last=False)
         self.spatial_dim = out_dim
 
     options: ClassVar[tuple[str, ...]] = ("bandwidth", "mixing")
@@ -557,9 +569,6 @@ class TMGCN(DynamicGNN):
     def temporal_is_identity(self) -> bool:
         """``mixing="input"`` mixes before the spatial stage, so the temporal stage is the identity."""
         return self.mixing == "input"
-
-    def spatial_snapshot(self, x: Tensor | None, adj: Tensor) -> Tensor:
-        return self.gcn(self.features(x, adj.shape[0]), adj)
 
     def mix_inputs(
         self, xs: Features, adjs: Sequence[Tensor], state: TMGCNState | None = None
@@ -827,9 +836,6 @@ class EvolveGCNO(_EvolveGCN):
     Args:
         activation: ``"leaky_relu"`` (slope 11/48), ``"rrelu"`` or ``"relu"``, after every layer; the other
             arguments are :class:`DynamicGNN`'s.
-
-    Shapes:
-        xs ``(T, N, F)`` or ``None``, ``T`` adjacencies ``(N, N)`` -> z ``(T, N, out_dim)``.
     """
 
     def build_cells(self, shapes: list[tuple[int, int]]) -> None:

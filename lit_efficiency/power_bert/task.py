@@ -166,11 +166,14 @@ class PowerBertModule(L.LightningModule):
         if dm is None:
             return
         if getattr(dm, "task", self.task) != self.task:
-            raise ConfigError(f"model task {self.task!r} != data task {dm.task!r} (set both model and data task)")
+            raise ConfigError(
+                f"model task {self.task!r} != data task {dm.task!r} (give both the same task; the CLI links it from "
+                "the data)"
+            )
         if getattr(dm, "max_seq_len", 0) > self.max_seq_len:
             raise ConfigError(
                 f"data max_seq_len={dm.max_seq_len} exceeds the model's max_seq_len={self.max_seq_len} "
-                "(set model.init_args.max_seq_len too)"
+                "(give the model at least the data's N; the CLI links it from the data)"
             )
 
     @override

@@ -254,6 +254,25 @@ def test_task_and_max_seq_len_are_linked_from_data(tiny_model):
     assert (cli.datamodule.task, cli.datamodule.max_seq_len) == ("rte", 48)
 
 
+def test_linked_values_typed_differently_on_the_model_are_an_error(tiny_model, capsys):
+    """The link would overwrite an explicit model value silently: a differing one is a one-line error instead."""
+    base = ["validate", "--config", str(CONF_DIR / "power_bert" / "stages" / "finetune.yaml"),
+            f"--model.init_args.model_name_or_path={tiny_model}", "--trainer.logger=false"]  # fmt: skip
+    code, err = _run_cli([*base, "--model.init_args.task=cola", "--data.init_args.task=rte"], capsys)
+    assert code == 2 and "model.init_args.task='cola' differs from data.init_args.task='rte'" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_linked_value_needs_a_data_module_that_has_it(tiny_model, capsys):
+    code, err = _run_cli(
+        ["validate", "--model", "lit_efficiency.power_bert.task.PowerBertFinetune",
+         f"--model.init_args.model_name_or_path={tiny_model}", "--data", "tests.helpers.TinyRegressionData",
+         "--trainer.logger=false"],
+        capsys,
+    )  # fmt: skip
+    assert code == 2 and "data module (tests.helpers.TinyRegressionData) has no `task` argument" in err
+
+
 def test_model_and_data_must_agree_without_the_cli(tiny_model):
     """Used from Python (no link), a model and a data module for different tasks fail at setup, in one line."""
     module = PowerBertFinetune(model_name_or_path=tiny_model, task="rte", max_seq_len=32)
