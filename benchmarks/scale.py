@@ -8,7 +8,7 @@ keys: ``N * N > 2**31``). For every snapshot a fixed-size sample of its edges is
 
 Phase 2 (one epoch, truncated BPTT over blocks of ``--block`` snapshots): per snapshot the diff is applied to the
 previous keys ("device" = CPU here), the checksum verified, CSR + GCN normalisation rebuilt from the degrees
-(:func:`~lit_efficiency.dyn_gnn.streaming.rebuild_adjacency`; the directed snapshot's normalised matrix is used as is),
+(:func:`~lit_efficiency.dyn_gnn.streaming.rebuild_adjacency` of the directed snapshot: ``adj_t``, keys transposed),
 then :func:`~lit_efficiency.dyn_gnn.nn.bounded_forward` with per-snapshot spatial checkpoints and a vertex-chunked,
 checkpointed LSTM. Embeddings at ``t`` score the sampled positives of ``t + 1`` and as many uniform random pairs
 (negatives); BCE loss, Adam step per block. No node features: a learnable ``N x hidden`` embedding.
@@ -35,6 +35,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lit_efficiency.core.timing import Timer  # noqa: E402
+from lit_efficiency.dyn_gnn.adjacency import split_key  # noqa: E402
 from lit_efficiency.dyn_gnn.codec import decode_snapshot  # noqa: E402
 from lit_efficiency.dyn_gnn.nn import (  # noqa: E402
     WDGCN,
@@ -127,7 +128,7 @@ def run(args: argparse.Namespace) -> dict:
                 shipped = ship_item(encoded.items[t], device)
             with Timer(device) as rebuild:
                 keys, _ = decode_snapshot(keys, None, shipped, device, verify=True)
-                adjs.append(rebuild_adjacency(keys, None, n, directed=False))
+                adjs.append(rebuild_adjacency(keys, None, n, directed=True))
             h2d_ms += h2d.ms
             rebuild_ms += rebuild.ms
         z, state = bounded_forward(
@@ -143,7 +144,7 @@ def run(args: argparse.Namespace) -> dict:
         block_losses = []
         for s, t in enumerate(range(t0, t1)):
             pos = positives[t + 1].to(device)
-            pos_ei = torch.stack([torch.div(pos, n, rounding_mode="floor"), pos % n])
+            pos_ei = torch.stack(split_key(pos, n))
             neg_ei = torch.randint(n, (2, pos.numel()), device=device)
             ei = torch.cat([pos_ei, neg_ei], 1)
             label = torch.cat([torch.ones(pos.numel()), torch.zeros(pos.numel())]).to(device)

@@ -445,12 +445,9 @@ class SnapshotDataModule(L.LightningDataModule):
         y = raw.y.float() if raw.y is not None else None
         if y is not None and hp.log_targets and self.task == "node_regression":
             y = torch.log1p(y.clamp_min(0))
-        # For real data ``num_nodes`` / ``num_snapshots`` are not inputs: record the loaded graph's values, so the
-        # saved config says what ran and the loggers' hparam merge agrees with the task's ``num_nodes``.
-        resolved = {"num_nodes": raw.num_nodes, "num_snapshots": raw.num_snapshots}
-        self.hparams.update(resolved)
-        if getattr(self, "_hparams_initial", None) is not None:
-            self._hparams_initial.update(resolved)
+        # For real data ``num_nodes`` / ``num_snapshots`` are not inputs: record the loaded graph's values (checkpoints
+        # and ``self.hparams`` say what ran; the task keeps its own ``num_nodes`` out of the loggers' hparam merge).
+        self.hparams.update({"num_nodes": raw.num_nodes, "num_snapshots": raw.num_snapshots})
         self.graph = raw
         self.store = self.make_store(
             adjs=adjs,

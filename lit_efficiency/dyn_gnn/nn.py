@@ -386,6 +386,10 @@ class DynamicGNN(nn.Module):
         """The temporal stage returns its input (no vertex redistribution needed)."""
         return False
 
+    def prepare_partitioned_block(self, xs: Features, adjs: Sequence[Tensor]) -> tuple[Features, list[Tensor]]:
+        """A rank's snapshots (its temporal halo first) as its spatial stage reads them; the identity here."""
+        return xs, list(adjs)
+
     def spatial_snapshot(self, x: Tensor | None, adj: Tensor) -> Tensor:
         """Spatial stage of one snapshot: ``(N, F)`` or ``None``, ``(N, N)`` -> ``(N, spatial_dim)``."""
         raise NotImplementedError
@@ -569,6 +573,13 @@ class TMGCN(StackedGCN):
     def temporal_is_identity(self) -> bool:
         """``mixing="input"`` mixes before the spatial stage, so the temporal stage is the identity."""
         return self.mixing == "input"
+
+    def prepare_partitioned_block(self, xs: Features, adjs: Sequence[Tensor]) -> tuple[Features, list[Tensor]]:
+        """``mixing="input"``: M-mix the block; its halo of ``bandwidth - 1`` snapshots replaces the carried state."""
+        if self.mixing != "input":
+            return xs, list(adjs)
+        xs, mixed, _ = self.mix_inputs(xs, adjs, None)
+        return xs, mixed
 
     def mix_inputs(
         self, xs: Features, adjs: Sequence[Tensor], state: TMGCNState | None = None

@@ -51,7 +51,7 @@ from typing_extensions import override
 from lit_efficiency.core.errors import ConfigError, LitEfficiencyError
 from lit_efficiency.core.recorders import CommEvent, Recorder
 from lit_efficiency.dyn_gnn.datamodule import SnapshotBatch, SnapshotTarget
-from lit_efficiency.dyn_gnn.nn import MODEL_NAMES, TMGCN, detach_state, model_class
+from lit_efficiency.dyn_gnn.nn import MODEL_NAMES, detach_state, model_class
 from lit_efficiency.dyn_gnn.partition import vertex_blocks
 from lit_efficiency.dyn_gnn.partitioned import PartitionedBatch
 from lit_efficiency.dyn_gnn.redistribute import new_redistribution_group, snapshot_to_vertex, vertex_to_snapshot
@@ -146,10 +146,7 @@ class DistributedDynGNNTask(DynGNNTask):
         if net is None:
             raise ConfigError("DistributedDynGNNTask is not built yet (setup() has not run)")
         num_nodes = batch.num_nodes
-        xs, adjs = batch.x, list(batch.adjs)
-        if isinstance(net, TMGCN) and net.mixing == "input":
-            # The halo makes the causal M-mixing of the first snapshots exact without a carried state.
-            xs, adjs, _ = net.mix_inputs(xs, adjs, None)
+        xs, adjs = net.prepare_partitioned_block(batch.x, batch.adjs)
         halo = batch.num_halo
         adjs = adjs[halo:]
         if xs is not None:

@@ -306,9 +306,10 @@ def run(
     import lightning as L
 
     from lit_efficiency.core.paths import resolve_pretrained
+    from lit_efficiency.power_bert.bert import load_hf_config, num_layer_applications
     from lit_efficiency.power_bert.glue import GLUEDataModule
     from lit_efficiency.power_bert.model import ideal_speedup
-    from lit_efficiency.power_bert.retention import save_retention
+    from lit_efficiency.power_bert.retention import load_retention, save_retention
     from lit_efficiency.power_bert.task import PowerBertFinetune, PowerBertRetrain, PowerBertSearch
     from lit_efficiency.power_bert.tasks_table import TASK_DEFAULTS, canonical_task
 
@@ -367,11 +368,14 @@ def run(
         trainer,
         monitor_best=False,
     )
+    # The edge: the search's retention file is read and validated once; both retrain modules get the list.
+    search_config = load_hf_config(str(out / "search" / "model"))
+    retention = load_retention(retention_file, num_layer_applications(search_config), max_seq_len)
     rt = _run_stage(
         "retrain",
         out,
         lambda: PowerBertRetrain(
-            model_name_or_path=str(out / "search" / "model"), retention=str(retention_file), lr=retrain.lr, **common
+            model_name_or_path=str(out / "search" / "model"), retention=retention, lr=retrain.lr, **common
         ),
         dm,
         retrain,
@@ -381,11 +385,8 @@ def run(
 
     # The two compared models, loaded once: evaluated, shipped and timed.
     baseline_module = PowerBertFinetune(model_name_or_path=str(out / "finetune" / "model"), **common)
-    pruned_module = PowerBertRetrain(
-        model_name_or_path=str(out / "retrain" / "model"), retention=str(retention_file), **common
-    )
+    pruned_module = PowerBertRetrain(model_name_or_path=str(out / "retrain" / "model"), retention=retention, **common)
     baseline, pruned = baseline_module.model, pruned_module.model
-    retention = list(pruned.encoder.retention)
 
     # Ship the retrained model: HF folder + tokenizer + retention.
     pruned.save_pretrained(out / "model")

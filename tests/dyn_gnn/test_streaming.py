@@ -93,7 +93,7 @@ def test_first_step_gradients_equal_between_transfers():
 
 @pytest.mark.parametrize("undirected", [True, False])
 def test_device_rebuild_matches_pyg_normalisation(undirected):
-    """Rebuilt adjacencies equal the base DataModule's (gcn_norm_adj, i.e. PyG's gcn_norm) for every snapshot."""
+    """Rebuilt adjacencies equal the base DataModule's (adjacency.gcn_norm, i.e. PyG's gcn_norm) for every snapshot."""
     args = {**DM_ARGS, "undirected": undirected, "block_size": 4}
     base, stream = SnapshotDataModule(**args), StreamingSnapshotDataModule(**args)
     base.setup("fit")
