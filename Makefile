@@ -27,9 +27,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
 
-# The prepared GPU check (docs/gpu.md): plain $(PYTHON) with the working tree on PYTHONPATH, no venv and no install
-# (the GPU machine has no network). DRY_RUN=1: CPU, tiny sizes. GPU_CHECK_ARGS: e.g. --out DIR, --only power_bert.
-# The project's .venv when there is one (CPU dry run here), else plain $(PYTHON) (the GPU machine's own torch).
+# The prepared GPU check (docs/gpu.md): the working tree on PYTHONPATH, no install step (the GPU machine has no
+# network): the project's .venv python when there is one (the CPU dry run here), else plain $(PYTHON) (the GPU
+# machine's own torch). DRY_RUN=1: CPU, tiny sizes. GPU_CHECK_ARGS: e.g. --out DIR, --only power_bert.
 GPU_CHECK_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
 gpu-check:
 	$(OFFLINE) PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_CHECK_PYTHON) benchmarks/gpu_check.py $(if $(DRY_RUN),--dry-run) $(GPU_CHECK_ARGS)

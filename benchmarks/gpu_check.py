@@ -215,7 +215,7 @@ GPU_BUDGETS = {
     "nccl_smoke": 60,
     "sparse_precision": 15,
 }
-DRY_BUDGETS = {name: 40 for name in GPU_BUDGETS}
+DRY_BUDGETS = {name: 90 for name in GPU_BUDGETS}  # slow, shared CI cores: generous, still capped by the total
 #: Hard cap of the whole run: a section that would start after it is skipped.
 TOTAL_BUDGET_S = 345
 
@@ -586,7 +586,7 @@ def bert_candidates(
         checks[f"b{batch}_{tag}_graph_max_abs"] = max_abs_diff(out.last_hidden_state, want.last_hidden_state)
         checks[f"b{batch}_{tag}_graph_same_positions"] = bool(torch.equal(out.kept_positions, want.kept_positions))
         fns[f"{tag}_graph"] = replay
-    if ctx.compile and batch == max(ctx.sizes.bert_batches):
+    if ctx.cuda and ctx.compile and batch == max(ctx.sizes.bert_batches):
         remaining = ctx.budgets["power_bert"] - (time.perf_counter() - started)
         if remaining > 45:
             fns.update(compiled_candidate(ours["r80"], inputs, ref["r80_eager"], checks))

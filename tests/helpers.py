@@ -12,6 +12,18 @@ from lit_efficiency.core.trainer import quiet_trainer  # noqa: F401  (re-exporte
 #: Tiny synthetic dynamic graph for single-process dyn-GNN tests (``SnapshotDataModule`` arguments).
 TINY_GRAPH = dict(num_nodes=60, num_snapshots=10, edges_per_snapshot=200, num_communities=3, num_node_features=4)
 
+#: Small synthetic graph of the data-module tests (11 snapshots, 3 negatives per edge).
+SMALL_GRAPH = dict(num_nodes=40, num_snapshots=11, edges_per_snapshot=120, num_communities=4, num_negatives=3, seed=1)
+
+#: Synthetic graph with churn for the streaming tests (blocks of 3, node features).
+STREAMING_GRAPH = dict(
+    dataset="synthetic", num_nodes=50, num_snapshots=9, edges_per_snapshot=160, churn=0.1, block_size=3,
+    num_negatives=3, num_node_features=4,
+)  # fmt: skip
+
+#: Generator arguments of the synthetic-graph tests.
+SYNTHETIC_ARGS = {"num_nodes": 300, "num_snapshots": 6, "edges_per_snapshot": 1200}
+
 #: Partitioned synthetic graph shared by the DDP tests and ``dyn_gnn/_dist_scripts/dyngnn_node.py``. 36 nodes are
 #: divisible by 2 and 3, so the all-to-all volume equals ``4*N*T*d*(P-1)/P`` exactly.
 DIST_DATA = {

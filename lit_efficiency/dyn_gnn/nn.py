@@ -729,6 +729,8 @@ class _EvolveGCN(DynamicGNN):
     the authors do; ``"relu"`` was this project's first choice and lets whole rows die (see :class:`EvolveGCNO`).
     """
 
+    partitionable: ClassVar[bool] = False  # sequential in time: no spatial/temporal cut
+
     def __init__(
         self,
         num_features: int,
@@ -767,8 +769,6 @@ class _EvolveGCN(DynamicGNN):
         if self.activation == "rrelu":
             return nn.functional.rrelu(x, _RRELU_LOWER, _RRELU_UPPER, training=self.training)
         return nn.functional.leaky_relu(x, (_RRELU_LOWER + _RRELU_UPPER) / 2)
-
-    partitionable: ClassVar[bool] = False
 
     def spatial_snapshot(self, x: Tensor | None, adj: Tensor) -> Tensor:
         raise NotImplementedError(

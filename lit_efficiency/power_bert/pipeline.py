@@ -27,7 +27,6 @@ from typing import Any, Literal
 import torch
 
 from lit_efficiency.core.errors import ConfigError
-from lit_efficiency.core.trainer import quiet_trainer
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -270,6 +269,8 @@ def _check_output_dir(out: Path, fingerprint: dict[str, Any]) -> None:
 
 def evaluate(module, datamodule, accelerator: str) -> dict[str, float]:
     """Dev-set metrics of ``module`` on ``datamodule`` (one device, no logging)."""
+
+    from lit_efficiency.core.trainer import quiet_trainer
 
     trainer = quiet_trainer(accelerator=accelerator)
     return {k: float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}

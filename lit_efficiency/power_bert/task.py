@@ -272,7 +272,7 @@ class PowerBertSearch(PowerBertModule):
         self.log("train/task_loss", task_loss, batch_size=size)
         self.log("train/mass_penalty", penalty, batch_size=size)
         for j, layer in enumerate(self.model.encoder.soft_extracts, start=1):
-            self.log(f"search/mass_layer_{j}", layer.mass().detach(), batch_size=size)
+            self.log(f"train/mass_layer_{j}", layer.mass().detach(), batch_size=size)
         return loss
 
     @override

@@ -56,17 +56,25 @@ def test_pure_torch_files_stay_pure_transitively():
     assert out.strip() == "[]"
 
 
+#: The deprecated aliases at the old paths and the CLI: no module of the package may import them.
+OLD_OR_TOP = tuple(
+    f"lit_efficiency.{name}"
+    for name in ("models", "data", "tasks", "distributed", "callbacks", "pipelines", "utils", "errors", "loggers",
+                 "metrics", "cli")
+)  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("folder", "forbidden"),
-    [("core", ("lit_efficiency.power_bert", "lit_efficiency.dyn_gnn")),
-     ("power_bert", ("lit_efficiency.dyn_gnn",)),
-     ("dyn_gnn", ("lit_efficiency.power_bert",))],
+    [("core", ("lit_efficiency.power_bert", "lit_efficiency.dyn_gnn", *OLD_OR_TOP)),
+     ("power_bert", ("lit_efficiency.dyn_gnn", *OLD_OR_TOP)),
+     ("dyn_gnn", ("lit_efficiency.power_bert", *OLD_OR_TOP))],
 )  # fmt: skip
 def test_no_upward_or_sideways_imports(folder, forbidden):
-    """core imports neither system; neither system imports the other (aliases at the old paths are the exception)."""
+    """core imports neither system; neither system imports the other; nothing imports the old aliases or the CLI."""
     offenders = {}
     for path in sorted((PACKAGE / folder).rglob("*.py")):
-        bad = sorted(m for m in _imported_modules(path) if m.startswith(forbidden))
+        bad = sorted(m for m in _imported_modules(path) if any(m == f or m.startswith(f + ".") for f in forbidden))
         if bad:
             offenders[str(path.relative_to(ROOT))] = bad
     assert offenders == {}

@@ -31,7 +31,6 @@ from tests.helpers import DIST_DATA, quiet_trainer
 
 NUM_NODES = 36  # divisible by 2 and 3: the all-to-all volume then equals 4*N*T*d*(P-1)/P exactly
 DIM = 8
-DATA = DIST_DATA
 
 
 def _model_kwargs(model: str) -> dict:
@@ -94,7 +93,7 @@ def _reference(model: str, path) -> dict:
     task = DynGNNTask(**_model_kwargs(model))
     init = copy.deepcopy(task.state_dict())
     (path / "ref").mkdir()
-    _trainer(1, [_Record(path / "ref")]).fit(task, SnapshotDataModule(**DATA))
+    _trainer(1, [_Record(path / "ref")]).fit(task, SnapshotDataModule(**DIST_DATA))
     return {"init": init, **torch.load(path / "ref" / "rank0.pt")}
 
 
@@ -114,17 +113,17 @@ _needs_fork = pytest.mark.skipif(
 
 def test_partitioned_batches_tile_the_single_process_blocks():
     """Ranks 0..2 of a 3-way partition, built without any process group, together hold the parent's blocks."""
-    plain = SnapshotDataModule(**DATA)
+    plain = SnapshotDataModule(**DIST_DATA)
     plain.setup("fit")
     assert plain.store is not None
     world = 3
     parts = []
     for rank in range(world):
-        dm = PartitionedSnapshotDataModule(world_size=world, rank=rank, **DATA)
+        dm = PartitionedSnapshotDataModule(world_size=world, rank=rank, **DIST_DATA)
         dm.setup("fit")
         parts.append(dm)
     for split in ("train", "val"):
-        spans = global_blocks(0, plain.splits[split].stop, DATA["block_size"] if split == "train" else None)
+        spans = global_blocks(0, plain.splits[split].stop, DIST_DATA["block_size"] if split == "train" else None)
         batches = [list(dm._loader(split)) for dm in parts]
         assert all(len(b) == len(spans) for b in batches)  # the same number of steps on every rank
         for i, (t0, t1) in enumerate(spans):
@@ -154,10 +153,10 @@ def test_partitioned_batches_tile_the_single_process_blocks():
 
 def test_training_negatives_follow_the_single_process_draws():
     """Epoch-e training negatives of a rank equal the single-process loader's in epoch e (no process group)."""
-    plain = SnapshotDataModule(**DATA)
+    plain = SnapshotDataModule(**DIST_DATA)
     plain.setup("fit")
     ref_epochs = [list(plain.train_dataloader()) for _ in range(2)]  # the parent's draw counter runs on
-    dm = PartitionedSnapshotDataModule(world_size=2, rank=1, **DATA)
+    dm = PartitionedSnapshotDataModule(world_size=2, rank=1, **DIST_DATA)
     dm.setup("fit")
     for epoch, ref_batches in enumerate(ref_epochs):
         dm._epoch = lambda epoch=epoch: epoch  # what the trainer's current_epoch gives in a run
@@ -171,7 +170,7 @@ def test_tmgcn_input_mixing_asks_for_a_halo_and_evolvegcn_is_refused():
     assert DistributedDynGNNTask(**_model_kwargs("tmgcn:input")).temporal_halo == 2
     assert DistributedDynGNNTask(**_model_kwargs("tmgcn:output")).temporal_halo == 0
     assert DistributedDynGNNTask(**_model_kwargs("wdgcn")).temporal_halo == 0
-    dm = PartitionedSnapshotDataModule(world_size=2, rank=1, halo=2, **DATA)
+    dm = PartitionedSnapshotDataModule(world_size=2, rank=1, halo=2, **DIST_DATA)
     dm.setup("fit")
     batch = next(iter(dm._loader("train")))
     assert batch.num_halo == 2 and batch.t0 == batch.snap_blocks[1].start - 2
@@ -195,7 +194,7 @@ def test_ddp_training_equals_single_process(model, world, tmp_path):
     ref = _reference(model, tmp_path)
     task = DistributedDynGNNTask(**_model_kwargs(model))
     task.load_state_dict(ref["init"])
-    _trainer(world, [_Record(tmp_path)]).fit(task, PartitionedSnapshotDataModule(**DATA))
+    _trainer(world, [_Record(tmp_path)]).fit(task, PartitionedSnapshotDataModule(**DIST_DATA))
     assert len(ref["losses"]) == 4  # 2 blocks per epoch, the second one held by a single rank
     for rank in range(world):
         got = torch.load(tmp_path / f"rank{rank}.pt")
@@ -246,12 +245,12 @@ def test_comm_profiler_bytes_in_a_two_rank_run(tmp_path):
     profiler = CommProfiler()
     task = DistributedDynGNNTask(**_model_kwargs("wdgcn"))
     task.comm_recorder = _KeepingRecorder()
-    dm = PartitionedSnapshotDataModule(**DATA)
+    dm = PartitionedSnapshotDataModule(**DIST_DATA)
     logger = CSVLogger(tmp_path, name="csv", version=0)
     _trainer(world, [profiler, _DumpComm(tmp_path, profiler)], max_epochs=2, logger=logger).fit(task, dm)
 
     # The plan every rank used (identical to what the data module computes).
-    probe = PartitionedSnapshotDataModule(world_size=world, rank=0, **DATA)
+    probe = PartitionedSnapshotDataModule(world_size=world, rank=0, **DIST_DATA)
     probe.setup("fit")
     train_plans = probe.plans["train"]
     events = [torch.load(tmp_path / f"comm{r}.pt")["events"] for r in range(world)]
@@ -295,7 +294,7 @@ def test_comm_profiler_bytes_in_a_two_rank_run(tmp_path):
 def test_more_ranks_than_snapshots_does_not_hang(tmp_path):
     """P = 4 > T = 3 training snapshots: one rank owns nothing, training still completes and matches."""
     torch.set_num_threads(1)
-    data = {**DATA, "num_snapshots": 5, "block_size": None, "train_frac": 0.75, "val_frac": 0.25, "test_frac": 0.0}
+    data = {**DIST_DATA, "num_snapshots": 5, "block_size": None, "train_frac": 0.75, "val_frac": 0.25, "test_frac": 0.0}
     torch.manual_seed(0)
     ref_task = DynGNNTask(**_model_kwargs("wdgcn"))
     task = copy.deepcopy(ref_task)

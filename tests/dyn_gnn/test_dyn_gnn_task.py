@@ -17,9 +17,6 @@ from lit_efficiency.dyn_gnn.nn import MODEL_NAMES, detach_state
 from lit_efficiency.dyn_gnn.task import DynGNNTask
 from tests.helpers import TINY_GRAPH, quiet_trainer
 
-TINY_DATA = TINY_GRAPH
-_trainer = quiet_trainer
-
 
 def test_link_metrics_match_hand_computed_ranking():
     # Snapshot 0, source 1: ranking by score  [+ 0.9, - 0.5, + 0.3]  -> AP = (1/1 + 2/3) / 2, RR = 1
@@ -77,7 +74,7 @@ def test_link_loss_weights_positives_by_negative_ratio():
 
 @pytest.mark.parametrize("model", MODEL_NAMES)
 def test_state_carried_across_blocks_equals_one_block(model):
-    dm = SnapshotDataModule(**TINY_DATA, block_size=3)
+    dm = SnapshotDataModule(**TINY_GRAPH, block_size=3)
     dm.setup("fit")
     task = DynGNNTask(
         model=model,
@@ -100,7 +97,7 @@ def test_state_carried_across_blocks_equals_one_block(model):
 @pytest.mark.slow
 def test_loss_decreases_on_synthetic_graph_with_signal():
     L.seed_everything(0)
-    dm = SnapshotDataModule(**TINY_DATA, num_negatives=5, block_size=4)
+    dm = SnapshotDataModule(**TINY_GRAPH, num_negatives=5, block_size=4)
     task = DynGNNTask(model="wdgcn", hidden_dim=16, out_dim=16, num_layers=1, head_hidden_dim=16, lr=0.02)
     losses = []
 
@@ -108,7 +105,7 @@ def test_loss_decreases_on_synthetic_graph_with_signal():
         def on_train_epoch_end(self, trainer, pl_module):
             losses.append(float(trainer.callback_metrics["train/loss_epoch"]))
 
-    trainer = _trainer(max_epochs=8, callbacks=[Record()], num_sanity_val_steps=0, check_val_every_n_epoch=100)
+    trainer = quiet_trainer(max_epochs=8, callbacks=[Record()], num_sanity_val_steps=0, check_val_every_n_epoch=100)
     trainer.fit(task, dm)
     assert losses[-1] < 0.9 * losses[0], losses
     # The state was reset at every epoch start and is detached (truncated BPTT).
@@ -121,9 +118,9 @@ def test_loss_decreases_on_synthetic_graph_with_signal():
     ("task_name", "keys"), [("edge_sign", ("acc", "f1", "auc")), ("node_regression", ("mse", "mae"))]
 )
 def test_edge_sign_and_node_regression_run_one_step(task_name, keys):
-    dm = SnapshotDataModule(**TINY_DATA, task=task_name)
+    dm = SnapshotDataModule(**TINY_GRAPH, task=task_name)
     task = DynGNNTask(model="cdgcn", hidden_dim=8, out_dim=8)
-    trainer = _trainer(fast_dev_run=1)
+    trainer = quiet_trainer(fast_dev_run=1)
     trainer.fit(task, dm)
     assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
     for key in keys:
@@ -135,9 +132,9 @@ def test_edge_sign_and_node_regression_run_one_step(task_name, keys):
 def test_bad_model_name_and_task_mismatch():
     with pytest.raises(ConfigError, match="unknown dynamic GNN 'gcn-lstm'"):
         DynGNNTask(model="gcn-lstm")
-    dm = SnapshotDataModule(**TINY_DATA, task="node_regression")
+    dm = SnapshotDataModule(**TINY_GRAPH, task="node_regression")
     with pytest.raises(ConfigError, match="differs from data.task"):
-        _trainer(fast_dev_run=1).fit(DynGNNTask(task="link_prediction"), dm)
+        quiet_trainer(fast_dev_run=1).fit(DynGNNTask(task="link_prediction"), dm)
 
 
 @pytest.mark.slow
@@ -167,7 +164,7 @@ def test_real_dataset_fit_with_logger(tmp_path):
 
     dm = SnapshotDataModule(dataset="uci_messages", num_negatives=2, eval_num_negatives=2)
     task = DynGNNTask(model="tmgcn", hidden_dim=8, out_dim=8, num_layers=1, head_hidden_dim=0)
-    trainer = _trainer(max_epochs=1, logger=CSVLogger(tmp_path), num_sanity_val_steps=0)
+    trainer = quiet_trainer(max_epochs=1, logger=CSVLogger(tmp_path), num_sanity_val_steps=0)
     trainer.fit(task, dm)
     assert task.hparams.num_nodes == dm.hparams.num_nodes == 1899
     assert math.isfinite(float(trainer.callback_metrics["val/map"]))

@@ -14,6 +14,7 @@ import lightning as L
 import pytest
 import torch
 
+from lit_efficiency.core.trainer import quiet_trainer
 from lit_efficiency.dyn_gnn.adjacency import gcn_norm
 from lit_efficiency.dyn_gnn.codec import encode_snapshots, iter_decode
 from lit_efficiency.dyn_gnn.datamodule import SnapshotDataModule
@@ -62,11 +63,14 @@ def _fit(precision: str, data_cls: type = SnapshotDataModule, max_epochs: int = 
     init = {k: v.detach().clone() for k, v in task.state_dict().items()}
     record = _Losses()
     data = data_cls(**DATA, **data_kwargs)
-    trainer = L.Trainer(
-        accelerator="gpu", devices=1, precision=precision, max_epochs=max_epochs, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        limit_val_batches=0, callbacks=[record],
-    )  # fmt: skip
+    trainer = quiet_trainer(
+        accelerator="gpu",
+        precision=precision,
+        max_epochs=max_epochs,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[record],
+    )
     trainer.fit(task, data)
     final = {k: v.detach().cpu() for k, v in task.state_dict().items()}
     return record.losses, init, final, data

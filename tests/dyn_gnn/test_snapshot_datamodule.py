@@ -12,12 +12,11 @@ from lit_efficiency.dyn_gnn.datamodule import (
     chronological_split,
     sample_negatives,
 )
-
-SMALL = dict(num_nodes=40, num_snapshots=11, edges_per_snapshot=120, num_communities=4, num_negatives=3, seed=1)
+from tests.helpers import SMALL_GRAPH
 
 
 def _dm(**kwargs) -> SnapshotDataModule:
-    dm = SnapshotDataModule(**{**SMALL, **kwargs})
+    dm = SnapshotDataModule(**{**SMALL_GRAPH, **kwargs})
     dm.setup("fit")
     return dm
 

@@ -22,13 +22,9 @@ from lit_efficiency.dyn_gnn.profilers import TransferProfiler
 from lit_efficiency.dyn_gnn.streaming import StreamingSnapshotDataModule, encode_stream, rebuild_adjacency
 from lit_efficiency.dyn_gnn.synthetic import iter_synthetic_snapshots, synthetic_dynamic_graph
 from lit_efficiency.dyn_gnn.task import DynGNNTask
-from tests.helpers import quiet_trainer
+from tests.helpers import STREAMING_GRAPH, quiet_trainer
 
 ROOT = Path(__file__).resolve().parents[2]
-DM_ARGS = dict(
-    dataset="synthetic", num_nodes=50, num_snapshots=9, edges_per_snapshot=160, churn=0.1, block_size=3,
-    num_negatives=3, num_node_features=4,
-)  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -36,9 +32,6 @@ def _quiet():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
-
-
-_trainer = quiet_trainer
 
 
 def _fit(dm: SnapshotDataModule, max_steps: int = 3):
@@ -51,14 +44,14 @@ def _fit(dm: SnapshotDataModule, max_steps: int = 3):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses.append(float(outputs["loss"]))
 
-    _trainer(max_steps=max_steps, limit_val_batches=0, callbacks=[Keep()]).fit(task, dm)
+    quiet_trainer(max_steps=max_steps, limit_val_batches=0, callbacks=[Keep()]).fit(task, dm)
     return losses, [p.detach().clone() for p in task.parameters()]
 
 
 def test_diff_and_full_transfer_train_identically():
     """Same seed: diff transfer gives bit-identical losses and weights to full transfer over several steps."""
-    dm_diff = StreamingSnapshotDataModule(**DM_ARGS, transfer="diff")
-    dm_full = StreamingSnapshotDataModule(**DM_ARGS, transfer="full")
+    dm_diff = StreamingSnapshotDataModule(**STREAMING_GRAPH, transfer="diff")
+    dm_full = StreamingSnapshotDataModule(**STREAMING_GRAPH, transfer="full")
     loss_d, par_d = _fit(dm_diff, max_steps=3)
     loss_f, par_f = _fit(dm_full, max_steps=3)
     assert len(loss_d) == 3 and loss_d == loss_f
@@ -70,15 +63,15 @@ def test_diff_and_full_transfer_train_identically():
 @pytest.mark.slow
 def test_streaming_trains_like_resident_datamodule():
     """Same losses as the resident base DataModule (adjacencies from PyG's normalisation), up to rounding."""
-    loss_s, _ = _fit(StreamingSnapshotDataModule(**DM_ARGS), max_steps=4)
-    loss_r, _ = _fit(SnapshotDataModule(**DM_ARGS), max_steps=4)
+    loss_s, _ = _fit(StreamingSnapshotDataModule(**STREAMING_GRAPH), max_steps=4)
+    loss_r, _ = _fit(SnapshotDataModule(**STREAMING_GRAPH), max_steps=4)
     torch.testing.assert_close(torch.tensor(loss_s), torch.tensor(loss_r), rtol=1e-5, atol=1e-6)
 
 
 def test_first_step_gradients_equal_between_transfers():
     grads = {}
     for transfer in ("diff", "full"):
-        dm = StreamingSnapshotDataModule(**DM_ARGS, transfer=transfer)
+        dm = StreamingSnapshotDataModule(**STREAMING_GRAPH, transfer=transfer)
         dm.setup("fit")
         batch = dm.transfer_batch_to_device(next(iter(dm.train_dataloader())), torch.device("cpu"), 0)
         L.seed_everything(0, verbose=False)
@@ -94,7 +87,7 @@ def test_first_step_gradients_equal_between_transfers():
 @pytest.mark.parametrize("undirected", [True, False])
 def test_device_rebuild_matches_pyg_normalisation(undirected):
     """Rebuilt adjacencies equal the base DataModule's (adjacency.gcn_norm, i.e. PyG's gcn_norm) for every snapshot."""
-    args = {**DM_ARGS, "undirected": undirected, "block_size": 4}
+    args = {**STREAMING_GRAPH, "undirected": undirected, "block_size": 4}
     base, stream = SnapshotDataModule(**args), StreamingSnapshotDataModule(**args)
     base.setup("fit")
     stream.setup("fit")
@@ -116,7 +109,7 @@ def test_rebuild_adjacency_directed_is_in_degree_transpose():
 
 
 def test_corrupted_item_in_datamodule_names_snapshot():
-    dm = StreamingSnapshotDataModule(**DM_ARGS)
+    dm = StreamingSnapshotDataModule(**STREAMING_GRAPH)
     dm.setup("fit")
     store = dm.store
     t = next(i for i, item in enumerate(store.items) if isinstance(item, SnapshotDiff) and item.added_keys.numel())
@@ -145,11 +138,11 @@ def test_corrupted_item_in_datamodule_names_snapshot():
 
 def test_transfer_profiler_gets_real_figures_during_fit():
     """Bytes logged by the profiler equal the encoded item sizes of the blocks the epoch shipped."""
-    dm = StreamingSnapshotDataModule(**DM_ARGS)
+    dm = StreamingSnapshotDataModule(**STREAMING_GRAPH)
     prof = TransferProfiler()
     L.seed_everything(0, verbose=False)
     task = DynGNNTask(hidden_dim=8, out_dim=8, num_layers=1, head_hidden_dim=8)
-    _trainer(max_epochs=1, limit_val_batches=0, callbacks=[prof]).fit(task, dm)
+    quiet_trainer(max_epochs=1, limit_val_batches=0, callbacks=[prof]).fit(task, dm)
     train = dm.splits["train"]
     items = dm.encoded.items[: train.stop]
     assert prof.totals["h2d_bytes"] == sum(item.nbytes for item in items)
@@ -160,7 +153,7 @@ def test_transfer_profiler_gets_real_figures_during_fit():
 
 def test_cache_miss_ships_previous_snapshot_whole():
     """A block whose predecessor is not on the device: the previous snapshot is shipped whole (bytes counted)."""
-    dm = StreamingSnapshotDataModule(**{**DM_ARGS, "block_size": 2})
+    dm = StreamingSnapshotDataModule(**{**STREAMING_GRAPH, "block_size": 2})
     dm.setup("fit")
     blocks = list(dm.train_dataloader())
     second = blocks[1]
@@ -169,7 +162,7 @@ def test_cache_miss_ships_previous_snapshot_whole():
     (event,) = dm.transfer_recorder.drain()
     prev = dm.encoded.full_nbytes[second.t0 - 1] - 48  # keys only (header not shipped)
     assert event.h2d_bytes == sum(item.nbytes for item in second.items) + prev
-    ref = SnapshotDataModule(**{**DM_ARGS, "block_size": 2})
+    ref = SnapshotDataModule(**{**STREAMING_GRAPH, "block_size": 2})
     ref.setup("fit")
     for a, b in zip(out.adjs, ref.store.adjs[second.t0 : second.t0 + 2], strict=True):
         torch.testing.assert_close(a.to_dense(), b.to_dense(), rtol=1e-6, atol=1e-7)
@@ -242,7 +235,10 @@ def test_snapshot_transfer_benchmark_cpu_path(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_streaming_with_prefetch_matches_cpu():
     """Pinned items, side-stream prefetch of the next block: the rebuilt adjacencies equal the CPU ones."""
-    cpu, gpu = StreamingSnapshotDataModule(**DM_ARGS), StreamingSnapshotDataModule(**DM_ARGS, prefetch=True)
+    cpu, gpu = (
+        StreamingSnapshotDataModule(**STREAMING_GRAPH),
+        StreamingSnapshotDataModule(**STREAMING_GRAPH, prefetch=True),
+    )
     cpu.setup("fit")
     gpu.setup("fit")
     assert gpu.store.items[1].added_keys.is_pinned()

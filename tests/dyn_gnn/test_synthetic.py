@@ -19,8 +19,7 @@ from lit_efficiency.dyn_gnn.synthetic import (
     synthetic_dynamic_graph,
     synthetic_link_graph,
 )
-
-ARGS = {"num_nodes": 300, "num_snapshots": 6, "edges_per_snapshot": 1200}
+from tests.helpers import SYNTHETIC_ARGS
 
 
 def _pairs(edge_index: torch.Tensor) -> set[tuple[int, int]]:
@@ -28,20 +27,20 @@ def _pairs(edge_index: torch.Tensor) -> set[tuple[int, int]]:
 
 
 def test_seeded_determinism():
-    a = synthetic_dynamic_graph(**ARGS, churn=0.1, num_features=3, seed=7)
-    b = synthetic_dynamic_graph(**ARGS, churn=0.1, num_features=3, seed=7)
-    c = synthetic_dynamic_graph(**ARGS, churn=0.1, num_features=3, seed=8)
+    a = synthetic_dynamic_graph(**SYNTHETIC_ARGS, churn=0.1, num_features=3, seed=7)
+    b = synthetic_dynamic_graph(**SYNTHETIC_ARGS, churn=0.1, num_features=3, seed=7)
+    c = synthetic_dynamic_graph(**SYNTHETIC_ARGS, churn=0.1, num_features=3, seed=8)
     assert a == b
     assert a != c
     state = torch.random.get_rng_state()
-    synthetic_dynamic_graph(**ARGS, seed=1)
+    synthetic_dynamic_graph(**SYNTHETIC_ARGS, seed=1)
     assert torch.equal(state, torch.random.get_rng_state())  # the global RNG is untouched
 
 
 @pytest.mark.parametrize("churn", [0.0, 0.05, 0.25])
 def test_measured_churn_equals_requested(churn):
-    g = synthetic_dynamic_graph(**ARGS, churn=churn, seed=3)
-    e = ARGS["edges_per_snapshot"]
+    g = synthetic_dynamic_graph(**SYNTHETIC_ARGS, churn=churn, seed=3)
+    e = SYNTHETIC_ARGS["edges_per_snapshot"]
     k = round(churn * e)
     for t in range(g.num_snapshots):
         pairs = _pairs(g.edge_indices[t])
@@ -56,8 +55,8 @@ def test_measured_churn_equals_requested(churn):
 
 @pytest.mark.parametrize("window", [1, 3])
 def test_streaming_equals_in_memory(window):
-    g = synthetic_dynamic_graph(**ARGS, churn=0.1, window=window, seed=5)
-    streamed = list(iter_synthetic_snapshots(**ARGS, churn=0.1, window=window, seed=5))
+    g = synthetic_dynamic_graph(**SYNTHETIC_ARGS, churn=0.1, window=window, seed=5)
+    streamed = list(iter_synthetic_snapshots(**SYNTHETIC_ARGS, churn=0.1, window=window, seed=5))
     assert len(streamed) == g.num_snapshots
     for t, snap in enumerate(streamed):
         assert torch.equal(snap.edge_index, g.edge_indices[t])
@@ -69,8 +68,8 @@ def test_streaming_equals_in_memory(window):
 
 def test_window_sums_raw_steps():
     w = 3
-    raw = synthetic_dynamic_graph(**ARGS, churn=0.2, seed=2)
-    windowed = synthetic_dynamic_graph(**ARGS, churn=0.2, window=w, seed=2)
+    raw = synthetic_dynamic_graph(**SYNTHETIC_ARGS, churn=0.2, seed=2)
+    windowed = synthetic_dynamic_graph(**SYNTHETIC_ARGS, churn=0.2, window=w, seed=2)
     for t in range(raw.num_snapshots):
         want = Counter()
         for s in range(max(0, t - w + 1), t + 1):
@@ -109,7 +108,7 @@ def test_power_law_degrees_are_heavy_tailed():
     ],
 )
 def test_bad_arguments(kwargs, pattern):
-    args = {**ARGS, **kwargs}
+    args = {**SYNTHETIC_ARGS, **kwargs}
     with pytest.raises(ConfigError, match=pattern):
         synthetic_dynamic_graph(**args)
 
