@@ -36,13 +36,36 @@ def _owned_recorder(name: str, trainer: L.Trainer, pl_module: L.LightningModule)
     return None
 
 
-class TransferProfiler(L.Callback):
+class _PerStageLogger(L.Callback):
+    """Drains its recorders after every train / validation / test batch, logging under that stage's prefix.
+
+    Evaluation events are logged apart from training ones; otherwise they would be drained into the next training
+    step's figures.
+    """
+
+    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        raise NotImplementedError
+
+    @override
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._log(trainer, pl_module, "train")
+
+    @override
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._log(trainer, pl_module, "val")
+
+    @override
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._log(trainer, pl_module, "test")
+
+
+class TransferProfiler(_PerStageLogger):
     """Log host-to-device transfer figures recorded by the DataModule.
 
     The DataModule (or LightningModule) must expose a ``Recorder[TransferEvent]`` as ``transfer_recorder``. Per
     step: ``{stage}/h2d_ms``, ``{stage}/rebuild_ms``, ``{stage}/h2d_bytes``, ``{stage}/full_bytes`` (summed over
     the step's transfers) and ``{stage}/h2d_ratio_to_full`` (full / shipped: > 1 means the diff path saved bytes),
-    with ``stage`` ``train`` or ``val``. Per epoch: the sums. At the end of fit a summary line is printed.
+    with ``stage`` ``train``, ``val`` or ``test``. Per epoch: the sums. At the end of fit a summary line is printed.
     """
 
     def __init__(self) -> None:
@@ -59,14 +82,6 @@ class TransferProfiler(L.Callback):
             pl_module.log(f"{stage}/{key}", value, on_step=True, on_epoch=True, reduce_fx="sum", batch_size=1)
         ratio = metrics["full_bytes"] / max(metrics["h2d_bytes"], 1.0)
         pl_module.log(f"{stage}/h2d_ratio_to_full", ratio, on_step=True, on_epoch=False, batch_size=1)
-
-    @override
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._log(trainer, pl_module, "train")
-
-    @override
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._log(trainer, pl_module, "val")
 
     def summary(self) -> str:
         t = self.totals
@@ -111,7 +126,7 @@ class AllReduceTimer:
         return fut.then(done)
 
 
-class CommProfiler(L.Callback):
+class CommProfiler(_PerStageLogger):
     """Log the redistribution all-to-alls and DDP's gradient all-reduce, per step and per epoch.
 
     Keys: ``{stage}/alltoall_ms``, ``{stage}/alltoall_bytes`` (bytes this rank sent to other ranks, forward and
@@ -146,20 +161,6 @@ class CommProfiler(L.Callback):
             key = f"{stage}/{name}"
             self.totals[key] = self.totals.get(key, 0.0) + value
             pl_module.log(key, value, on_step=True, on_epoch=True, reduce_fx="sum", batch_size=1)
-
-    @override
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._log(trainer, pl_module, "train")
-
-    @override
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        # Evaluation all-to-alls (forward only) are logged apart; otherwise they would be drained into the next
-        # training step's figures.
-        self._log(trainer, pl_module, "val")
-
-    @override
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._log(trainer, pl_module, "test")
 
     @override
     def on_fit_end(self, trainer, pl_module) -> None:
