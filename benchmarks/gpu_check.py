@@ -619,14 +619,14 @@ def compiled_candidate(
 # ----------------------------------------------------------------------------------------------------------------
 def fresh_keys(count: int, num_nodes: int, forbidden: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """``count`` distinct sorted int64 keys drawn uniformly from ``[0, N*N)``, none in the sorted ``forbidden``."""
+    from lit_efficiency.dyn_gnn.adjacency import match_sorted
+
     device = forbidden.device
     keys = torch.empty(0, dtype=torch.int64, device=device)
     while keys.numel() < count:
         draw = torch.randint(0, num_nodes * num_nodes, (count - keys.numel() + 1024,), generator=gen, device=device)
         keys = torch.unique(torch.cat([keys, draw]))
-        if forbidden.numel():
-            pos = torch.searchsorted(forbidden, keys).clamp_(max=forbidden.numel() - 1)
-            keys = keys[forbidden[pos] != keys]
+        keys = keys[~match_sorted(forbidden, keys)[1]]
     if keys.numel() > count:
         pick = torch.randperm(keys.numel(), generator=gen, device=device)[:count]
         keys = torch.sort(keys[pick]).values

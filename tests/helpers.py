@@ -1,4 +1,4 @@
-"""Shared test helpers: a quiet CPU Trainer, tiny configurations, and small real Lightning components for CLI tests."""
+"""Shared test helpers: tiny configurations and small real Lightning components for CLI tests."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_efficiency.core.paths import require_file
-from lit_efficiency.core.trainer import quiet_trainer  # noqa: F401  (re-exported for the tests)
 
 #: Tiny synthetic dynamic graph for single-process dyn-GNN tests (``SnapshotDataModule`` arguments).
 TINY_GRAPH = dict(num_nodes=60, num_snapshots=10, edges_per_snapshot=200, num_communities=3, num_node_features=4)

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from lit_efficiency.core.errors import ConfigError
-from lit_efficiency.dyn_gnn.adjacency import edge_key, split_key
+from lit_efficiency.dyn_gnn.adjacency import edge_key, match_sorted, split_key
 from lit_efficiency.dyn_gnn.graph import DynamicGraph
 
 __all__ = [
@@ -104,9 +104,7 @@ def _sample_new_keys(count: int, cdf: Tensor, num_nodes: int, forbidden: Tensor,
         uv.clamp_(max=num_nodes - 1)
         keys = edge_key(uv[0], uv[1], num_nodes)
         keys = keys[uv[0] != uv[1]]
-        if forbidden.numel():
-            pos = torch.searchsorted(forbidden, keys).clamp_(max=forbidden.numel() - 1)
-            keys = keys[forbidden[pos] != keys]
+        keys = keys[~match_sorted(forbidden, keys)[1]]
         keys = torch.cat([chosen, keys])
         # Keep the first occurrence of each key, in draw order (taking the smallest keys would bias the sample).
         uniq, inverse = torch.unique(keys, return_inverse=True)

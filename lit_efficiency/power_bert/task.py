@@ -346,9 +346,12 @@ class PowerBertRetrain(PowerBertModule):
 
     @override
     def build_model(self, model_name_or_path: str, mask_padded_queries: bool) -> PowerBertForSequenceClassification:
-        # The edge: a retention file (or inline list) is read and validated here, once; the model gets list[int].
-        config = load_hf_config(resolve_pretrained(model_name_or_path))
-        retention = load_retention(self._retention, num_layer_applications(config), self.max_seq_len)
+        # The edge: a retention file (or "64,48,..." string) is read and validated here, once; a list (the
+        # pipeline's, already read) goes to the model as it is, which validates its arguments.
+        retention = self._retention
+        if isinstance(retention, (str, os.PathLike)):
+            config = load_hf_config(resolve_pretrained(model_name_or_path))
+            retention = load_retention(retention, num_layer_applications(config), self.max_seq_len)
         return PowerBertForSequenceClassification.from_pretrained(
             model_name_or_path,
             num_labels=self.info.num_labels,

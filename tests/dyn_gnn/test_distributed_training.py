@@ -21,13 +21,14 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from lit_efficiency.core.errors import ConfigError
 from lit_efficiency.core.recorders import Recorder
+from lit_efficiency.core.trainer import quiet_trainer
 from lit_efficiency.dyn_gnn.datamodule import SnapshotDataModule
 from lit_efficiency.dyn_gnn.partition import alltoall_bytes, snapshot_blocks, vertex_blocks
 from lit_efficiency.dyn_gnn.partitioned import PartitionedBatch, PartitionedSnapshotDataModule, global_blocks
 from lit_efficiency.dyn_gnn.profilers import CommProfiler
 from lit_efficiency.dyn_gnn.task import DynGNNTask
 from lit_efficiency.dyn_gnn.task_distributed import DistributedDynGNNTask
-from tests.helpers import DIST_DATA, quiet_trainer
+from tests.helpers import DIST_DATA
 
 NUM_NODES = 36  # divisible by 2 and 3: the all-to-all volume then equals 4*N*T*d*(P-1)/P exactly
 DIM = 8

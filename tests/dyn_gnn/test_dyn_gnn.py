@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.testing import assert_close
 
 from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.core.trainer import quiet_trainer
 from lit_efficiency.dyn_gnn import nn as dg
 from lit_efficiency.dyn_gnn.adjacency import gcn_norm
 from lit_efficiency.dyn_gnn.nn import (
@@ -28,7 +29,6 @@ from lit_efficiency.dyn_gnn.nn import (
     m_mix_adjacency,
     spmm,
 )
-from tests.helpers import quiet_trainer
 
 pytest.importorskip("torch_geometric")
 

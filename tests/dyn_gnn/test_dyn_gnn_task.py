@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from lit_efficiency.cli import CONF_DIR, main
 from lit_efficiency.core.errors import ConfigError
 from lit_efficiency.core.paths import resolve_data_root
+from lit_efficiency.core.trainer import quiet_trainer
 from lit_efficiency.dyn_gnn.datamodule import SnapshotDataModule, SnapshotTarget
 from lit_efficiency.dyn_gnn.metrics import LinkPredictionMetrics
 from lit_efficiency.dyn_gnn.nn import MODEL_NAMES, detach_state
 from lit_efficiency.dyn_gnn.task import DynGNNTask
-from tests.helpers import TINY_GRAPH, quiet_trainer
+from tests.helpers import TINY_GRAPH
 
 
 def test_link_metrics_match_hand_computed_ranking():

@@ -28,7 +28,7 @@ SCRIPT = ROOT / "tests" / "dyn_gnn" / "_dist_scripts" / "dyngnn_node.py"
 sys.path.insert(0, str(SCRIPT.parent))
 from dyngnn_node import DATA, MODEL, Record  # noqa: E402
 
-from tests.helpers import quiet_trainer  # noqa: E402
+from lit_efficiency.core.trainer import quiet_trainer  # noqa: E402
 
 pytestmark = [
     pytest.mark.distributed,

@@ -10,8 +10,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_efficiency.core.recorders import CommEvent, Recorder, TransferEvent
+from lit_efficiency.core.trainer import quiet_trainer
 from lit_efficiency.dyn_gnn.profilers import AllReduceTimer, CommProfiler, TransferProfiler
-from tests.helpers import quiet_trainer
 
 # Per batch i (0-based): h2d 1.5*(i+1) ms, rebuild 0.25 ms, 100*(i+1) bytes shipped, 400 bytes in full.
 FIGURES = [(1.5 * (i + 1), 0.25, 100 * (i + 1), 400) for i in range(4)]

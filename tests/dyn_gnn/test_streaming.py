@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from lit_efficiency.core.errors import ConfigError, DataError
+from lit_efficiency.core.trainer import quiet_trainer
 from lit_efficiency.dyn_gnn.adjacency import gcn_norm
 from lit_efficiency.dyn_gnn.codec import SnapshotDiff, encode_snapshots
 from lit_efficiency.dyn_gnn.datamodule import SnapshotBatch, SnapshotDataModule
@@ -22,7 +23,7 @@ from lit_efficiency.dyn_gnn.profilers import TransferProfiler
 from lit_efficiency.dyn_gnn.streaming import StreamingSnapshotDataModule, encode_stream, rebuild_adjacency
 from lit_efficiency.dyn_gnn.synthetic import iter_synthetic_snapshots, synthetic_dynamic_graph
 from lit_efficiency.dyn_gnn.task import DynGNNTask
-from tests.helpers import STREAMING_GRAPH, quiet_trainer
+from tests.helpers import STREAMING_GRAPH
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,6 +16,7 @@ import torch
 
 from lit_efficiency.core.errors import ConfigError, DataError
 from lit_efficiency.core.paths import resolve_data_root
+from lit_efficiency.core.trainer import quiet_trainer
 from lit_efficiency.power_bert.glue import (
     GLUE_TASKS,
     TASK_DEFAULTS,
@@ -27,7 +28,6 @@ from lit_efficiency.power_bert.glue import (
     read_glue_tsv,
     read_imdb_split,
 )
-from tests.helpers import quiet_trainer
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = ["the", "cat", "a", "dog", "sat", "is", "on", "mat"]

@@ -12,6 +12,7 @@ import yaml
 from lit_efficiency.cli import CONF_DIR, main
 from lit_efficiency.core.errors import ConfigError
 from lit_efficiency.core.paths import resolve_pretrained
+from lit_efficiency.core.trainer import quiet_trainer
 from lit_efficiency.power_bert.glue import GLUEDataModule
 from lit_efficiency.power_bert.model import PowerBertForSequenceClassification
 from lit_efficiency.power_bert.retention import load_retention
@@ -22,7 +23,6 @@ from lit_efficiency.power_bert.task import (
     glue_metrics,
     linear_warmup_decay,
 )
-from tests.helpers import quiet_trainer
 
 SMOKE = CONF_DIR / "power_bert" / "smoke.yaml"
 

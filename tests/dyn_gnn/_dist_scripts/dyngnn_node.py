@@ -20,9 +20,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
 
 from lit_efficiency.core.errors import LitEfficiencyError
+from lit_efficiency.core.trainer import quiet_trainer
 from lit_efficiency.dyn_gnn.partitioned import PartitionedSnapshotDataModule
 from lit_efficiency.dyn_gnn.task_distributed import DistributedDynGNNTask
-from tests.helpers import DIST_DATA, DIST_MODEL, quiet_trainer
+from tests.helpers import DIST_DATA, DIST_MODEL
 
 # Shared with the tests (they import these to build the single-process reference).
 DATA, MODEL = DIST_DATA, DIST_MODEL
