@@ -432,8 +432,7 @@ class StackedGCN(DynamicGNN):
 
     Args:
         last_dim: width of the stack's last layer.
-        activate_last: ReLU after the last layer too.
-        Other arguments: :class:`DynamicGNN`'s.
+        activate_last: ReLU after the last layer too; the other arguments are :class:`DynamicGNN`'s.
     """
 
     def __init__(
