@@ -37,7 +37,6 @@ import os
 import platform
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,6 +57,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from lit_efficiency.core.timing import interleaved  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "gpu"
 OFFLINE_ENV = {
@@ -327,53 +328,6 @@ def _first_line(err: BaseException) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # Timing helpers
 # ----------------------------------------------------------------------------------------------------------------
-def summarize(times_ms: list[float]) -> dict[str, float]:
-    """Median, quartiles, IQR, min and count of a list of milliseconds."""
-    q1, _, q3 = statistics.quantiles(times_ms, n=4, method="inclusive") if len(times_ms) > 1 else [times_ms[0]] * 3
-    return {
-        "median_ms": round(statistics.median(times_ms), 4),
-        "q1_ms": round(q1, 4),
-        "q3_ms": round(q3, 4),
-        "iqr_ms": round(q3 - q1, 4),
-        "min_ms": round(min(times_ms), 4),
-        "repeats": len(times_ms),
-    }
-
-
-def time_once(fn: Callable[[], Any], device: torch.device) -> float:
-    """Milliseconds of one call: CUDA events around it (queue drained first), else a wall clock."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return float(start.elapsed_time(end))
-    begin = time.perf_counter()
-    fn()
-    return (time.perf_counter() - begin) * 1e3
-
-
-def interleaved(
-    fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int
-) -> dict[str, dict[str, float]]:
-    """Time candidates alternately: every round runs each once, starting from a rotating position.
-
-    Interleaving spreads clock boosts, thermal drift and allocator state evenly over the candidates.
-    """
-    names = list(fns)
-    for name in names:
-        for _ in range(warmup):
-            fns[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            times[name].append(time_once(fns[name], device))
-    return {name: summarize(values) for name, values in times.items()}
-
-
 def cuda_graph(fn: Callable[[], Any], warmup: int = 3) -> tuple[Callable[[], None], Any]:
     """Capture ``fn`` (static shapes, static input tensors) as a CUDA graph; returns ``(replay, captured output)``."""
     side = torch.cuda.Stream()
