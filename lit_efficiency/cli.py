@@ -19,8 +19,11 @@ from typing import Any
 
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
+from lit_efficiency.core.checkpoint import attach_run_dir
 from lit_efficiency.core.deprecation import LitEfficiencyDeprecationWarning
-from lit_efficiency.core.errors import ConfigError, LitEfficiencyError
+from lit_efficiency.core.errors import ConfigError, OneLineErrors, find_user_error
+from lit_efficiency.core.lock import OutputLock
+from lit_efficiency.core.paths import ensure_output_dir
 
 #: ``conf/`` of the checkout (present for source and editable installs).
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -32,6 +35,18 @@ LINKED_FROM_DATA: tuple[str, ...] = ("task", "max_seq_len")
 PIPELINES: dict[str, str] = {
     "power-bert": "lit_efficiency.power_bert.pipeline:main",
 }
+
+
+#: Model/data arguments that must be positive when set (learning rates and sizes), checked before instantiation.
+POSITIVE_ARGS: tuple[str, ...] = (
+    "lr", "retention_lr", "hidden_dim", "out_dim", "head_hidden_dim", "num_layers", "batch_size", "eval_batch_size",
+    "max_seq_len", "train_limit", "eval_limit", "num_nodes", "num_snapshots", "edges_per_snapshot", "block_size",
+    "num_communities",
+)  # fmt: skip
+
+
+class _Parser(OneLineErrors, LightningArgumentParser):
+    """The CLI's parser: parse errors are one line (exit 2)."""
 
 
 def default_config_files() -> list[str]:
@@ -51,6 +66,7 @@ class LitEfficiencyCLI(LightningCLI):
             "epilog": epilog,
         }
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("parser_class", _Parser)
         self._explicit_model_links = _explicit_model_links(sys.argv[1:] if args is None else args)
         super().__init__(
             subclass_mode_model=True,
@@ -69,12 +85,55 @@ class LitEfficiencyCLI(LightningCLI):
         """
         for name in LINKED_FROM_DATA:
             parser.link_arguments(f"data.init_args.{name}", f"model.init_args.{name}", apply_on="parse")
+        parser.add_argument(
+            "--run_name",
+            type=str | None,
+            default=None,
+            help="checkpoints go to <trainer.default_root_dir>/<run_name>/checkpoints, where `--ckpt_path last` finds "
+            "them again; default: the name of the first --config file (else the model class)",
+        )
+
+    def _config(self) -> Any:
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def run_dir(self, root: str | Path) -> Path:
+        """``<root>/<run_name>``: the stable folder of this run (same command, same folder)."""
+        config = self._config()
+        name = config.get("run_name")
+        if not name:
+            files = [str(f) for f in (config.get("config") or []) if str(f) not in default_config_files()]
+            name = Path(files[0]).stem if files else str(config.get("model.class_path", "model")).rsplit(".")[-1]
+        if not name or Path(name).name != name or name in (".", ".."):
+            raise ConfigError(f"run_name: {name!r} must be a plain folder name (no path separators)")
+        return Path(root).expanduser().absolute() / name
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """The trainer, with verified checkpoints in the run folder, ``last.ckpt`` every epoch, per-epoch seeds."""
+        trainer = super().instantiate_trainer(**kwargs)
+        seed = self._config().get("seed_everything")
+        attach_run_dir(trainer, self.run_dir(trainer.default_root_dir), None if seed is False else seed)
+        return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """``fit`` holds the run folder's lock and refuses to start over a previous attempt without ``--ckpt_path``."""
+        if subcommand != "fit":
+            return super()._run_subcommand(subcommand)
+        folder = ensure_output_dir(self.run_dir(self.trainer.default_root_dir), "run directory")
+        last = folder / "checkpoints" / "last.ckpt"
+        if last.exists() and self._config().get("ckpt_path") is None:
+            raise ConfigError(
+                f"{folder} holds a previous attempt ({last}): resume it with --ckpt_path last, or start a new run "
+                "with another --run_name (nothing was changed)"
+            )
+        with OutputLock(folder):
+            super()._run_subcommand(subcommand)
 
     def before_instantiate_classes(self) -> None:
         """Refuse what the link would otherwise hide: a model value that differs from the data's, or a model that
         takes a linked argument while the data module has none to give it (its value would vanish from the saved
         ``config.yaml``)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        _check_values(config)
         model_args, data_args = config.get("model.init_args"), config.get("data.init_args")
         if model_args is None or data_args is None:
             return
@@ -92,6 +151,22 @@ class LitEfficiencyCLI(LightningCLI):
                     f"{given[1]}: model.init_args.{name}={given[0]!r} differs from data.init_args.{name}="
                     f"{data_args[name]!r}; set {name} once, on the data (the CLI copies it to the model)"
                 )
+
+
+def _check_values(config: Any) -> None:
+    """Refuse values that would run but train nothing or the wrong way: non-positive learning rates and sizes
+    (:data:`POSITIVE_ARGS`), ``trainer.max_epochs`` 0 or below -1, ``trainer.max_steps`` 0."""
+    for section in ("model", "data"):
+        init_args = config.get(f"{section}.init_args")
+        for name in POSITIVE_ARGS:
+            value = init_args.get(name) if init_args is not None else None
+            if isinstance(value, int | float) and not isinstance(value, bool) and not value > 0:
+                raise ConfigError(f"{section}.init_args.{name}: must be > 0, got {value}")
+    max_epochs = config.get("trainer.max_epochs")
+    if max_epochs is not None and (max_epochs == 0 or max_epochs < -1):
+        raise ConfigError(f"trainer.max_epochs: must be >= 1 (or -1: no limit), got {max_epochs}")
+    if config.get("trainer.max_steps") == 0:
+        raise ConfigError("trainer.max_steps: must be >= 1 (or -1: no limit), got 0")
 
 
 def _explicit_model_links(args: Any) -> dict[str, tuple[Any, str]]:
@@ -157,8 +232,11 @@ def main(args: ArgsType = None) -> None:
             _run_pipeline(argv[0], argv[1:])
         else:
             LitEfficiencyCLI(args=args)
-    except LitEfficiencyError as err:
-        print(f"lit-efficiency: error: {err}", file=sys.stderr)
+    except Exception as err:  # a user error, possibly wrapped by jsonargparse while instantiating the classes
+        user_error = find_user_error(err)
+        if user_error is None:
+            raise
+        print(f"lit-efficiency: error: {user_error}", file=sys.stderr)
         sys.exit(2)
     finally:
         _destroy_process_group()

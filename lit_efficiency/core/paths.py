@@ -137,3 +137,92 @@ def resolve_pretrained(name_or_path: str) -> str:
     if looks_like_path:
         raise ConfigError(f"pretrained model path not found: {name_or_path}")
     return name_or_path
+
+
+def ensure_output_dir(path: str | os.PathLike, what: str = "output_dir") -> Path:
+    """Create ``path`` (``~`` expanded) as a writable directory and return it absolute.
+
+    Raises:
+        ConfigError: ``path`` (or a parent) is a file, or the directory cannot be created or written.
+    """
+    folder = Path(path).expanduser().absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{what}: {existing} is a file, not a directory; choose another {what}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{what}: cannot create {folder} ({err.strerror}); choose a writable {what}") from err
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what}: {folder} is not writable; choose a writable {what}")
+    return folder
+
+
+def inside(root: str | os.PathLike, path: str | os.PathLike, what: str = "path") -> Path:
+    """``path`` resolved (symlinks followed), refused unless it lies inside ``root`` (also resolved).
+
+    Raises:
+        ConfigError: the resolved path leaves ``root``.
+    """
+    root_real = Path(root).resolve()
+    real = (root_real / Path(path).expanduser()).resolve()
+    if not real.is_relative_to(root_real):
+        raise ConfigError(f"{what}: {path} resolves to {real}, outside the run directory {root_real} (refused)")
+    return real
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: a temp file in the same directory, fsync, then ``os.replace``.
+
+    Readers see the old file or the new one, never a partial one; the final name is never followed as a symlink
+    (a symlink there is refused, so nothing outside the directory is overwritten).
+
+    Raises:
+        ConfigError: ``path`` is a symlink or a directory.
+    """
+    import tempfile
+
+    path = Path(path).expanduser()
+    if path.is_symlink():
+        raise ConfigError(f"{path} is a symlink; refusing to write through it (remove the link)")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, expected a file (remove it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """:func:`atomic_write_bytes` of UTF-8 ``text``."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_json_state(path: str | os.PathLike, fix: str) -> dict:
+    """Read a JSON object written by the project (``pipeline.json``, ``done.json``, ...).
+
+    Args:
+        path: the file.
+        fix: what the user should do when it is corrupted (ends the error message).
+
+    Raises:
+        DataError: unreadable, not JSON, or not a JSON object; the message names the file and ``fix``.
+    """
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: corrupted or unreadable ({type(err).__name__}: {err}); {fix}") from err
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: corrupted (expected a JSON object, got {type(data).__name__}); {fix}")
+    return data

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.core.paths import atomic_write_text
 
 Rounding = Literal["floor", "ceil", "round"]
 
@@ -129,11 +130,7 @@ def save_retention(path: str | os.PathLike, retention: Sequence[int], overwrite:
         if existing == json.loads(text):
             return path
         raise ConfigError(f"{path}: already exists with different content; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)  # atomic: a reader never sees half a file
-    return path
+    return atomic_write_text(path, text)  # a reader never sees half a file; never through a symlink
 
 
 _INLINE = re.compile(r"^\s*\d+(\s*,\s*\d+)*\s*$")
