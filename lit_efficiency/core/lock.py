@@ -36,6 +36,8 @@ class OutputLock:
         folder: the run directory (must exist).
     """
 
+    NAME = LOCK_NAME
+
     def __init__(self, folder: str | os.PathLike) -> None:
         self.path = Path(folder) / LOCK_NAME
         self._held = False

@@ -171,6 +171,19 @@ def inside(root: str | os.PathLike, path: str | os.PathLike, what: str = "path")
     return real
 
 
+def refuse_symlinks(*paths: str | os.PathLike) -> None:
+    """Raise when one of ``paths``, or an entry of one that is a directory, is a symlink (writes would follow it).
+
+    Raises:
+        ConfigError: naming the link.
+    """
+    for path in map(Path, paths):
+        entries = [path, *path.iterdir()] if path.is_dir() and not path.is_symlink() else [path]
+        for entry in entries:
+            if entry.is_symlink():
+                raise ConfigError(f"{entry} is a symlink; refusing to write through it (remove the link)")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically: a temp file in the same directory, fsync, then ``os.replace``.
 

@@ -26,7 +26,10 @@ from typing import Any, Literal
 
 import torch
 
-from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.core.checkpoint import EpochSeed, LastCheckpoint, SafeCheckpointIO, load_checked
+from lit_efficiency.core.errors import ConfigError, OneLineErrors
+from lit_efficiency.core.lock import OutputLock
+from lit_efficiency.core.paths import atomic_write_text, ensure_output_dir, read_json_state, refuse_symlinks
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -134,7 +137,7 @@ class TrainerConfig:
     val_check_interval: float | int = 1.0
 
 
-def _trainer(stage_dir: Path, cfg: TrainerConfig, stage: StageConfig, name: str, checkpoint: Any):
+def _trainer(stage_dir: Path, cfg: TrainerConfig, stage: StageConfig, name: str, callbacks: list[Any]):
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
@@ -151,7 +154,8 @@ def _trainer(stage_dir: Path, cfg: TrainerConfig, stage: StageConfig, name: str,
         max_epochs=stage.epochs,
         max_steps=stage.max_steps,
         logger=loggers,
-        callbacks=[checkpoint],
+        callbacks=callbacks,
+        plugins=[SafeCheckpointIO()],  # atomic, digest-checked, weights-only checkpoints
         enable_progress_bar=cfg.enable_progress_bar,
         val_check_interval=cfg.val_check_interval,
         log_every_n_steps=10,
@@ -170,43 +174,47 @@ def _run_stage(
     stage_cfg: StageConfig,
     trainer_cfg: TrainerConfig,
     monitor_best: bool,
+    seed: int,
 ) -> dict[str, Any]:
-    """Fit one stage (resuming from ``last.ckpt``), export its model folder, validate, and mark it done."""
+    """Fit one stage (resuming from ``last.ckpt``), export its model folder, validate, and mark it done.
+
+    The stage is seeded on its own (``seed``, then per epoch): a rerun after a kill gives the same result.
+    """
+    import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     stage_dir = out / name
     done = stage_dir / "done.json"
     if done.is_file():
         print(f"[power-bert] {name}: already done ({done}), skipping")
-        return json.loads(done.read_text())
+        fix = f"delete {stage_dir} to run the {name} stage again"
+        return {**read_json_state(done, fix), "reused": True}
+    L.seed_everything(seed, workers=True, verbose=False)
     module = make_module()
     ckpt_dir = stage_dir / "checkpoints"
-    monitor = "val/score" if monitor_best else None  # the task's headline metric
-    checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir,
-        filename="best",
-        monitor=monitor,
-        mode="max",
-        save_top_k=1 if monitor else 0,
-        save_last=True,
-        enable_version_counter=False,
-    )
-    trainer = _trainer(stage_dir, trainer_cfg, stage_cfg, name, checkpoint)
+    refuse_symlinks(stage_dir, ckpt_dir, stage_dir / "model")
+    callbacks: list[Any] = [LastCheckpoint(ckpt_dir), EpochSeed(seed)]  # last.ckpt: the latest epoch
+    best = ckpt_dir / "best.ckpt"  # the monitored stages' best dev checkpoint, always inside the stage folder
+    if monitor_best:
+        callbacks.append(ModelCheckpoint(
+            dirpath=ckpt_dir, filename=best.stem, monitor="val/score", mode="max", save_top_k=1,
+            enable_version_counter=False,
+        ))  # fmt: skip
+    trainer = _trainer(stage_dir, trainer_cfg, stage_cfg, name, callbacks)
     last = ckpt_dir / "last.ckpt"
     resume = str(last) if last.is_file() else None
     if resume:
         print(f"[power-bert] {name}: resuming from {last}")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-    best = Path(checkpoint.best_model_path) if monitor and checkpoint.best_model_path else last
-    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state)
+    best = best if monitor_best and best.is_file() else last
+    module.load_state_dict(load_checked(best)["state_dict"])
     module.save_pretrained(stage_dir / "model")
     datamodule.tokenizer.save_pretrained(stage_dir / "model")
     metrics = {k: float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
-    record = {"stage": name, "checkpoint": str(best.relative_to(out)), "metrics": metrics}
+    record = {"stage": name, "checkpoint": str(best.relative_to(out)), "metrics": metrics, "resumed": bool(resume)}
     if name == "search":
         record["masses"] = module.masses()
-    done.write_text(json.dumps(record, indent=2))
+    atomic_write_text(done, json.dumps(record, indent=2))
     return record
 
 
@@ -253,7 +261,7 @@ def _check_output_dir(out: Path, fingerprint: dict[str, Any]) -> None:
     """Refuse a directory holding another run (or unrelated files); record the config once, never rewrite it."""
     config_file = out / "pipeline.json"
     if config_file.is_file():
-        previous = json.loads(config_file.read_text())
+        previous = read_json_state(config_file, f"delete {out} or choose another --output_dir")
         changed = sorted(k for k in fingerprint if k not in _RERUNNABLE and previous.get(k) != fingerprint[k])
         if changed:
             raise ConfigError(
@@ -261,10 +269,25 @@ def _check_output_dir(out: Path, fingerprint: dict[str, Any]) -> None:
                 f"{config_file}); choose another --output_dir to train with new settings (nothing was changed)"
             )
         return
-    if out.exists() and any(out.iterdir()):
+    if any(p.name != OutputLock.NAME for p in ensure_output_dir(out).iterdir()):
         raise ConfigError(f"output_dir {out} is not empty and holds no pipeline.json (choose another --output_dir)")
-    out.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(json.dumps(fingerprint, indent=2, default=str))
+    atomic_write_text(config_file, json.dumps(fingerprint, indent=2, default=str))
+
+
+def _check_values(stages: dict[str, StageConfig], timing: TimingConfig) -> None:
+    """Refuse settings that would run but train nothing or the wrong way (one line naming the field)."""
+    for name, stage in stages.items():
+        for field in ("lr", "retention_lr"):
+            value = getattr(stage, field, None)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name}.{field}: must be > 0, got {value}")
+        if stage.epochs < 1:
+            raise ConfigError(f"{name}.epochs: must be >= 1, got {stage.epochs}")
+        if stage.max_steps == 0 or stage.max_steps < -1:
+            raise ConfigError(f"{name}.max_steps: must be >= 1 (or -1: no limit), got {stage.max_steps}")
+    for field in ("batch_size", "num_batches", "repeats"):
+        if getattr(timing, field) < 1:
+            raise ConfigError(f"timing.{field}: must be >= 1, got {getattr(timing, field)}")
 
 
 def evaluate(module, datamodule, accelerator: str) -> dict[str, float]:
@@ -321,7 +344,8 @@ def run(
             f"trainer.devices={trainer.devices}: the power-bert pipeline runs on one device; for DDP run each stage "
             "with `lit-efficiency fit --config conf/power_bert/stages/<stage>.yaml --config conf/trainer/ddp.yaml`"
         )
-    out = Path(output_dir).absolute()
+    _check_values({"finetune": finetune, "search": search, "retrain": retrain}, timing)
+    out = Path(output_dir).expanduser().absolute()
     config = {
         "task": task,
         "model": model,
@@ -349,6 +373,7 @@ def run(
         finetune,
         trainer,
         monitor_best=True,
+        seed=seed,
     )
     retention_file = out / "retention.json"
     sr = _run_stage(
@@ -368,6 +393,7 @@ def run(
         search,
         trainer,
         monitor_best=False,
+        seed=seed + 1,
     )
     # The edge: the search's retention file is read and validated once; both retrain modules get the list.
     search_config = load_hf_config(str(out / "search" / "model"))
@@ -382,6 +408,7 @@ def run(
         retrain,
         trainer,
         monitor_best=True,
+        seed=seed + 2,
     )
 
     # The two compared models, loaded once: evaluated, shipped and timed.
@@ -390,6 +417,7 @@ def run(
     baseline, pruned = baseline_module.model, pruned_module.model
 
     # Ship the retrained model: HF folder + tokenizer + retention.
+    refuse_symlinks(out / "model", out / "report.json")
     pruned.save_pretrained(out / "model")
     dm.setup("validate")  # loads the tokenizer when every stage was already done
     dm.tokenizer.save_pretrained(out / "model")
@@ -445,8 +473,10 @@ def run(
         "train_limit": data.train_limit,
         "eval_limit": data.eval_limit,
         "epochs": {"finetune": finetune.epochs, "search": search.epochs, "retrain": retrain.epochs},
+        "stages_resumed": [r["stage"] for r in (ft, sr, rt) if r.get("resumed")],  # from a killed attempt's last.ckpt
+        "stages_reused": [r["stage"] for r in (ft, sr, rt) if r.get("reused")],  # done.json of an earlier attempt
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     print(format_report(report))
     print(f"[power-bert] outputs: {out}/report.json, model: {out}/model, retention: {retention_file}")
     return report
@@ -481,7 +511,10 @@ def main(argv: list[str]) -> None:
     """``lit-efficiency power-bert [--config FILE ...] --output_dir DIR [--task.. overrides]``."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    parser = ArgumentParser(
+    class _Parser(OneLineErrors, ArgumentParser):
+        """Parse errors as one line."""
+
+    parser = _Parser(
         prog="lit-efficiency power-bert",
         description="PoWER-BERT pipeline: fine-tune -> configuration search -> retrain -> evaluate -> time.",
         exit_on_error=True,
@@ -491,4 +524,5 @@ def main(argv: list[str]) -> None:
     cfg = parser.parse_args(argv)
     init = parser.instantiate_classes(cfg)
     kwargs = {k: v for k, v in vars(init).items() if k != "config" and not k.startswith("__")}
-    run(**kwargs)
+    with OutputLock(ensure_output_dir(kwargs["output_dir"])):
+        run(**kwargs)

@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from typing_extensions import override
 
+from lit_efficiency.core.checkpoint import check_inside_dirpath, load_checked
 from lit_efficiency.core.errors import ConfigError
 from lit_efficiency.core.paths import resolve_pretrained
 from lit_efficiency.power_bert.bert import load_hf_config, num_layer_applications
@@ -183,7 +184,8 @@ class PowerBertModule(L.LightningModule):
         callback = self.trainer.checkpoint_callback
         best = getattr(callback, "best_model_path", "") if callback is not None else ""
         if best and getattr(callback, "monitor", None):
-            self.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+            check_inside_dirpath(callback)  # a resumed state could name any file
+            self.load_state_dict(load_checked(best)["state_dict"])
         folder = self.save_pretrained(self.export_dir)
         tokenizer = getattr(getattr(self.trainer, "datamodule", None), "tokenizer", None)
         if tokenizer is not None:
