@@ -120,7 +120,8 @@ def test_cli_fit_writes_csv_metrics_and_config(tmp_path, monkeypatch):
     losses = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert list((tmp_path / "runs/csv").glob("version_*/config.yaml"))
-    assert list((tmp_path / "runs/csv").glob("version_*/checkpoints/last.ckpt"))
+    assert (tmp_path / "runs/tiny/checkpoints/last.ckpt").is_file()  # the stable run folder (run_name: tiny)
+    assert (tmp_path / "runs/tiny/checkpoints/last.ckpt.sha256").is_file()
 
 
 def test_cli_wandb_goes_offline_without_api_key(tmp_path, monkeypatch):
