@@ -34,6 +34,7 @@ The TSV readers (:func:`read_glue_tsv`, :func:`read_glue_split`, :func:`read_imd
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import random
@@ -128,7 +129,8 @@ def read_glue_tsv(path: str | Path, task: str, labeled: bool = True) -> Columns:
         Labels are ints (class ids in :data:`TASK_INFO` order) or floats for STS-B.
 
     Raises:
-        DataError: missing file, a row with the wrong number of columns, a missing column, an unknown label.
+        DataError: missing file, bytes that are not UTF-8, an oversized field, a row with the wrong number of columns,
+            a missing column, an unknown label, no data rows (the message names the file and line).
     """
     task = canonical_task(task)
     if task == "imdb":
@@ -138,8 +140,8 @@ def read_glue_tsv(path: str | Path, task: str, labeled: bool = True) -> Columns:
     text_a: list[str] = []
     text_b: list[str] = []
     labels: list[int | float] = []
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    try:
         if labeled and fmt.implied_header is not None:
             header = list(fmt.implied_header)
         else:
@@ -170,12 +172,31 @@ def read_glue_tsv(path: str | Path, task: str, labeled: bool = True) -> Columns:
                 text_b.append(row[text_idx[1]])
             if labeled:
                 labels.append(_parse_label(row[label_idx], fmt, task, f"{path}:{line}"))
+    except csv.Error as err:  # a field over csv.field_size_limit(), a NUL byte
+        raise DataError(f"{path}:{reader.line_num + 1}: unreadable TSV row ({err})") from err
+    if not text_a:
+        raise DataError(f"{path}: no examples (the file has no data rows after line {max(reader.line_num, 1)})")
     out: Columns = {"text_a": text_a}
     if len(fmt.text_columns) > 1:
         out["text_b"] = text_b
     if labeled:
         out["label"] = labels
     return out
+
+
+def _read_text(path: Path) -> str:
+    """The file decoded as UTF-8 (optional BOM); bytes that are not UTF-8 are a one-line error naming the line."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte {data[err.start]:#04x}); convert the file to UTF-8"
+        ) from None
 
 
 def _parse_label(raw: str, fmt: _TsvFormat, task: str, where: str) -> int | float:
@@ -222,7 +243,7 @@ def read_imdb_split(imdb_dir: str | Path, split: Literal["train", "test"]) -> Co
         if not files:
             raise DataError(f"IMDB folder has no *.txt reviews: {folder}")
         for file in files:
-            texts.append(file.read_text(encoding="utf-8"))
+            texts.append(_read_text(file))
             labels.append(label)
     return {"text_a": texts, "label": labels}
 
