@@ -156,7 +156,7 @@ class LitEfficiencyCLI(LightningCLI):
 def _check_values(config: Any) -> None:
     """Refuse values that would run but train nothing or the wrong way: non-positive learning rates and sizes
     (:data:`POSITIVE_ARGS`), ``trainer.max_epochs`` 0 or below -1, ``trainer.max_steps`` 0."""
-    for section in ("model", "data"):
+    for section in ("data", "model"):  # data first: linked values are typed there
         init_args = config.get(f"{section}.init_args")
         for name in POSITIVE_ARGS:
             value = init_args.get(name) if init_args is not None else None
@@ -198,13 +198,21 @@ def _explicit_model_links(args: Any) -> dict[str, tuple[Any, str]]:
 
 
 def _yaml_model_section(path: str) -> dict[str, Any]:
-    """The ``model`` mapping of a YAML config file ({} when unreadable: the parser reports that itself)."""
+    """The ``model`` mapping of a YAML config file ({} when unreadable: the parser reports that itself).
+
+    Raises:
+        ConfigError: the file is not valid YAML (named here: the parser's own message does not name it).
+    """
     import yaml
 
     try:
         data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError):
+    except OSError:
         return {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else path
+        raise ConfigError(f"{where}: invalid YAML ({getattr(err, 'problem', None) or err})") from None
     model = data.get("model") if isinstance(data, dict) else None
     return model if isinstance(model, dict) else {}
 

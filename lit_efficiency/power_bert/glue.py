@@ -173,7 +173,7 @@ def read_glue_tsv(path: str | Path, task: str, labeled: bool = True) -> Columns:
             if labeled:
                 labels.append(_parse_label(row[label_idx], fmt, task, f"{path}:{line}"))
     except csv.Error as err:  # a field over csv.field_size_limit(), a NUL byte
-        raise DataError(f"{path}:{reader.line_num + 1}: unreadable TSV row ({err})") from err
+        raise DataError(f"{path}:{reader.line_num}: unreadable TSV row ({err})") from err
     if not text_a:
         raise DataError(f"{path}: no examples (the file has no data rows after line {max(reader.line_num, 1)})")
     out: Columns = {"text_a": text_a}
@@ -185,11 +185,15 @@ def read_glue_tsv(path: str | Path, task: str, labeled: bool = True) -> Columns:
 
 
 def _read_text(path: Path) -> str:
-    """The file decoded as UTF-8 (optional BOM); bytes that are not UTF-8 are a one-line error naming the line."""
+    """The file decoded as UTF-8 (optional BOM); bytes that are not UTF-8 text (or a NUL byte: a binary file) are a
+    one-line error naming the line."""
     try:
         data = path.read_bytes()
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror})") from None
+    if b"\x00" in data:
+        line = data[: data.index(b"\x00")].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: NUL byte (a binary file, not UTF-8 text); convert the file to UTF-8 text")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
