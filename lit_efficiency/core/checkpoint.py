@@ -116,6 +116,11 @@ class LastCheckpoint(ModelCheckpoint):
             enable_version_counter=False,
         )  # fmt: skip
 
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Write ``last.ckpt`` (Lightning 2.6 writes ``last`` only in a step where a top-k file was written)."""
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Refuse restored checkpoint paths outside their callback's folder (a resumed state names them)."""
         for callback in trainer.checkpoint_callbacks:
@@ -160,7 +165,11 @@ def attach_run_dir(trainer: L.Trainer, run_dir: str | os.PathLike, seed: int | N
 
 
 class EpochSeed(Callback):
-    """Seed every RNG from ``(seed, epoch)`` when each training epoch starts (before its dataloader is iterated).
+    """Seed every RNG from ``(seed, epoch)`` before each training epoch draws its shuffling and dropout.
+
+    Later epochs are seeded when they start (their data iterator is created after the hook). The first epoch of a
+    resumed attempt gets its iterator before any epoch hook runs, so it is seeded when this callback's state is
+    restored, and not again at its start (that would reseed between the iterator's two draws).
 
     Args:
         seed: base seed.
@@ -168,7 +177,27 @@ class EpochSeed(Callback):
 
     def __init__(self, seed: int) -> None:
         self.seed = int(seed)
+        self.next_epoch = 0
+        self._seeded_epoch: int | None = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Reseed for this epoch."""
-        L.seed_everything(self.seed + 1000 * trainer.current_epoch, workers=True, verbose=False)
+        """Seed for this epoch unless the restored state already did."""
+        if trainer.current_epoch != self._seeded_epoch:
+            self._seed(trainer.current_epoch)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Remember the next epoch (saved with the epoch-end checkpoint that follows)."""
+        self.next_epoch = trainer.current_epoch + 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"next_epoch": ...}``."""
+        return {"next_epoch": self.next_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """On resume, seed for the epoch that follows (Lightning's sanity check runs with the RNG isolated)."""
+        self.next_epoch = int(state_dict.get("next_epoch", 0))
+        self._seed(self.next_epoch)
+
+    def _seed(self, epoch: int) -> None:
+        L.seed_everything(self.seed + 1000 * epoch, workers=True, verbose=False)
+        self._seeded_epoch = epoch
