@@ -36,13 +36,31 @@ def digest_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + DIGEST_SUFFIX)
 
 
+def _listed_digests(sidecar: Path) -> list[str]:
+    try:
+        return [line.split()[0] for line in sidecar.read_text(encoding="utf-8", errors="replace").splitlines() if line]
+    except OSError:
+        return []
+
+
 def save_checked(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` ``obj`` atomically to ``path`` and write its sha256 digest beside it."""
+    """``torch.save`` ``obj`` atomically to ``path`` and write its sha256 digest beside it.
+
+    Crash-safe in every order of events: the digest file first lists the new digest and the one of the file being
+    replaced, then the checkpoint is renamed into place, then the digest file lists the new digest only. A kill at any
+    point leaves a checkpoint whose digest is listed.
+    """
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     data = buffer.getvalue()
-    path = atomic_write_bytes(path, data)
-    atomic_write_text(digest_path(path), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n")
+    path = Path(path)
+    sidecar = digest_path(path)
+    new = hashlib.sha256(data).hexdigest()
+    old = _listed_digests(sidecar)[:1] if path.is_file() else []
+    atomic_write_text(sidecar, "".join(f"{h}  {path.name}\n" for h in [new, *old]))
+    atomic_write_bytes(path, data)
+    if old:
+        atomic_write_text(sidecar, f"{new}  {path.name}\n")
     return path
 
 
@@ -61,9 +79,8 @@ def verify_checkpoint(path: str | os.PathLike) -> bytes:
     fix = f"delete {path} to start that stage again, or if you trust the file: sha256sum {path.name} > {sidecar.name}"
     if not sidecar.is_file():
         raise DataError(f"{path}: no digest file {sidecar.name} (written with every checkpoint); {fix}")
-    expected = sidecar.read_text(encoding="utf-8", errors="replace").split()[:1]
     data = path.read_bytes()
-    if expected != [hashlib.sha256(data).hexdigest()]:
+    if hashlib.sha256(data).hexdigest() not in _listed_digests(sidecar):
         raise DataError(f"{path}: checksum mismatch with {sidecar.name} (corrupted or replaced); {fix}")
     return data
 

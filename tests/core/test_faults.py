@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -19,7 +20,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from lit_efficiency.cli import main
+from lit_efficiency.cli import CONF_DIR, main
 from lit_efficiency.core.checkpoint import (
     SafeCheckpointIO,
     check_inside_dirpath,
@@ -245,3 +246,48 @@ def test_epoch_seed_makes_each_epoch_independent_of_the_past():
     torch.rand(100)  # consume
     EpochSeed(7).on_train_epoch_start(_T(), None)
     assert torch.equal(a, torch.rand(3))
+
+
+#: The smoke pipeline, smaller still: 3 steps per epoch, one timing batch.
+PIPELINE = [
+    "power-bert", "--config", str(CONF_DIR / "power_bert/smoke.yaml"), "--data.train_limit=48",
+    "--data.eval_limit=16", "--data.max_seq_len=32", "--timing.batch_size=16", "--timing.repeats=1",
+    "--search.epochs=3",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigkill_in_the_search_stage_then_rerun_matches_uninterrupted_pipeline(tmp_path):
+    main([*PIPELINE, f"--output_dir={tmp_path / 'reference'}"])
+    reference = json.loads((tmp_path / "reference" / "report.json").read_text())
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "lit_efficiency", *PIPELINE, f"--output_dir={tmp_path / 'run'}"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "run" / "search" / "checkpoints" / "last.ckpt"
+    try:
+        while not last.exists() and proc.poll() is None:  # the search's first epoch is done: kill in its second
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        assert proc.wait(timeout=300) == -signal.SIGKILL, "the pipeline ended before it could be killed"
+    assert not (tmp_path / "run" / "search" / "done.json").exists()
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert "search" in report["stages_resumed"] and report["stages_reused"] == ["finetune"]
+    assert report["retention"] == reference["retention"] and report["masses"] == reference["masses"]
+    assert report["all_metrics"] == reference["all_metrics"]
+    assert report["training_metrics"] == reference["training_metrics"]
+
+
+def test_a_kill_between_the_two_writes_of_a_save_leaves_a_verifiable_checkpoint(tmp_path):
+    path = save_checked({"step": 1}, tmp_path / "last.ckpt")
+    old = path.read_bytes()
+    save_checked({"step": 2}, path)
+    listed = digest_path(path).read_text()
+    path.write_bytes(old)  # as if killed after the digest listed both, before the rename
+    import hashlib
+
+    new_digest = listed.split()[0]
+    digest_path(path).write_text(f"{new_digest}  last.ckpt\n{hashlib.sha256(old).hexdigest()}  last.ckpt\n")
+    assert load_checked(path)["step"] == 1
