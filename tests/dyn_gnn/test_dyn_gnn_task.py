@@ -150,7 +150,7 @@ def test_smoke_fit_through_cli(tmp_path, monkeypatch):
     maps = [float(r["val/map"]) for r in rows if r.get("val/map")]
     assert len(epoch_losses) == 3 and epoch_losses[-1] < epoch_losses[0]
     assert len(maps) >= 3 and all(0.0 < m <= 1.0 for m in maps)
-    ckpts = list((tmp_path / "runs/csv").glob("version_*/checkpoints/*.ckpt"))
+    ckpts = list((tmp_path / "runs/smoke/checkpoints").glob("*.ckpt"))  # the run folder runs/<run_name>
     assert any(p.name != "last.ckpt" for p in ckpts)  # the best-val/map checkpoint
     # The checkpoint restores without the data module (num_nodes / num_features / task are in the hparams).
     restored = DynGNNTask.load_from_checkpoint(ckpts[0])
