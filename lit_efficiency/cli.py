@@ -115,8 +115,9 @@ class LitEfficiencyCLI(LightningCLI):
         return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:
-        """``fit`` holds the run folder's lock and refuses to start over a previous attempt without ``--ckpt_path``."""
-        if subcommand != "fit":
+        """``fit`` holds the run folder's lock and refuses to start over a previous attempt without ``--ckpt_path``
+        (global rank 0 only: the other ranks of a DDP run share its folder)."""
+        if subcommand != "fit" or self.trainer.global_rank != 0:
             return super()._run_subcommand(subcommand)
         folder = ensure_output_dir(self.run_dir(self.trainer.default_root_dir), "run directory")
         last = folder / "checkpoints" / "last.ckpt"
