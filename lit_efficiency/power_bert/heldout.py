@@ -20,6 +20,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.core.paths import resolve_pretrained
 from lit_efficiency.power_bert.glue import Columns, GLUEDataModule, Split, _take
 
 #: Name of the reported split in ``datasets``.
@@ -69,7 +70,10 @@ class HeldOutGLUEDataModule(GLUEDataModule):
         if stage != "test":
             super().setup(stage)
             return
-        super().setup("validate")  # tokenizer
+        if self.tokenizer is None:  # the reported split alone: no need to read and tokenise the training split
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(self.tokenizer_name))
         if REPORT not in self.datasets:
             self.datasets[REPORT] = self._tokenise(self.reported_split(), "dev")
 

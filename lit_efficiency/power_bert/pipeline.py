@@ -381,7 +381,6 @@ def run(
     from lit_efficiency.power_bert.guards import (
         DEFAULT_BUDGET,
         ShipRefused,
-        choose_candidate,
         collapse_reasons,
         constant_predictor_metric,
         slowdown_reason,
@@ -390,7 +389,7 @@ def run(
     from lit_efficiency.power_bert.model import ideal_speedup
     from lit_efficiency.power_bert.plots import write_plots
     from lit_efficiency.power_bert.retention import save_retention
-    from lit_efficiency.power_bert.speed import find_row, hf_sdpa_model, logits_of, make_workloads, time_models
+    from lit_efficiency.power_bert.speed import find_row, hf_sdpa_model, logits_of, make_workloads
     from lit_efficiency.power_bert.task import PowerBertFinetune, PowerBertRetrain
     from lit_efficiency.power_bert.tasks_table import TASK_DEFAULTS, canonical_task
 
@@ -478,23 +477,12 @@ def run(
     if timing.batch1_examples:
         features[1] = _timing_features(eval_dm, timing.batch1_examples)
 
-    # Budget mode: every candidate timed against the baseline (static padding, full batch), fastest in budget wins.
+    static = make_workloads(features[timing.batch_size], timing.batch_size, pad_id, max_seq_len)["static"]
     chosen, reasons = 0, []
     if budget is not None:
-        workloads = make_workloads(features[timing.batch_size], timing.batch_size, pad_id, max_seq_len)
-        static = {"static": workloads["static"]}
-        screen = {"baseline": baseline, **{c["name"]: m.model for c, m in zip(candidates, modules, strict=True)}}
-        screen_ms = time_models(screen, static, device, timing.warmup, timing.repeats)
-        for c in candidates:
-            c["timing_static"] = screen_ms[f"{c['name']}/static"]
-            c["ms"] = c["timing_static"]["median_ms"]
-            c["speedup"] = screen_ms["baseline/static"]["median_ms"] / c["ms"]
-        picked = choose_candidate(candidates, heldout_baseline, budget)
-        if picked is None:
-            chosen = max(range(len(candidates)), key=lambda i: candidates[i]["heldout_metric"])
-            reasons.append(f"no candidate is within the budget of {budget:g} points (the most accurate is reported)")
-        else:
-            chosen = picked
+        models = {c["name"]: m.model for c, m in zip(candidates, modules, strict=True)}
+        chosen, reasons = _choose_within_budget(candidates, models, baseline, static, heldout_baseline, budget,
+                                                timing, device)  # fmt: skip
     pick = candidates[chosen]
     pruned_module = modules[chosen]
     pruned, retention = pruned_module.model, pick["retention"]
@@ -504,11 +492,10 @@ def run(
     if timing.hf_baseline:
         models["hf_sdpa"] = hf_sdpa_model(str(out / "finetune" / "model"))
     timings, rows = _time_all(models, features, pad_id, max_seq_len, timing, device, retention)
-    first = make_workloads(features[timing.batch_size][: timing.batch_size], timing.batch_size, pad_id, max_seq_len)
     hf_diff = None
     if timing.hf_baseline:
         with torch.inference_mode():
-            batch = first["static"].to(device).batches[0]
+            batch = static.to(device).batches[0]
             hf_diff = float((logits_of(models["hf_sdpa"], batch) - logits_of(baseline, batch)).abs().max())
 
     # Guard rails: decided before anything is shipped.
@@ -527,8 +514,8 @@ def run(
             f"{'; '.join(reasons)}. Nothing was shipped ({out}/model and report.json unchanged); retry with a "
             "smaller --search.mass_lambda or --budget, or pass --guard warn to ship anyway"
         )
-    same_padding = [r for r in rows if r is not headline and _padding_of(r["candidate"]) == _padding_of(r["reference"])]
-    warnings = reasons + [r for r in map(slowdown_reason, same_padding) if r]
+    same = [r for r in rows if r is not headline and _padding_of(r["candidate"]) == _padding_of(r["reference"])]
+    warnings = reasons + [r for r in map(slowdown_reason, same) if r]
     if heldout_baseline <= constant + 1.0:
         warnings.append(f"the baseline's held-out metric {heldout_baseline:.1f} is at the constant predictor "
                         f"({constant:.1f}): train it longer")  # fmt: skip
@@ -617,6 +604,30 @@ def run(
     print(format_report(report))
     print(f"[power-bert] outputs: {out}/report.json, plots: {', '.join(report['plots'])}, model: {out}/model")
     return report
+
+
+def _choose_within_budget(
+    candidates: list[dict[str, Any]], models: dict[str, Any], baseline: Any, static: Any, heldout_baseline: float,
+    budget: float, timing: TimingConfig, device: torch.device,
+) -> tuple[int, list[str]]:  # fmt: skip
+    """Time every candidate against the baseline (static padding, interleaved); pick the fastest within budget.
+
+    Records ``timing_static``, ``ms`` and ``speedup`` in each candidate. Returns the chosen index and, when no
+    candidate fits the budget, the most accurate one with the reason.
+    """
+    from lit_efficiency.power_bert.guards import choose_candidate
+    from lit_efficiency.power_bert.speed import time_models
+
+    ms = time_models({"baseline": baseline, **models}, {"static": static}, device, timing.warmup, timing.repeats)
+    for c in candidates:
+        c["timing_static"] = ms[f"{c['name']}/static"]
+        c["ms"] = c["timing_static"]["median_ms"]
+        c["speedup"] = ms["baseline/static"]["median_ms"] / c["ms"]
+    picked = choose_candidate(candidates, heldout_baseline, budget)
+    if picked is not None:
+        return picked, []
+    best = max(range(len(candidates)), key=lambda i: candidates[i]["heldout_metric"])
+    return best, [f"no candidate is within the budget of {budget:g} points (the most accurate is reported)"]
 
 
 def _train_candidate(
