@@ -10,6 +10,7 @@ All metrics here are in points (0-100, the report's scale).
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -58,7 +59,9 @@ def collapse_reasons(
         masses: the search's per-layer Soft-Extract masses.
     """
     reasons = []
-    if metric <= constant + COLLAPSE_MARGIN:
+    if math.isnan(metric):  # a correlation of constant predictions (STS-B)
+        reasons.append("held-out metric is undefined (nan): the model predicts a constant")
+    elif metric <= constant + COLLAPSE_MARGIN:
         reasons.append(f"held-out metric {metric:.1f} is at the constant predictor ({constant:.1f})")
     thin = [j for j, m in enumerate(masses or [], start=1) if m < 1.0]
     if thin and baseline_metric - metric > budget:

@@ -128,6 +128,7 @@ def test_collapsed_search_is_detected():
     assert len(reasons) == 2 and "constant predictor" in reasons[0] and "layer(s) 2,3,4,5,6" in reasons[1]
     healthy = collapse_reasons(metric=85.5, constant=81.2, baseline_metric=86.0, budget=1.0, masses=[60, 40, 20])
     assert healthy == []
+    assert "nan" in collapse_reasons(float("nan"), constant=0.0, baseline_metric=80.0, budget=1.0, masses=None)[0]
     thin_but_fine = collapse_reasons(metric=85.5, constant=81.2, baseline_metric=86.0, budget=1.0, masses=[9, 0.5])
     assert thin_but_fine == []  # a layer under 1 is fine while the metric holds
 
