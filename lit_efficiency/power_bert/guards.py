@@ -62,7 +62,7 @@ def collapse_reasons(
     if math.isnan(metric):  # a correlation of constant predictions (STS-B)
         reasons.append("held-out metric is undefined (nan): the model predicts a constant")
     elif metric <= constant + COLLAPSE_MARGIN:
-        reasons.append(f"held-out metric {metric:.1f} is at the constant predictor ({constant:.1f})")
+        reasons.append(f"held-out metric {metric:.1f} is at or below the constant predictor's ({constant:.1f})")
     thin = [j for j, m in enumerate(masses or [], start=1) if m < 1.0]
     if thin and baseline_metric - metric > budget:
         reasons.append(
