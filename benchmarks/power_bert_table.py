@@ -1,44 +1,62 @@
 """Print the README table of ``benchmarks/results/power_bert_<task>.json`` beside the paper's numbers.
 
-Usage: ``python benchmarks/power_bert_table.py``
+Files written by the fair protocol of ``benchmarks/power_bert_glue.py`` give one row each; files of the earlier,
+unfair protocol (no ``summary``: baseline under-trained, selection on dev, one seed) are listed as superseded.
+
+Usage: ``python benchmarks/power_bert_table.py [--results-dir DIR]``
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-#: Paper (BERT-base, GLUE test, K80, batch 128, static padding): metric, PoWER-BERT metric, speedup.
-PAPER = {
-    "cola": (52.5, 52.3, 4.5),
-    "rte": (68.1, 67.4, 3.4),
-    "mrpc": (88.7, 88.1, 2.7),
-    "sst2": (93.0, 92.1, 2.4),
-    "stsb": (85.8, 85.1, 2.0),
-}
+TASKS = ("cola", "rte", "mrpc", "sst2", "stsb")
 
 
-def table() -> str:
+def _mean(spread: dict) -> str:
+    return f"{spread['mean']:.1f} ± {spread['std']:.1f} ({len(spread['values'])})"
+
+
+def _row(task: str, result: dict) -> str:
+    s, paper = result["summary"], result["paper"]
+    low, high = s["speedup_static_range"]
+    hf_low, hf_high = s["speedup_vs_hf_sdpa_dynamic_range"]
+    retention = ",".join(map(str, s["retention"]))
+    return (
+        f"| {task} | {s['metric_name']} | {_mean(s['baseline'])} | {_mean(s['power_bert'])} | "
+        f"{s['constant_predictor_heldout']:.1f} | {retention} | {s['speedup_static']:.2f}x [{low:.2f}-{high:.2f}] | "
+        f"{s['speedup_vs_hf_sdpa_dynamic']:.2f}x [{hf_low:.2f}-{hf_high:.2f}] | {s['flop_ideal_static']:.2f}x "
+        f"({s['percent_of_ideal_static']:.0f}%) | {paper['baseline']} / {paper['power_bert']} / {paper['speedup']}x |"
+    )
+
+
+def table(results: Path = RESULTS) -> str:
+    """The markdown table (fair-protocol rows, then the tasks whose JSON is from the superseded protocol)."""
     rows = [
-        "| task | metric | baseline | PoWER-BERT | retention (of N) | speedup static | vs dynamic padding "
-        "| FLOP-ideal | paper: baseline / PoWER-BERT / speedup |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| task | metric | fair baseline (mean ± sd, seeds) | PoWER-BERT (mean ± sd, seeds) | constant predictor "
+        "(held-out) | retention (seed 1) | speedup static, batch 128 [quartile range] | vs HF SDPA dynamic, batch 128 "
+        "| FLOP-ideal static (% reached) | paper: baseline / PoWER-BERT / speedup |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for task, (p_base, p_pb, p_speed) in PAPER.items():
-        path = RESULTS / f"power_bert_{task}.json"
+    superseded = []
+    for task in TASKS:
+        path = results / f"power_bert_{task}.json"
         if not path.is_file():
             continue
-        r = json.loads(path.read_text())
-        retention = ",".join(map(str, r["retention"]))
-        rows.append(
-            f"| {task} | {r['metric_name']} | {r['baseline_metric']:.1f} | {r['power_bert_metric']:.1f} | "
-            f"{retention} ({r['max_seq_len']}) | {r['speedup']:.2f}x | {r['speedup_vs_dynamic_padding']:.2f}x | "
-            f"{r['ideal_speedup']:.2f}x | {p_base} / {p_pb} / {p_speed}x |"
-        )
+        result = json.loads(path.read_text())
+        if "summary" in result:
+            rows.append(_row(task, result))
+        else:
+            superseded.append(task)
+    if superseded:
+        rows.append(f"\nSuperseded protocol (rerun `benchmarks/power_bert_glue.py`): {', '.join(superseded)}")
     return "\n".join(rows)
 
 
 if __name__ == "__main__":
-    print(table())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results-dir", default=str(RESULTS))
+    print(table(Path(parser.parse_args().results_dir)))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,35 +43,6 @@ class Timer:
     def __exit__(self, *exc) -> None:
         synchronize(self.device)
         self.ms = (self.clock() - self._start) * 1e3
-
-
-@dataclass(frozen=True)
-class TimingResult:
-    """Summary of repeated timings (milliseconds)."""
-
-    median_ms: float
-    mean_ms: float
-    min_ms: float
-    max_ms: float
-    repeats: int
-
-    def as_dict(self) -> dict[str, float]:
-        return {k: getattr(self, k) for k in ("median_ms", "mean_ms", "min_ms", "max_ms", "repeats")}
-
-
-def benchmark(fn: Callable[[], object], device: torch.device | str | None = None, warmup: int = 3, repeats: int = 10):
-    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed; returns a :class:`TimingResult`."""
-    if repeats < 1:
-        raise ValueError("repeats must be >= 1")
-    with torch.inference_mode():
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(repeats):
-            with Timer(device) as timer:
-                fn()
-            times.append(timer.ms)
-    return TimingResult(statistics.median(times), statistics.fmean(times), min(times), max(times), repeats)
 
 
 def summarize(times_ms: list[float]) -> dict[str, float]:

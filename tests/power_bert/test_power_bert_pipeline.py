@@ -173,23 +173,44 @@ def test_pipeline_bad_inputs_are_one_line_errors(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_pipeline_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
+def test_pipeline_end_to_end_guard_and_resume(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"
+    # The tiny random model sits at the constant predictor: with the guard on, the run is refused and ships nothing.
+    code, err = _run_cli(["power-bert", "--config", str(SMOKE), "--output_dir", "run", "--guard", "refuse"], capsys)
+    last = err.strip().splitlines()[-1]  # the lines before it are transformers' weight-loading progress bar
+    assert code == 2 and last.startswith("lit-efficiency: error: refusing to ship the rte model")
+    assert "constant predictor" in last and err.count("lit-efficiency: error:") == 1
+    assert not (out / "model").exists() and not (out / "report.json").exists()
+    # smoke.yaml itself says guard: warn; the finished stages are reused and the model ships with warnings.
     main(["power-bert", "--config", str(SMOKE), "--output_dir", "run"])  # relative, as `make demo` passes it
+    printed = capsys.readouterr().out
+    assert "finetune: already done" in printed and "WARNING: held-out metric" in printed
     report = json.loads((out / "report.json").read_text())
-    assert report["eval_padding"] == "static"
+    assert report["eval_padding"] == "static" and report["train_padding"] == "dynamic" and report["mask_padded_queries"]
     for key in ("task", "metric_name", "baseline_metric", "power_bert_metric", "retention", "baseline_ms",
                 "power_bert_ms", "speedup", "dynamic_padding_ms", "speedup_vs_dynamic_padding", "ideal_speedup",
-                "batch_size", "max_seq_len", "device"):  # fmt: skip
+                "speedup_vs_hf_sdpa_dynamic", "batch_size", "max_seq_len", "heldout", "warnings"):  # fmt: skip
         assert key in report, key
     assert report["speedup"] == pytest.approx(report["baseline_ms"] / report["power_bert_ms"])
+    assert any("constant predictor" in w for w in report["warnings"])
+    # Spread for every candidate (3 models x 2 paddings) at both batch sizes, and 8 comparisons per batch size.
+    for batch in ("batch_32", "batch_1"):
+        stats = report["timing"][batch]["ms_per_batch"]
+        assert len(stats) == 6 and all(s["repeats"] == 2 and s["q3_ms"] >= s["q1_ms"] for s in stats.values())
+    assert len(report["speedups"]) == 16 and all("within_noise" in r and "flop_ideal" in r for r in report["speedups"])
+    assert report["hf_sdpa_max_abs_logit_diff"] < 1e-4  # transformers SDPA runs the very same weights
+    assert (out / "tradeoff.png").stat().st_size > 0 and (out / "retention.png").stat().st_size > 0
     retention = load_retention(out / "retention.json", num_layers=2, max_seq_len=256)
     assert report["retention"] == retention
     # The shipped model reloads in hard mode with its retention and a tokenizer beside it.
     shipped = PowerBertForSequenceClassification.from_pretrained(out / "model")
     assert shipped.encoder.mode == "hard" and list(shipped.encoder.retention) == retention
     assert (out / "model" / "tokenizer.json").is_file()
+    # A refused rerun overwrites nothing.
+    shipped_report = (out / "report.json").read_bytes()
+    code, err = _run_cli(["power-bert", "--config", str(SMOKE), "--output_dir", "run", "--guard", "refuse"], capsys)
+    assert code == 2 and (out / "report.json").read_bytes() == shipped_report
     # Interrupted retrain: finished stages are skipped, the interrupted one resumes from its last checkpoint.
     (out / "retrain" / "done.json").unlink()
     capsys.readouterr()
@@ -200,13 +221,76 @@ def test_pipeline_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
     assert json.loads((out / "report.json").read_text())["retention"] == retention
     # A different task, or changed training settings, in the same directory is refused and changes nothing.
     before = (out / "pipeline.json").read_text()
-    for change in (["--task", "cola"], ["--search.mass_lambda", "0.5"]):
+    for change in (["--task", "cola"], ["--search.mass_lambda", "0.5"], ["--mask_padded_queries", "false"]):
         with pytest.raises(SystemExit):
             main(["power-bert", "--config", str(SMOKE), "--output_dir", str(out), *change])
     assert (out / "pipeline.json").read_text() == before
     capsys.readouterr()
     main(["power-bert", "--config", str(SMOKE), "--output_dir", str(out), "--timing.repeats", "3"])  # timing may change
     assert "retrain: already done" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_budget_mode_ships_the_fastest_candidate_within_budget(tmp_path, capsys):
+    out = tmp_path / "budget"
+    args = ["power-bert", "--config", str(SMOKE), "--output_dir", str(out), "--budget", "1.0",
+            "--lambda_grid", "[0.5, 30.0]", "--timing.repeats", "3", "--timing.batch1_examples", "0"]  # fmt: skip
+    main(args)
+    report = json.loads((out / "report.json").read_text())
+    candidates = report["candidates"]
+    assert [c["name"] for c in candidates] == ["lambda_x0.5", "lambda_x30"]
+    base_lambda = yaml.safe_load(SMOKE.read_text())["search"]["mass_lambda"]
+    assert [c["mass_lambda"] for c in candidates] == pytest.approx([0.5 * base_lambda, 30 * base_lambda])
+    for c in candidates:
+        assert (out / "candidates" / c["name"] / "retrain" / "done.json").is_file()
+        assert {"retention", "heldout_metric", "ms", "speedup", "ideal_speedup"} <= set(c)
+    # Chosen by hand: within 1 point of the baseline's held-out metric, then the smallest median time.
+    within = [c for c in candidates if report["heldout"]["baseline"] - c["heldout_metric"] <= 1.0]
+    assert within, "the tiny model's candidates should all sit at the baseline's (constant) metric"
+    assert report["chosen"] == min(within, key=lambda c: c["ms"])["name"]
+    assert report["retention"] == next(c for c in candidates if c["name"] == report["chosen"])["retention"]
+    assert "batch_1" not in report["timing"] and (out / "tradeoff.png").is_file()
+
+
+def _imdb_folder(root: Path) -> Path:
+    words = ["great", "awful", "film", "plot", "actor", "boring", "superb", "scene"]
+    for split in ("train", "test"):
+        for label, polarity in enumerate(("neg", "pos")):
+            folder = root / "aclImdb" / split / polarity
+            folder.mkdir(parents=True)
+            for i in range(12):
+                text = " ".join(words[(i * 3 + k + label) % len(words)] for k in range(20 + i))
+                (folder / f"{i}_{7 * label + 1}.txt").write_text(text)
+    return root / "aclImdb"
+
+
+@pytest.mark.slow
+def test_imdb_config_runs_on_an_imdb_folder_and_bad_data_blocks_nothing(tmp_path, capsys):
+    imdb = _imdb_folder(tmp_path)
+    out = tmp_path / "imdb_run"
+    args = ["power-bert", "--config", str(CONF_DIR / "power_bert" / "imdb.yaml"), "--output_dir", str(out),
+            "--model", "tiny-random-bert", "--data.max_seq_len", "64", "--finetune.epochs", "1",
+            "--search.epochs", "1", "--retrain.epochs", "1", "--lambda_grid", "[1.0]", "--guard", "warn",
+            "--timing.repeats", "2", "--timing.batch1_examples", "2", "--timing.batch_size", "8",
+            "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    code, err = _run_cli([*args, "--data.imdb_dir", str(tmp_path / "missing")], capsys)
+    assert code == 2 and err.count("lit-efficiency: error:") == 1 and "missing" in err
+    assert not (out / "pipeline.json").exists()  # nothing recorded: the corrected rerun is not blocked
+    main([*args, "--data.imdb_dir", str(imdb)])
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == "imdb" and report["reported_split"] == "IMDB test"
+    assert "test/accuracy" in report["all_metrics"]["power_bert"]
+    assert json.loads((out / "pipeline.json").read_text())["data"]["imdb_dir"] == str(imdb)
+
+
+def test_bad_options_are_refused_before_anything_is_written(tmp_path, capsys):
+    for change, field in ((["--budget", "-1"], "budget"), (["--lambda_grid", "[0.0]"], "lambda_grid"),
+                          (["--timing.repeats", "0"], "timing.repeats"), (["--retrain.patience", "0"], "patience"),
+                          (["--data.heldout_fraction", "0.9"], "heldout_fraction")):  # fmt: skip
+        out = tmp_path / field
+        code, err = _run_cli(["power-bert", "--config", str(SMOKE), "--output_dir", str(out), *change], capsys)
+        assert code == 2 and field in err and err.count("lit-efficiency: error:") == 1, (change, err)
+        assert not out.exists()
 
 
 @pytest.mark.slow
