@@ -306,6 +306,20 @@ def _validate_options(
             raise ConfigError(f"timing.{field}: must be >= {low}, got {getattr(timing, field)}")
 
 
+def _check_trainer(cfg: TrainerConfig) -> None:
+    """Build (and drop) a Trainer with the user's accelerator, devices and precision: a one-line error if Lightning
+    refuses them, before anything is written."""
+    import lightning as L
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        L.Trainer(accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision, logger=False,
+                  enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    except (MisconfigurationException, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"trainer (accelerator={cfg.accelerator}, devices={cfg.devices}): {first}") from err
+
+
 def evaluate(module, datamodule, accelerator: str, split: Literal["val", "test"] = "val") -> dict[str, float]:
     """Metrics of ``module`` on the held-out slice (``val``) or the reported split (``test``); one device, no logs."""
     from lit_efficiency.core.trainer import quiet_trainer
@@ -416,6 +430,7 @@ def run(
     if guard not in ("refuse", "warn"):
         raise ConfigError(f"guard: must be 'refuse' or 'warn', got {guard!r}")
     _validate_options(budget, list(lambda_grid), {"finetune": finetune, "search": search, "retrain": retrain}, timing)
+    _check_trainer(trainer)
     out = Path(output_dir).expanduser().absolute()
     config = {
         "task": task,
@@ -763,5 +778,11 @@ def main(argv: list[str]) -> None:
     cfg = parser.parse_args(argv)
     init = parser.instantiate_classes(cfg)
     kwargs = {k: v for k, v in vars(init).items() if k != "config" and not k.startswith("__")}
-    with OutputLock(ensure_output_dir(kwargs["output_dir"])):
-        run(**kwargs)
+    out = Path(kwargs["output_dir"]).expanduser().absolute()
+    created = not out.exists()
+    try:
+        with OutputLock(ensure_output_dir(out)):
+            run(**kwargs)
+    finally:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a run refused before it wrote anything leaves no folder behind

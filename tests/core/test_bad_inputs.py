@@ -18,7 +18,7 @@ import pytest
 
 from lit_efficiency.cli import CONF_DIR, main
 from lit_efficiency.core.checkpoint import digest_path, save_checked
-from lit_efficiency.core.paths import ENV_DATA
+from lit_efficiency.power_bert import pipeline
 
 DYN = ["fit", "--config", str(CONF_DIR / "dyn_gnn/smoke.yaml"), "--trainer.default_root_dir={tmp}/runs"]
 STAGE = [
@@ -114,19 +114,22 @@ def _symlinked_checkpoint(tmp: Path) -> dict:
     return {}
 
 
+class _Killed(Exception):
+    """Stands for a kill -9 of the first attempt."""
+
+
 def _pipeline_state(relative: str, content: str):
     """An output folder from an earlier attempt (a real pipeline.json) with ``relative`` replaced by ``content``."""
 
     def setup(tmp: Path) -> dict:
-        # The first attempt records pipeline.json and stops in its first stage: no data (an empty data root).
-        (tmp / "nodata").mkdir()
-        saved = os.environ.get(ENV_DATA)
-        os.environ[ENV_DATA] = str(tmp / "nodata")
-        try:
-            with pytest.raises(SystemExit):
+        # The first attempt records pipeline.json (after validating options and data) and dies in its first stage.
+        def killed(*args, **kwargs):
+            raise _Killed
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(pipeline, "_run_stage", killed)
+            with pytest.raises((_Killed, SystemExit)):
                 main([a.format(tmp=tmp) for a in PIPE])
-        finally:
-            os.environ.pop(ENV_DATA) if saved is None else os.environ.__setitem__(ENV_DATA, saved)
         assert (tmp / "out" / "pipeline.json").is_file()
         _file(f"out/{relative}", content)(tmp)
         return {}
@@ -222,6 +225,7 @@ CASES = [
     ("pipe-corrupted-done", _pipeline_state("finetune/done.json", "{oops"), PIPE, "done.json: corrupted"),
     ("pipe-corrupted-last", _pipeline_state("finetune/checkpoints/last.ckpt", "garbage"), PIPE, "last.ckpt"),
     ("pipe-locked", _locked("out"), PIPE, "pid {holder}"),
+    ("pipe-no-such-accelerator", _nothing, [*PIPE, "--trainer.accelerator=mps"], "trainer"),
     ("pipe-not-empty", _file("out/precious.txt", "keep"), PIPE, "not empty"),
 ]
 
