@@ -12,6 +12,7 @@ registered in :data:`PIPELINES` and run several trainer stages in one process.
 from __future__ import annotations
 
 import importlib
+import importlib.resources
 import sys
 import warnings
 from pathlib import Path
@@ -22,8 +23,21 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lit_efficiency.core.deprecation import LitEfficiencyDeprecationWarning
 from lit_efficiency.core.errors import ConfigError, LitEfficiencyError
 
-#: ``conf/`` of the checkout (present for source and editable installs).
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+def conf_dir() -> Path:
+    """The project's ``conf/``: the checkout's (source and editable installs), else the copy shipped in the package.
+
+    A wheel installs ``conf/`` as ``lit_efficiency/conf`` (``pyproject.toml`` maps it); a checkout is recognised by
+    the ``pyproject.toml`` beside its ``conf/``.
+    """
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "conf").is_dir():
+        return checkout / "conf"
+    return Path(str(importlib.resources.files("lit_efficiency") / "conf"))
+
+
+#: The ``conf/`` folder in use (see :func:`conf_dir`).
+CONF_DIR = conf_dir()
 
 #: Data-module arguments linked into the model's argument of the same name (set them on the data only).
 LINKED_FROM_DATA: tuple[str, ...] = ("task", "max_seq_len")
@@ -35,9 +49,24 @@ PIPELINES: dict[str, str] = {
 
 
 def default_config_files() -> list[str]:
-    """``conf/defaults.yaml`` when it exists (seed, trainer defaults, CSV logger, checkpointing)."""
-    defaults = CONF_DIR / "defaults.yaml"
-    return [str(defaults)] if defaults.is_file() else []
+    """``conf/defaults.yaml`` (seed, trainer defaults, CSV logger, checkpointing), always applied first."""
+    return [str(CONF_DIR / "defaults.yaml")]
+
+
+def _packaged_configs(argv: list[str]) -> list[str]:
+    """``--config conf/X.yaml`` -> the packaged ``conf/X.yaml`` when the working directory has no such file.
+
+    The README's commands then run from any directory after a wheel install (no checkout needed).
+    """
+    out = []
+    for i, token in enumerate(argv):
+        key, sep, value = token.partition("=")
+        previous = argv[i - 1] if i else ""
+        path = value if sep and key in ("--config", "-c") else token if previous in ("--config", "-c") else None
+        if path and path.startswith("conf/") and not Path(path).exists() and (CONF_DIR.parent / path).is_file():
+            token = f"{key}={CONF_DIR.parent / path}" if sep else str(CONF_DIR.parent / path)
+        out.append(token)
+    return out
 
 
 class LitEfficiencyCLI(LightningCLI):
@@ -149,14 +178,18 @@ def _run_pipeline(name: str, argv: list[str]) -> None:
 
 def main(args: ArgsType = None) -> None:
     """Entry point of ``lit-efficiency``; ``args`` lets tests call it without touching ``sys.argv``."""
-    argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
+    argv = _packaged_configs(list(sys.argv[1:] if args is None else args)) if not isinstance(args, dict) else None
     # Python hides DeprecationWarnings raised outside __main__; a config naming an old class path should say so.
     warnings.simplefilter("default", LitEfficiencyDeprecationWarning)
     try:
         if argv and argv[0] in PIPELINES:
             _run_pipeline(argv[0], argv[1:])
-        else:
+        elif argv is None:
             LitEfficiencyCLI(args=args)
+        else:
+            with warnings.catch_warnings():  # argv is sys.argv with packaged config paths: not a mistake
+                warnings.filterwarnings("ignore", "LightningCLI's args parameter is intended", UserWarning)
+                LitEfficiencyCLI(args=argv)
     except LitEfficiencyError as err:
         print(f"lit-efficiency: error: {err}", file=sys.stderr)
         sys.exit(2)
