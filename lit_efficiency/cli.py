@@ -74,13 +74,12 @@ class LitEfficiencyCLI(LightningCLI):
 
     def __init__(self, args: ArgsType = None, run: bool = True, **kwargs: Any) -> None:
         defaults = {"default_config_files": default_config_files()}
-        epilog = "pipelines: " + "; ".join(f"{name} (see: lit-efficiency {name} --help)" for name in PIPELINES)
-        parser_kwargs = kwargs.pop("parser_kwargs", None) or {
-            **{sub: dict(defaults) for sub in self.subcommands()},
-            "epilog": epilog,
-        }
+        parser_kwargs = kwargs.pop("parser_kwargs", None) or {sub: dict(defaults) for sub in self.subcommands()}
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         self._explicit_model_links = _explicit_model_links(sys.argv[1:] if args is None else args)
+        # Every task of the project builds its own optimizer and schedule (PoWER-BERT's search has its own parameter
+        # group; the dynamic-GNN modules are built in setup()), so --optimizer/--lr_scheduler are not offered.
+        kwargs.setdefault("auto_configure_optimizers", False)
         super().__init__(
             subclass_mode_model=True,
             subclass_mode_data=True,
@@ -89,6 +88,16 @@ class LitEfficiencyCLI(LightningCLI):
             run=run,
             **kwargs,
         )
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        """The trainer subcommands, then the pipelines, so that ``--help`` lists them all (``main`` runs a
+        pipeline itself, with its own parser, before this one would parse it)."""
+        super()._add_subcommands(parser, **kwargs)
+        for name in PIPELINES:
+            listed = LightningArgumentParser(description=f"see: lit-efficiency {name} --help")
+            parser._subcommands_action.add_subcommand(
+                name, listed, help=f"pipeline (see: lit-efficiency {name} --help)"
+            )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Values decided once, by the data module, and linked into the model (never typed twice).

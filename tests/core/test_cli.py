@@ -150,3 +150,31 @@ def test_cli_bad_config_field_exits_nonzero(tmp_path, capsys):
     code, _, err = _run(["fit", "--config", str(base), "--trainer.max_epochs=abc"], capsys)
     assert code != 0
     assert "max_epochs" in err
+
+
+def test_cli_help_lists_the_pipelines_as_subcommands(capsys):
+    code, out, _ = _run(["--help"], capsys)
+    assert code == 0
+    assert "{fit,validate,test,predict," + ",".join(PIPELINES) + "}" in out
+
+
+def test_optimizer_flags_are_not_offered(capsys, tmp_path):
+    """Every task builds its own optimizer: --optimizer/--lr_scheduler are neither listed nor accepted."""
+    code, out, _ = _run(["fit", "--help"], capsys)
+    assert code == 0 and "--optimizer" not in out and "--lr_scheduler" not in out
+    base = _write(tmp_path / "tiny.yaml", TINY)
+    code, _, err = _run(["fit", "--config", str(base), "--optimizer=Adam", "--print_config"], capsys)
+    assert code != 0 and "optimizer" in err
+
+
+def test_power_bert_trainer_section_is_the_documented_subset(capsys):
+    """`power-bert` takes its own configs (conf/power_bert/<task>.yaml) and the trainer fields the README lists;
+    another Trainer argument is refused by name (run the stages with `fit` for those)."""
+    code, out, _ = _run(["power-bert", "--help"], capsys)
+    assert code == 0
+    for field in ("accelerator", "devices", "precision", "logger", "enable_progress_bar", "val_check_interval"):
+        assert f"--trainer.{field}" in out
+    code, _, err = _run(
+        ["power-bert", "--output_dir", "x", "--task", "rte", "--trainer.gradient_clip_val", "1"], capsys
+    )
+    assert code != 0 and "gradient_clip_val" in err
