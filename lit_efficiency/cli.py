@@ -22,6 +22,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 
 from lit_efficiency.core.deprecation import LitEfficiencyDeprecationWarning
 from lit_efficiency.core.errors import ConfigError, LitEfficiencyError
+from lit_efficiency.core.loggers import describe_wandb_runs, finish_wandb_run
 
 
 def conf_dir() -> Path:
@@ -131,6 +132,17 @@ class LitEfficiencyCLI(LightningCLI):
                     f"{data_args[name]!r}; set {name} once, on the data (the CLI copies it to the model)"
                 )
 
+    def instantiate_classes(self) -> None:
+        """Instantiate as LightningCLI does, then describe the wandb runs (name, group, job type) and give them the
+        whole resolved config (trainer, class paths, seed), not only the model and data arguments."""
+        super().instantiate_classes()
+        if not self.subcommand:
+            return
+        import yaml
+
+        config = yaml.safe_load(self.parser.dump(self.config, skip_check=True))[self.subcommand]
+        describe_wandb_runs(self.trainer.loggers, config, job_type=self.subcommand)
+
 
 def _explicit_model_links(args: Any) -> dict[str, tuple[Any, str]]:
     """Model values of :data:`LINKED_FROM_DATA` typed on the command line or in a ``--config`` file.
@@ -203,6 +215,7 @@ def main(args: ArgsType = None) -> None:
         print(f"lit-efficiency: error: {err}", file=sys.stderr)
         sys.exit(2)
     finally:
+        finish_wandb_run()
         _destroy_process_group()
 
 
