@@ -5,6 +5,7 @@ from __future__ import annotations
 import netrc
 import os
 import socket
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -149,3 +150,36 @@ def log_breakdown(loggers: list[Any], key: str, columns: list[str], rows: list[t
                     for col, value in zip(columns[1:], row[1:], strict=True)
                 }
             )
+
+
+def pipeline_run_info(output_dir: Path, stage: str) -> dict[str, str]:
+    """``WandbLogger`` arguments of one pipeline stage: one run per stage, ``job_type`` = the stage, all stages of
+    one output directory in one group (its absolute path, wandb's 128-character limit kept from the right)."""
+    output_dir = Path(output_dir).absolute()
+    return {"name": f"{output_dir.name}-{stage}", "group": str(output_dir)[-128:], "job_type": stage}
+
+
+def log_pipeline_report(
+    project: str, output_dir: Path, report: dict[str, Any], config: dict[str, Any], artifacts: dict[str, Path]
+) -> None:
+    """The pipeline's last run (``job_type`` ``report``, same group as the stages): the report in the summary, the
+    pipeline config, a retention-per-layer bar chart, and ``artifacts`` (``{type: file or folder}``: the shipped
+    model, the retention file) as wandb artifacts. Offline by itself, as :class:`WandbLogger`."""
+    import wandb
+
+    info = pipeline_run_info(output_dir, "report")
+    mode = "offline" if wandb_offline_reason() is not None else "online"
+    run = wandb.init(project=project, dir=str(output_dir), config=config, mode=mode, **info)
+    try:
+        run.summary.update({k: v for k, v in report.items() if isinstance(v, (int, float, str))})
+        kept = wandb.Table(
+            columns=["layer", "tokens kept"], data=[[i + 1, n] for i, n in enumerate(report["retention"])]
+        )
+        title = f"{report['task']}: word vectors kept per layer (of {report['max_seq_len']})"
+        run.log({"retention_per_layer": wandb.plot.bar(kept, "layer", "tokens kept", title=title)})
+        for kind, path in artifacts.items():
+            artifact = wandb.Artifact(f"{info['name']}-{kind}", type=kind)
+            artifact.add_dir(str(path)) if Path(path).is_dir() else artifact.add_file(str(path))
+            run.log_artifact(artifact)
+    finally:
+        run.finish()

@@ -140,9 +140,10 @@ def _trainer(stage_dir: Path, cfg: TrainerConfig, stage: StageConfig, name: str,
 
     loggers: list[Any] = [CSVLogger(stage_dir, name="csv")]  # a resumed stage logs to a new version
     if cfg.logger == "wandb":
-        from lit_efficiency.core.loggers import WandbLogger
+        from lit_efficiency.core.loggers import WandbLogger, pipeline_run_info
 
-        loggers.append(WandbLogger(project=cfg.wandb_project, name=name, save_dir=str(stage_dir)))
+        info = pipeline_run_info(stage_dir.parent, name)  # one run per stage, grouped by the output directory
+        loggers.append(WandbLogger(project=cfg.wandb_project, save_dir=str(stage_dir), **info))
     return L.Trainer(
         default_root_dir=stage_dir,
         accelerator=cfg.accelerator,
@@ -173,6 +174,8 @@ def _run_stage(
 ) -> dict[str, Any]:
     """Fit one stage (resuming from ``last.ckpt``), export its model folder, validate, and mark it done."""
     from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lit_efficiency.core.loggers import finish_wandb_run
 
     stage_dir = out / name
     done = stage_dir / "done.json"
@@ -207,6 +210,7 @@ def _run_stage(
     if name == "search":
         record["masses"] = module.masses()
     done.write_text(json.dumps(record, indent=2))
+    finish_wandb_run()  # the next stage starts its own run
     return record
 
 
@@ -447,6 +451,11 @@ def run(
         "epochs": {"finetune": finetune.epochs, "search": search.epochs, "retrain": retrain.epochs},
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
+    if trainer.logger == "wandb":
+        from lit_efficiency.core.loggers import log_pipeline_report
+
+        artifacts = {"model": out / "model", "retention": retention_file}
+        log_pipeline_report(trainer.wandb_project, out, report, config, artifacts)
     print(format_report(report))
     print(f"[power-bert] outputs: {out}/report.json, model: {out}/model, retention: {retention_file}")
     return report
