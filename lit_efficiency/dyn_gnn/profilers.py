@@ -92,8 +92,10 @@ class TransferProfiler(_PerStageLogger):
     def summary(self) -> str:
         t = self.totals
         ratio = t["full_bytes"] / max(t["h2d_bytes"], 1.0)
+        saved = (t["full_bytes"] - t["h2d_bytes"]) / 2**20
         return (
-            f"transfer: {t['h2d_bytes'] / 2**20:.1f} MiB shipped ({ratio:.2f}x fewer than full snapshots), "
+            f"transfer: {t['h2d_bytes'] / 2**20:.1f} MiB shipped instead of {t['full_bytes'] / 2**20:.1f} MiB of full "
+            f"snapshots ({saved:.1f} MiB saved, {ratio:.2f}x fewer than full snapshots), "
             f"h2d {t['h2d_ms']:.1f} ms, rebuild {t['rebuild_ms']:.1f} ms"
         )
 

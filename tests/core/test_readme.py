@@ -24,7 +24,7 @@ README = ROOT / "README.md"
 
 #: Commands not run by this test: regex (searched in the command) -> why.
 NOT_RUN: dict[str, str] = {
-    r"^make (demo|install)\b": "creates .venv and installs; tests/core/test_demo.py runs the demo's configs",
+    r"^make (demo|install)\b": "creates .venv and installs (pip); the demo's configs are parsed by the config tests",
     r"^make test\b": "the test suite itself",
     r"^make gpu-check\b": "tests/core/test_gpu_check.py runs its dry run",
     r"^pytest\b": "the test suite itself",
