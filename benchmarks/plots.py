@@ -60,8 +60,8 @@ def scale_breakdown(results: Path, plt) -> Path:
         left += seconds
     ax.set_yticks([])
     ax.set_xlabel("seconds")
-    edges = run["edges_total"]
-    ax.set_title(f"Scale run: {edges:.1e} edges, N = {run['num_nodes']:.0e}, T = {run['num_snapshots']} ({run['device']})")
+    size = f"{run['edges_total']:.1e} edges, N = {run['num_nodes']:.0e}, T = {run['num_snapshots']}"
+    ax.set_title(f"Scale run: {size} ({run['device']})")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=2)
     return _save(fig, results / "scale_breakdown.png")
 

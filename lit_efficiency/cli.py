@@ -23,6 +23,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lit_efficiency.core.deprecation import LitEfficiencyDeprecationWarning
 from lit_efficiency.core.errors import ConfigError, LitEfficiencyError
 from lit_efficiency.core.loggers import describe_wandb_runs, finish_wandb_run
+from lit_efficiency.core.quiet import quiet_libraries
 
 
 def conf_dir() -> Path:
@@ -202,6 +203,7 @@ def main(args: ArgsType = None) -> None:
     argv = _packaged_configs(list(sys.argv[1:] if args is None else args)) if not isinstance(args, dict) else None
     # Python hides DeprecationWarnings raised outside __main__; a config naming an old class path should say so.
     warnings.simplefilter("default", LitEfficiencyDeprecationWarning)
+    quiet_libraries()
     try:
         if argv and argv[0] in PIPELINES:
             _run_pipeline(argv[0], argv[1:])

@@ -1,6 +1,7 @@
 """The one CLI: help, config composition, every YAML in conf/, logging, error reporting."""
 
 import csv
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -178,3 +179,19 @@ def test_power_bert_trainer_section_is_the_documented_subset(capsys):
         ["power-bert", "--output_dir", "x", "--task", "rte", "--trainer.gradient_clip_val", "1"], capsys
     )
     assert code != 0 and "gradient_clip_val" in err
+
+
+def test_no_lightning_tips_or_library_internal_warnings(tmp_path):
+    """A plain fit prints neither Lightning's advertisements nor warnings about library internals."""
+    from lit_efficiency.core.quiet import INTERNAL_WARNINGS, TIP_PREFIX
+
+    config = CONF_DIR / "dyn_gnn" / "smoke.yaml"  # sparse CSR adjacencies: torch's beta warning without the filter
+    proc = subprocess.run(
+        [sys.executable, "-m", "lit_efficiency", "fit", "--config", str(config), "--trainer.max_epochs=1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    output = proc.stdout + proc.stderr
+    assert TIP_PREFIX not in output and "Trainer.fit` stopped" in output
+    for message in INTERNAL_WARNINGS:
+        assert not re.search(message, output), message
