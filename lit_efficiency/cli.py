@@ -12,6 +12,7 @@ registered in :data:`PIPELINES` and run several trainer stages in one process.
 from __future__ import annotations
 
 import importlib
+import importlib.resources
 import sys
 import warnings
 from pathlib import Path
@@ -23,10 +24,25 @@ from lit_efficiency.core.checkpoint import attach_run_dir
 from lit_efficiency.core.deprecation import LitEfficiencyDeprecationWarning
 from lit_efficiency.core.errors import ConfigError, OneLineErrors, find_user_error
 from lit_efficiency.core.lock import OutputLock
+from lit_efficiency.core.loggers import describe_wandb_runs, finish_wandb_run
 from lit_efficiency.core.paths import ensure_output_dir
+from lit_efficiency.core.quiet import quiet_libraries
 
-#: ``conf/`` of the checkout (present for source and editable installs).
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+def conf_dir() -> Path:
+    """The project's ``conf/``: the checkout's (source and editable installs), else the copy shipped in the package.
+
+    A wheel installs ``conf/`` as ``lit_efficiency/conf`` (``pyproject.toml`` maps it); a checkout is recognised by
+    the ``pyproject.toml`` beside its ``conf/``.
+    """
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "conf").is_dir():
+        return checkout / "conf"
+    return Path(str(importlib.resources.files("lit_efficiency") / "conf"))
+
+
+#: The ``conf/`` folder in use (see :func:`conf_dir`).
+CONF_DIR = conf_dir()
 
 #: Data-module arguments linked into the model's argument of the same name (set them on the data only).
 LINKED_FROM_DATA: tuple[str, ...] = ("task", "max_seq_len")
@@ -50,9 +66,24 @@ class _Parser(OneLineErrors, LightningArgumentParser):
 
 
 def default_config_files() -> list[str]:
-    """``conf/defaults.yaml`` when it exists (seed, trainer defaults, CSV logger, checkpointing)."""
-    defaults = CONF_DIR / "defaults.yaml"
-    return [str(defaults)] if defaults.is_file() else []
+    """``conf/defaults.yaml`` (seed, trainer defaults, CSV logger, checkpointing), always applied first."""
+    return [str(CONF_DIR / "defaults.yaml")]
+
+
+def _packaged_configs(argv: list[str]) -> list[str]:
+    """``--config conf/X.yaml`` -> the packaged ``conf/X.yaml`` when the working directory has no such file.
+
+    The README's commands then run from any directory after a wheel install (no checkout needed).
+    """
+    out = []
+    for i, token in enumerate(argv):
+        key, sep, value = token.partition("=")
+        previous = argv[i - 1] if i else ""
+        path = value if sep and key in ("--config", "-c") else token if previous in ("--config", "-c") else None
+        if path and path.startswith("conf/") and not Path(path).exists() and (CONF_DIR.parent / path).is_file():
+            token = f"{key}={CONF_DIR.parent / path}" if sep else str(CONF_DIR.parent / path)
+        out.append(token)
+    return out
 
 
 class LitEfficiencyCLI(LightningCLI):
@@ -60,14 +91,13 @@ class LitEfficiencyCLI(LightningCLI):
 
     def __init__(self, args: ArgsType = None, run: bool = True, **kwargs: Any) -> None:
         defaults = {"default_config_files": default_config_files()}
-        epilog = "pipelines: " + "; ".join(f"{name} (see: lit-efficiency {name} --help)" for name in PIPELINES)
-        parser_kwargs = kwargs.pop("parser_kwargs", None) or {
-            **{sub: dict(defaults) for sub in self.subcommands()},
-            "epilog": epilog,
-        }
+        parser_kwargs = kwargs.pop("parser_kwargs", None) or {sub: dict(defaults) for sub in self.subcommands()}
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_class", _Parser)
         self._explicit_model_links = _explicit_model_links(sys.argv[1:] if args is None else args)
+        # Every task of the project builds its own optimizer and schedule (PoWER-BERT's search has its own parameter
+        # group; the dynamic-GNN modules are built in setup()), so --optimizer/--lr_scheduler are not offered.
+        kwargs.setdefault("auto_configure_optimizers", False)
         super().__init__(
             subclass_mode_model=True,
             subclass_mode_data=True,
@@ -76,6 +106,16 @@ class LitEfficiencyCLI(LightningCLI):
             run=run,
             **kwargs,
         )
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        """The trainer subcommands, then the pipelines, so that ``--help`` lists them all (``main`` runs a
+        pipeline itself, with its own parser, before this one would parse it)."""
+        super()._add_subcommands(parser, **kwargs)
+        for name in PIPELINES:
+            listed = LightningArgumentParser(description=f"see: lit-efficiency {name} --help")
+            parser._subcommands_action.add_subcommand(
+                name, listed, help=f"pipeline (see: lit-efficiency {name} --help)"
+            )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Values decided once, by the data module, and linked into the model (never typed twice).
@@ -152,6 +192,17 @@ class LitEfficiencyCLI(LightningCLI):
                     f"{given[1]}: model.init_args.{name}={given[0]!r} differs from data.init_args.{name}="
                     f"{data_args[name]!r}; set {name} once, on the data (the CLI copies it to the model)"
                 )
+
+    def instantiate_classes(self) -> None:
+        """Instantiate as LightningCLI does, then describe the wandb runs (name, group, job type) and give them the
+        whole resolved config (trainer, class paths, seed), not only the model and data arguments."""
+        super().instantiate_classes()
+        if not self.subcommand:
+            return
+        import yaml
+
+        config = yaml.safe_load(self.parser.dump(self.config, skip_check=True))[self.subcommand]
+        describe_wandb_runs(self.trainer.loggers, config, job_type=self.subcommand)
 
 
 def _check_values(config: Any) -> None:
@@ -233,14 +284,19 @@ def _run_pipeline(name: str, argv: list[str]) -> None:
 
 def main(args: ArgsType = None) -> None:
     """Entry point of ``lit-efficiency``; ``args`` lets tests call it without touching ``sys.argv``."""
-    argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
+    argv = _packaged_configs(list(sys.argv[1:] if args is None else args)) if not isinstance(args, dict) else None
     # Python hides DeprecationWarnings raised outside __main__; a config naming an old class path should say so.
     warnings.simplefilter("default", LitEfficiencyDeprecationWarning)
+    quiet_libraries()
     try:
         if argv and argv[0] in PIPELINES:
             _run_pipeline(argv[0], argv[1:])
-        else:
+        elif argv is None:
             LitEfficiencyCLI(args=args)
+        else:
+            with warnings.catch_warnings():  # argv is sys.argv with packaged config paths: not a mistake
+                warnings.filterwarnings("ignore", "LightningCLI's args parameter is intended", UserWarning)
+                LitEfficiencyCLI(args=argv)
     except Exception as err:  # a user error, possibly wrapped by jsonargparse while instantiating the classes
         user_error = find_user_error(err)
         if user_error is None:
@@ -248,6 +304,7 @@ def main(args: ArgsType = None) -> None:
         print(f"lit-efficiency: error: {user_error}", file=sys.stderr)
         sys.exit(2)
     finally:
+        finish_wandb_run()
         _destroy_process_group()
 
 

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from lit_efficiency.core.loggers import log_breakdown
 from lit_efficiency.core.recorders import CommEvent, Recorder, TransferEvent, comm_metrics, transfer_metrics
 
 
@@ -70,6 +71,11 @@ class TransferProfiler(_PerStageLogger):
 
     def __init__(self) -> None:
         self.totals = {"h2d_ms": 0.0, "rebuild_ms": 0.0, "h2d_bytes": 0.0, "full_bytes": 0.0}
+        self._fit_start = time.perf_counter()
+
+    @override
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._fit_start = time.perf_counter()
 
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         recorder = _owned_recorder("transfer_recorder", trainer, pl_module)
@@ -86,14 +92,27 @@ class TransferProfiler(_PerStageLogger):
     def summary(self) -> str:
         t = self.totals
         ratio = t["full_bytes"] / max(t["h2d_bytes"], 1.0)
+        saved = (t["full_bytes"] - t["h2d_bytes"]) / 2**20
         return (
-            f"transfer: {t['h2d_bytes'] / 2**20:.1f} MiB shipped ({ratio:.2f}x fewer than full snapshots), "
+            f"transfer: {t['h2d_bytes'] / 2**20:.1f} MiB shipped instead of {t['full_bytes'] / 2**20:.1f} MiB of full "
+            f"snapshots ({saved:.1f} MiB saved, {ratio:.2f}x fewer than full snapshots), "
             f"h2d {t['h2d_ms']:.1f} ms, rebuild {t['rebuild_ms']:.1f} ms"
         )
 
+    def breakdown(self, wall_ms: float) -> list[tuple[str, float, float]]:
+        """``(part, ms, share of wall_ms)`` for the transfer, the rebuild and everything else (compute)."""
+        t = self.totals
+        parts = [("h2d", t["h2d_ms"]), ("rebuild", t["rebuild_ms"])]
+        parts.append(("compute", max(wall_ms - sum(ms for _, ms in parts), 0.0)))
+        return [(name, ms, ms / max(wall_ms, 1e-9)) for name, ms in parts]
+
     @override
     def on_fit_end(self, trainer, pl_module) -> None:
-        rank_zero_info(self.summary())
+        rows = self.breakdown(1000.0 * (time.perf_counter() - self._fit_start))
+        split = ", ".join(f"{name} {100 * share:.0f}%" for name, _, share in rows)
+        rank_zero_info(f"{self.summary()}; of the fit's wall time: {split}")
+        if trainer.is_global_zero:
+            log_breakdown(trainer.loggers, "transfer_breakdown", ["part", "ms", "share"], rows)
 
 
 class AllReduceTimer:
@@ -170,3 +189,7 @@ class CommProfiler(_PerStageLogger):
             f"{t.get('train/alltoall_ms', 0):.1f} ms; all-reduce {t.get('train/allreduce_bytes', 0) / 2**20:.2f} MiB "
             f"in {t.get('train/allreduce_ms', 0):.1f} ms"
         )
+        if trainer.is_global_zero:
+            rows = [(part, t.get(f"train/{part}_bytes", 0.0), t.get(f"train/{part}_ms", 0.0))
+                    for part in ("alltoall", "allreduce")]  # fmt: skip
+            log_breakdown(trainer.loggers, "comm_breakdown", ["part", "bytes", "ms"], rows)

@@ -165,9 +165,10 @@ def _trainer(stage_dir: Path, cfg: TrainerConfig, stage: StageConfig, name: str,
 
     loggers: list[Any] = [CSVLogger(stage_dir, name="csv")]  # a resumed stage logs to a new version
     if cfg.logger == "wandb":
-        from lit_efficiency.core.loggers import WandbLogger
+        from lit_efficiency.core.loggers import WandbLogger, pipeline_run_info
 
-        loggers.append(WandbLogger(project=cfg.wandb_project, name=name, save_dir=str(stage_dir)))
+        info = pipeline_run_info(stage_dir.parent, name)  # one run per stage, grouped by the output directory
+        loggers.append(WandbLogger(project=cfg.wandb_project, save_dir=str(stage_dir), **info))
     return L.Trainer(
         default_root_dir=stage_dir,
         accelerator=cfg.accelerator,
@@ -204,6 +205,8 @@ def _run_stage(
     """
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lit_efficiency.core.loggers import finish_wandb_run
 
     stage_dir = out / name
     done = stage_dir / "done.json"
@@ -242,6 +245,7 @@ def _run_stage(
     if name == "search":
         record["masses"] = module.masses()
     atomic_write_text(done, json.dumps(record, indent=2))
+    finish_wandb_run()  # the next stage starts its own run
     return record
 
 
@@ -634,6 +638,11 @@ def run(
     save_retention(out / "model" / "retention.json", retention, overwrite=True, task=task, max_seq_len=max_seq_len)
     report["plots"] = [p.name for p in write_plots(report, out)]
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
+    if trainer.logger == "wandb":
+        from lit_efficiency.core.loggers import log_pipeline_report
+
+        artifacts = {"model": out / "model", "retention": out / "model" / "retention.json"}
+        log_pipeline_report(trainer.wandb_project, out, report, config, artifacts)
     print(format_report(report))
     print(f"[power-bert] outputs: {out}/report.json, plots: {', '.join(report['plots'])}, model: {out}/model")
     return report

@@ -199,6 +199,13 @@ class PowerBertModule(L.LightningModule):
             out["idx"] = batch["idx"]
         return out
 
+    @override
+    def configure_callbacks(self) -> list[L.Callback]:
+        """``predict`` writes the GLUE submission file (``<TASK>.tsv``) beside the run's metrics."""
+        from lit_efficiency.power_bert.submission import GlueSubmissionWriter
+
+        return [GlueSubmissionWriter()]
+
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Optimiser parameter groups (the search stage adds one for the retention parameters)."""
         params = [p for n, p in self.model.named_parameters() if p.requires_grad and "soft_extracts" not in n]

@@ -1,6 +1,7 @@
 """The package layout's invariants (docs/architecture.md): pure-torch model files, import directions, old paths."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -132,15 +133,33 @@ def test_old_import_paths_are_the_new_objects():
     assert Old is PowerBertEncoder and old_resolve is resolve_data_root
 
 
-def test_every_repository_path_named_in_the_readme_exists():
-    """Paths the README and docs/ give a reader (configs, scripts, results, modules) exist in this layout."""
-    import re
+def _expand_braces(path: str) -> list[str]:
+    """``conf/trainer/{cpu,gpu}.yaml`` -> ``[conf/trainer/cpu.yaml, conf/trainer/gpu.yaml]`` (one brace group)."""
+    match = re.search(r"\{([^{}]*)\}", path)
+    if not match:
+        return [path]
+    return [path[: match.start()] + choice + path[match.end() :] for choice in match.group(1).split(",")]
 
+
+def test_every_repository_path_named_in_the_readme_exists():
+    """Paths the README and docs/ give a reader (configs, scripts, results, modules, folders) exist in this layout.
+
+    Files with a known suffix, brace lists (``conf/logger/{csv,wandb}.yaml``) and folders written with a trailing
+    slash (``benchmarks/results/gpu/``) are checked; placeholders (``<task>``) and globs are not paths.
+    """
     roots = "conf|benchmarks|docs|lit_efficiency|tests"
-    pattern = re.compile(rf"(?<![\w/.])((?:{roots})/[\w./-]*\w\.(?:yaml|py|md|json|png))")
+    files = re.compile(rf"(?<![\w/.])((?:{roots})/[\w./{{}},-]*[\w}}]\.(?:yaml|py|md|json|png))")
+    folders = re.compile(rf"(?<![\w/.])((?:{roots})/(?:[\w.-]+/)*)(?![\w<*{{])")
     missing = {}
     for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
-        for path in sorted(set(pattern.findall(doc.read_text()))):
+        text = doc.read_text()
+        named = {p for found in files.findall(text) for p in _expand_braces(found)} | set(folders.findall(text))
+        for path in sorted(named):
             if "*" not in path and "<" not in path and not (ROOT / path).exists() and not (doc.parent / path).exists():
                 missing.setdefault(doc.name, []).append(path)
     assert missing == {}
+
+
+def test_brace_lists_expand():
+    assert _expand_braces("conf/logger/{csv,wandb}.yaml") == ["conf/logger/csv.yaml", "conf/logger/wandb.yaml"]
+    assert _expand_braces("conf/defaults.yaml") == ["conf/defaults.yaml"]
