@@ -134,6 +134,17 @@ def _yaml_model_section(path: str) -> dict[str, Any]:
     return model if isinstance(model, dict) else {}
 
 
+def _project_error(err: BaseException) -> LitEfficiencyError | None:
+    """The project's error behind ``err``: itself, or the cause jsonargparse chained to its ValueError when a class
+    raised while being instantiated from the config."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, LitEfficiencyError):
+            return seen
+        seen = seen.__cause__
+    return None
+
+
 def _destroy_process_group() -> None:
     # gloo can abort the interpreter at exit after a successful DDP fit unless the group is destroyed first.
     import torch.distributed as dist
@@ -157,8 +168,11 @@ def main(args: ArgsType = None) -> None:
             _run_pipeline(argv[0], argv[1:])
         else:
             LitEfficiencyCLI(args=args)
-    except LitEfficiencyError as err:
-        print(f"lit-efficiency: error: {err}", file=sys.stderr)
+    except (LitEfficiencyError, ValueError) as err:
+        cause = _project_error(err)
+        if cause is None:
+            raise
+        print(f"lit-efficiency: error: {cause}", file=sys.stderr)
         sys.exit(2)
     finally:
         _destroy_process_group()
