@@ -10,7 +10,8 @@ for :class:`~lit_efficiency.dyn_gnn.datamodule.SnapshotDataModule` with ``storag
 * **Device-side rebuild.** :func:`rebuild_block` (called by the data module's ``transfer_batch_to_device``) ships
   a block's items, applies the diffs to the previous snapshot's keys (kept on the device between blocks), verifies
   the checksums, and builds the CSR and the GCN normalisation from the degrees on the device
-  (:func:`rebuild_adjacency`). Both transfer modes run the same rebuild on the same keys, so training is bit-identical between them.
+  (:func:`rebuild_adjacency`). Both transfer modes run the same rebuild on the same keys, so training is
+  bit-identical between them.
 * **Timing.** Every transfer and rebuild is timed (:class:`~lit_efficiency.core.timing.Timer`, CUDA-synchronised)
   and recorded, with the bytes shipped and the bytes a full transfer would have shipped, in
   the data module's ``transfer_recorder``, which
