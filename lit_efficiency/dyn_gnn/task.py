@@ -336,8 +336,8 @@ class DynGNNTask(L.LightningModule):
             else:
                 score = out.sigmoid() if task == "link_prediction" else out.softmax(-1)[:, 1]
                 name = "score" if task == "link_prediction" else "p_positive"
-                record.update(src=target.edge_index[0], dst=target.edge_index[1], label=target.label)
-                record[name] = score
+                record.update({"src": target.edge_index[0], "dst": target.edge_index[1], name: score})
+                record["label"] = target.label
             records.append(record)
         return records
 

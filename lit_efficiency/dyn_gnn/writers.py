@@ -80,7 +80,7 @@ class SnapshotPredictionWriter(BasePredictionWriter):
         for record in prediction:
             self._write(record, node_ids)
 
-    def _write(self, record: dict[str, Tensor], node_ids: Tensor | None) -> None:
+    def _write(self, record: dict[str, Any], node_ids: Tensor | None) -> None:
         assert self.output_dir is not None
         stem = f"snapshot_{int(record['target_snapshot']):05d}"
         columns = [k for k in record if k not in ("snapshot", "target_snapshot")]
@@ -90,7 +90,7 @@ class SnapshotPredictionWriter(BasePredictionWriter):
                 if key in rows:
                     rows[key] = node_ids[rows[key]]
         buffer = io.BytesIO()
-        torch.save({k: v.detach().cpu() for k, v in record.items()}, buffer)
+        torch.save({k: v.detach().cpu() if isinstance(v, Tensor) else v for k, v in record.items()}, buffer)
         text = io.StringIO()
         out = csv.writer(text)
         out.writerow(columns)
