@@ -325,6 +325,8 @@ class DynGNNTask(L.LightningModule):
     @override
     def predict_step(self, batch: SnapshotBatch, batch_idx: int) -> list[dict[str, Any]]:
         """Per predicted snapshot ``t + 1``: link scores, sign probabilities or node values (see ``writers``)."""
+        if len(getattr(batch, "snap_blocks", ())) > 1:
+            raise ConfigError("predict runs in one process: use --trainer.devices=1 (the partitioner may stay)")
         state = None if batch.t0 == 0 else self._eval_state
         outputs, _, self._eval_state = self._block(batch, state)
         task = self.hparams.task
