@@ -330,6 +330,13 @@ def _check_ids(path: Path, ids: np.ndarray, line_numbers: list[int], spec: Datas
     if len(bad):
         i, col = bad[0]
         raise DataError(f"{path}:{line_numbers[i]}: non-integer {spec.columns[col]} node id {ids[i, col]:g}")
+    bad = np.argwhere(np.abs(ids) >= 2**53)
+    if len(bad):
+        i, col = bad[0]
+        raise DataError(
+            f"{path}:{line_numbers[i]}: {spec.columns[col]} node id {ids[i, col]:.0f} does not fit exactly in a "
+            "float64 (>= 2**53); use lit_efficiency.dyn_gnn.sources.EdgeListSource, which parses ids as integers"
+        )
     bad = np.argwhere(ids < 0)
     if len(bad):
         i, col = bad[0]

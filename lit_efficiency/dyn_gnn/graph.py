@@ -107,6 +107,14 @@ def coalesce_edges(
     return CoalescedEdges(ei, w_out, l_out)
 
 
+def _require_finite(who: str, what: str, value: Tensor) -> None:
+    """One-line :class:`DataError` naming the first non-finite entry of ``value``."""
+    bad = torch.nonzero(~torch.isfinite(value))
+    if bad.numel():
+        where = ", ".join(str(int(i)) for i in bad[0])
+        raise DataError(f"{who}: {what}[{where}] is non-finite ({value[tuple(bad[0])].item()})")
+
+
 def _same(a: Tensor | None, b: Tensor | None) -> bool:
     if a is None or b is None:
         return a is None and b is None
@@ -269,6 +277,12 @@ class DynamicGraph:
                     raise DataError(f"{who}: {fname}[{t}] must have shape ({ei.shape[1]},), got {shape}")
         if self.edge_weights is not None and any(not w.is_floating_point() for w in self.edge_weights):
             raise DataError(f"{who}: edge_weights must be floating point")
+        for t, w in enumerate(self.edge_weights or []):
+            _require_finite(who, f"edge_weights[{t}]", w)
+        for fname in ("x", "y"):
+            value = getattr(self, fname)
+            if value is not None and value.is_floating_point():
+                _require_finite(who, fname, value)
         if self.x is not None:
             ok = (self.x.dim() == 3 and self.x.shape[:2] == (t_count, n)) or (
                 self.x.dim() == 2 and self.x.shape[0] == n

@@ -794,8 +794,9 @@ class _EvolveGCN(DynamicGNN):
         """Identity: EvolveGCN's recurrence is over weights, inside :meth:`step`."""
         return h, state
 
-    def evolve(self, layer: int, h: Tensor, state: Any) -> tuple[Tensor, Any]:
-        """Advance layer ``layer``'s weight state by one step given its input ``h`` ``(N, D_in)``; return ``W_t``."""
+    def evolve(self, layer: int, h: Tensor, state: Any, adj: Tensor | None = None) -> tuple[Tensor, Any]:
+        """Advance layer ``layer``'s weight state by one step given its input ``h`` ``(N, D_in)`` and the snapshot's
+        normalised adjacency ``adj``; return ``W_t``."""
         raise NotImplementedError
 
     def initial_state(self) -> list[Any]:
@@ -808,7 +809,7 @@ class _EvolveGCN(DynamicGNN):
         h = self.features(x, adj.shape[0])
         new_state = []
         for layer, layer_state in enumerate(state):
-            w_t, layer_state = self.evolve(layer, h, layer_state)
+            w_t, layer_state = self.evolve(layer, h, layer_state, adj)
             new_state.append(layer_state)
             h = self.act(spmm(adj, h @ w_t))
         return h, new_state
@@ -854,7 +855,9 @@ class EvolveGCNO(_EvolveGCN):
     def initial_state(self) -> list[tuple[Tensor, Tensor]]:
         return [(w, torch.zeros_like(w)) for w in self.initial_weights]
 
-    def evolve(self, layer: int, h: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def evolve(
+        self, layer: int, h: Tensor, state: tuple[Tensor, Tensor], adj: Tensor | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         w_prev, c_prev = state
         w_t, c_t = self.cells[layer](w_prev, (w_prev, c_prev))
         return w_t, (w_t, c_t)
@@ -884,7 +887,8 @@ class EvolveGCNH(_EvolveGCN):
         y = H^l_t p / \|p\|, \quad i = \mathrm{top}_k(y), \quad Z_t = [H^l_t \circ \tanh(y)]_{i}, \quad
         W^l_t = \mathrm{GRU}(Z_t^\top, W^l_{t-1}), \quad H^{l+1}_t = \sigma(\hat{A}_t H^l_t W^l_t)
 
-    with ``k = D_out`` (the number of columns of :math:`W`; zero rows pad the summary when ``N < k``), a learnable
+    with ``k = D_out`` (the number of columns of :math:`W`; zero rows pad the summary when fewer than ``k`` nodes are
+    active), only the nodes with an edge in snapshot ``t`` in the top-``k`` (:func:`active_nodes`), a learnable
     scoring vector :math:`p` per layer, and the matrix GRU :class:`MatGRUCell` (per-entry biases, as the paper's
     appendix and the authors' code). The summary reads the snapshot, so layers and time steps are strictly
     sequential. State: per layer ``W_t`` ``(D_in, D_out)``. Arguments as :class:`EvolveGCNO`. Deviation from the
@@ -903,19 +907,37 @@ class EvolveGCNH(_EvolveGCN):
     def initial_state(self) -> list[Tensor]:
         return list(self.initial_weights)
 
-    def summarize(self, layer: int, h: Tensor, k: int) -> Tensor:
-        """Top-``k`` node summary of ``h`` ``(N, D_in)`` -> ``(k, D_in)``, ordered by decreasing score."""
+    def summarize(self, layer: int, h: Tensor, k: int, active: Tensor | None = None) -> Tensor:
+        """Top-``k`` node summary of ``h`` ``(N, D_in)`` -> ``(k, D_in)``, ordered by decreasing score.
+
+        Only ``active`` nodes (``(N,)`` bool, default all) compete, as in the authors' code, which masks the nodes
+        absent from the snapshot; rows beyond the active count are zero. With learned embeddings ``h`` is the same
+        at every step, so the mask is what makes the summary follow the snapshots.
+        """
         p = self.scorers[layer]
         y = h @ p / p.norm()
+        if active is not None:
+            y = y.masked_fill(~active, float("-inf"))
         top = torch.topk(y, min(k, h.shape[0])).indices
-        z = h[top] * torch.tanh(y[top]).unsqueeze(-1)
+        keep = torch.isfinite(y[top]).unsqueeze(-1)
+        z = torch.where(keep, h[top] * torch.tanh(y[top]).unsqueeze(-1), 0.0)
         if z.shape[0] < k:
             z = torch.cat([z, z.new_zeros(k - z.shape[0], z.shape[1])])
         return z
 
-    def evolve(self, layer: int, h: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        w_t = self.cells[layer](self.summarize(layer, h, state.shape[1]).t(), state)
+    def evolve(self, layer: int, h: Tensor, state: Tensor, adj: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        active = None if adj is None else active_nodes(adj)
+        w_t = self.cells[layer](self.summarize(layer, h, state.shape[1], active).t(), state)
         return w_t, w_t
+
+
+def active_nodes(adj: Tensor) -> Tensor:
+    """``(N,)`` bool: the nodes with an edge besides their self-loop in a GCN-normalised adjacency (which holds
+    exactly one self-loop per node, so a row or column with more than one entry has a neighbour)."""
+    csr = adj if adj.layout == torch.sparse_csr else adj.to_sparse_csr()
+    rows = csr.crow_indices().diff()
+    cols = torch.bincount(csr.col_indices(), minlength=csr.shape[0])
+    return (rows > 1) | (cols > 1)
 
 
 # --------------------------------------------------------------------------------------------------------------------

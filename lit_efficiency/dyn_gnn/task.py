@@ -21,7 +21,10 @@ is built chronologically from the whole past (training period included).
 Metrics (torchmetrics): link prediction MAP / MRR (one ranking per source node and snapshot) and AUC
 (:class:`~lit_efficiency.dyn_gnn.metrics.LinkPredictionMetrics`); edge sign accuracy / F1 / AUC; node regression
 MSE / MAE.
-Logged as ``train/loss``, ``val/loss``, ``val/map``, ``val/mrr``, ``val/auc`` (``test/...`` likewise).
+Logged as ``train/loss``, ``val/loss``, ``val/map``, ``val/mrr``, ``val/auc`` (``test/...`` likewise); node regression
+also logs two baselines beside the model, ``val/persistence_mse`` (predict ``y[t]`` for ``y[t + 1]``) and
+``val/mean_mse`` (each node's mean training target), and their MAE. ``predict`` returns per-snapshot scores, written
+to files by :class:`~lit_efficiency.dyn_gnn.writers.SnapshotPredictionWriter`.
 """
 
 from __future__ import annotations
@@ -148,6 +151,9 @@ class DynGNNTask(L.LightningModule):
         elif task == "node_regression":
             self.head = NodeRegressor(self.net.out_dim, hp.head_hidden_dim)
             self.val_metrics, self.test_metrics = node_regression_metrics(sync), node_regression_metrics(sync)
+            # persistence (y[t] for y[t+1]) and per-node training mean, beside the model (sum states: always synced)
+            self.val_baselines = nn.ModuleDict({k: node_regression_metrics() for k in ("persistence", "mean")})
+            self.test_baselines = nn.ModuleDict({k: node_regression_metrics() for k in ("persistence", "mean")})
         else:
             raise ConfigError(f"model.task: unknown task {task!r}")
         self.hparams.update({"num_nodes": num_nodes, "num_features": num_features, "task": task})
@@ -267,13 +273,21 @@ class DynGNNTask(L.LightningModule):
                 metrics.update(out.softmax(-1)[:, 1], target.label)
             else:
                 metrics.update(out, target.label.float())
+                baselines = getattr(self, "val_baselines" if metrics is self.val_metrics else "test_baselines")
+                for name, pred in (target.baselines or {}).items():
+                    baselines[name].update(pred, target.label.float())
 
     def _eval_epoch_end(self, stage: str) -> None:
         metrics = self.val_metrics if stage == "val" else self.test_metrics
+        baselines = getattr(self, f"{stage}_baselines", {})
         if getattr(self, "_eval_updated", False):
             values = metrics.compute()
             self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val")
+            for name, base in baselines.items():
+                self.log_dict({f"{stage}/{name}_{k}": v for k, v in base.compute().items()})
         metrics.reset()
+        for base in baselines.values():
+            base.reset()
         self._eval_updated = False
         self._eval_state = None
 
@@ -302,6 +316,47 @@ class DynGNNTask(L.LightningModule):
     @override
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
+
+    # ------------------------------------------------------------------ predict
+    @override
+    def on_predict_epoch_start(self) -> None:
+        self._eval_state = None
+
+    @override
+    def predict_step(self, batch: SnapshotBatch, batch_idx: int) -> list[dict[str, Any]]:
+        """Per predicted snapshot ``t + 1``: link scores, sign probabilities or node values (see ``writers``)."""
+        if len(getattr(batch, "snap_blocks", ())) > 1:
+            raise ConfigError("predict runs in one process: use --trainer.devices=1 (the partitioner may stay)")
+        state = None if batch.t0 == 0 else self._eval_state
+        outputs, _, self._eval_state = self._block(batch, state)
+        task = self.hparams.task
+        records = []
+        for t, out, target in outputs:
+            record: dict[str, Any] = {"snapshot": t, "target_snapshot": t + 1}
+            if target.edge_index is None:
+                record.update(node=torch.arange(out.shape[0]), prediction=out, target=target.label)
+            else:
+                score = out.sigmoid() if task == "link_prediction" else out.softmax(-1)[:, 1]
+                name = "score" if task == "link_prediction" else "p_positive"
+                record.update({"src": target.edge_index[0], "dst": target.edge_index[1], name: score})
+                record["label"] = target.label
+            records.append(record)
+        return records
+
+    @override
+    def configure_callbacks(self) -> list[L.Callback]:
+        """Add a :class:`~lit_efficiency.dyn_gnn.writers.SnapshotPredictionWriter` to ``predict`` runs without one."""
+        from lightning.pytorch.callbacks import BasePredictionWriter
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        from lit_efficiency.dyn_gnn.writers import SnapshotPredictionWriter
+
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != TrainerFn.PREDICTING:
+            return []
+        if any(isinstance(cb, BasePredictionWriter) for cb in trainer.callbacks):
+            return []
+        return [SnapshotPredictionWriter()]
 
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
