@@ -929,13 +929,55 @@ def _mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Module:
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
 
 
+def _first_linear(mlp: nn.Module) -> nn.Linear:
+    return mlp if isinstance(mlp, nn.Linear) else mlp[0]  # type: ignore[index,return-value]
+
+
+def _after_first_linear(mlp: nn.Module, x: Tensor) -> Tensor:
+    """The layers of an :func:`_mlp` after its first ``Linear`` applied to ``x`` (the identity for a linear map)."""
+    if isinstance(mlp, nn.Linear):
+        return x
+    for layer in list(mlp)[1:]:  # type: ignore[call-overload]
+        x = layer(x)
+    return x
+
+
 class _EdgeHead(nn.Module):
+    r"""A head on :math:`[Z_u \,\|\, Z_v]` that also runs in two halves (:meth:`vertex_part`, :meth:`from_vertex_part`).
+
+    The first layer of the MLP is linear in the concatenation, :math:`[Z_u \,\|\, Z_v] W^\top + b = Z_u A^\top +
+    Z_v B^\top + b` with :math:`W = [A \,|\, B]`, so it splits into a per-vertex projection :math:`P = [Z A^\top \,\|\,
+    Z B^\top]` (``vertex_width = 2k`` values per vertex, ``k`` the first layer's width) and a per-edge remainder
+    :math:`g(P_u[:k] + P_v[k:] + b)`. The distributed task computes :math:`P` where the embeddings are (vertex layout)
+    and ships it instead of :math:`Z` when ``2k < d``.
+    """
+
     def __init__(self, in_dim: int, hidden_dim: int, num_outputs: int) -> None:
         super().__init__()
+        self.in_dim = in_dim
         self.mlp = _mlp(2 * in_dim, hidden_dim, num_outputs)
+
+    @property
+    def vertex_width(self) -> int:
+        """Values per vertex of :meth:`vertex_part`: twice the first layer's width."""
+        return 2 * _first_linear(self.mlp).out_features
 
     def _scores(self, z: Tensor, edge_index: Tensor) -> Tensor:
         return self.mlp(torch.cat([z[..., edge_index[0], :], z[..., edge_index[1], :]], dim=-1))
+
+    def vertex_part(self, z: Tensor) -> Tensor:
+        """Per-vertex projections :math:`[Z A^\top \,\|\, Z B^\top]`: ``(..., N, d)`` -> ``(..., N, vertex_width)``."""
+        first = _first_linear(self.mlp)
+        weight = torch.cat([first.weight[:, : self.in_dim], first.weight[:, self.in_dim :]], dim=0)
+        return z @ weight.t()
+
+    def _pair_scores(self, p: Tensor, edge_index: Tensor) -> Tensor:
+        first = _first_linear(self.mlp)
+        k = first.out_features
+        x = p[..., edge_index[0], :k] + p[..., edge_index[1], k:]
+        if first.bias is not None:
+            x = x + first.bias
+        return _after_first_linear(self.mlp, x)
 
 
 class LinkPredictor(_EdgeHead):
@@ -959,6 +1001,10 @@ class LinkPredictor(_EdgeHead):
         """Score the edges ``edge_index`` with embeddings ``z`` (e.g. ``Z_t`` for the edges of ``t + 1``)."""
         return self._scores(z, edge_index).squeeze(-1)
 
+    def from_vertex_part(self, p: Tensor, edge_index: Tensor) -> Tensor:
+        """:meth:`forward` from :meth:`vertex_part`'s projections ``p`` instead of the embeddings."""
+        return self._pair_scores(p, edge_index).squeeze(-1)
+
 
 class EdgeClassifier(_EdgeHead):
     r"""Edge classification head (e.g. edge sign): :math:`\mathrm{logits}_{uv} = [Z_u \,\|\, Z_v]\, U`.
@@ -979,6 +1025,10 @@ class EdgeClassifier(_EdgeHead):
         """Classify the edges ``edge_index``."""
         return self._scores(z, edge_index)
 
+    def from_vertex_part(self, p: Tensor, edge_index: Tensor) -> Tensor:
+        """:meth:`forward` from :meth:`vertex_part`'s projections ``p`` instead of the embeddings."""
+        return self._pair_scores(p, edge_index)
+
 
 class NodeRegressor(nn.Module):
     """Node regression head: one real value per node, ``MLP(Z_v)``.
@@ -995,9 +1045,20 @@ class NodeRegressor(nn.Module):
         super().__init__()
         self.mlp = _mlp(in_dim, hidden_dim, 1)
 
+    #: Values per vertex of :meth:`vertex_part`: the whole head runs per vertex.
+    vertex_width: ClassVar[int] = 1
+
     def forward(self, z: Tensor) -> Tensor:
         """Predict one value per node."""
         return self.mlp(z).squeeze(-1)
+
+    def vertex_part(self, z: Tensor) -> Tensor:
+        """The whole head, per vertex: ``(..., N, d)`` -> ``(..., N, 1)``."""
+        return self.mlp(z)
+
+    def from_vertex_part(self, p: Tensor) -> Tensor:
+        """:meth:`forward` from :meth:`vertex_part`'s output."""
+        return p.squeeze(-1)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -594,3 +594,23 @@ def test_spmm_under_cpu_bf16_autocast_matches_fp32() -> None:
         got = spmm(adj, x @ w)
     assert got.dtype == torch.float32
     assert_close(got, want, rtol=2e-2, atol=2e-2)  # x @ w ran in bf16
+
+
+@pytest.mark.parametrize("hidden", [0, 5])
+def test_edge_heads_split_into_vertex_and_pair_parts(hidden):
+    """``from_vertex_part(vertex_part(z))`` equals the head on ``[Z_u || Z_v]``, values and gradients."""
+    torch.manual_seed(0)
+    z = torch.randn(3, 7, 4, requires_grad=True)  # (T, N, d)
+    edge_index = torch.tensor([[0, 6, 2, 2], [1, 3, 2, 5]])
+    for head in (dg.LinkPredictor(4, hidden), dg.EdgeClassifier(4, 2, hidden)):
+        assert head.vertex_width == 2 * (hidden or head.mlp.out_features)
+        whole = head(z, edge_index)
+        split = head.from_vertex_part(head.vertex_part(z), edge_index)
+        torch.testing.assert_close(split, whole)
+        grads = torch.autograd.grad(whole.square().sum(), [z, *head.parameters()])
+        split_grads = torch.autograd.grad(split.square().sum(), [z, *head.parameters()])
+        for got, want in zip(split_grads, grads, strict=True):
+            torch.testing.assert_close(got, want)
+    node = dg.NodeRegressor(4, hidden)
+    assert node.vertex_part(z).shape == (3, 7, node.vertex_width)
+    torch.testing.assert_close(node.from_vertex_part(node.vertex_part(z)), node(z))
