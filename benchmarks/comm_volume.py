@@ -161,15 +161,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = {"dataset": args.dataset, "data_dir": args.data_dir, "num_steps": args.num_steps, "num_negatives": 19}
-    base = {"model": args.model, "hidden_dim": args.hidden_dim, "out_dim": args.hidden_dim, "num_layers": args.num_layers}
+    base = {
+        "model": args.model,
+        "hidden_dim": args.hidden_dim,
+        "out_dim": args.hidden_dim,
+        "num_layers": args.num_layers,
+    }
     results: dict[str, dict] = {}
     for name in args.variants:
         extra, head_hidden = VARIANTS[name]
         model = {**base, **extra, "head_hidden_dim": args.hidden_dim if head_hidden is None else head_hidden}
         records = []
         for world in args.world_sizes:
-            if world == 1 and name != args.variants[0]:
-                continue  # nothing is exchanged on one process
             record = run(world, args, data, model)
             print(name, json.dumps(record))
             records.append(record)

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.dyn_gnn.adjacency import block_diagonal_csr, transpose_csr
 
 __all__ = [
     "CDGCN",
@@ -91,6 +92,31 @@ def spmm(adj: Tensor, x: Tensor) -> Tensor:
         return torch.sparse.mm(adj, x)
     with torch.autocast(device_type=x.device.type, enabled=False):  # CPU autocast would cast the adjacency itself
         return torch.sparse.mm(adj, x.to(adj.dtype))
+
+
+class _SpMMWithTranspose(torch.autograd.Function):
+    """``adj @ x`` whose backward multiplies by a given transpose (built once per block, not once per layer call)."""
+
+    @staticmethod
+    def forward(ctx: Any, adj: Tensor, adj_t: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.adj_t = adj_t
+        return torch.sparse.mm(adj, x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, None, Tensor]:  # type: ignore[override]
+        return None, None, torch.sparse.mm(ctx.adj_t, grad)
+
+
+def block_spmm(adj: Tensor, adj_t: Tensor | None, x: Tensor) -> Tensor:
+    """:func:`spmm`, with ``adj_t`` (the transpose of a constant ``adj``) reused in backward when given.
+
+    The adjacency is data (no gradient); without ``adj_t``, under autocast or with a dtype mismatch this is
+    :func:`spmm`.
+    """
+    plain = adj_t is None or adj.requires_grad or x.dtype != adj.dtype or torch.is_autocast_enabled(x.device.type)
+    if plain:
+        return spmm(adj, x)
+    return _SpMMWithTranspose.apply(adj, adj_t, x)
 
 
 def m_matrix(
@@ -237,9 +263,20 @@ class GCNLayer(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
-    def forward(self, x: Tensor, adj: Tensor) -> Tensor:
-        """Apply the layer to one snapshot."""
-        out = spmm(adj, self.lin(x))
+    def forward(self, x: Tensor, adj: Tensor, adj_t: Tensor | None = None, repeat: int = 1) -> Tensor:
+        """Apply the layer to one snapshot, or to a block through its block-diagonal adjacency.
+
+        Args:
+            x: ``(N, F)`` features, or ``(S N, F)`` stacked features of a block.
+            adj: ``(N, N)`` adjacency, or the ``(S N, S N)`` block-diagonal one.
+            adj_t: transpose of ``adj`` for the backward pass (``None``: autograd's own).
+            repeat: ``x`` is shared by the ``repeat`` snapshots of the block (``(N, F)`` features, e.g. a learnable
+                embedding): the linear map runs once and its output is repeated.
+        """
+        out = self.lin(x)
+        if repeat > 1:
+            out = out.repeat(repeat, 1)
+        out = block_spmm(adj, adj_t, out)
         if self.bias is not None:
             out = out + self.bias
         return out
@@ -264,10 +301,10 @@ class GCNStack(nn.Module):
         self.layers = nn.ModuleList(GCNLayer(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
         self.activate_last = activate_last
 
-    def forward(self, x: Tensor, adj: Tensor) -> Tensor:
-        """Apply all layers to one snapshot."""
+    def forward(self, x: Tensor, adj: Tensor, adj_t: Tensor | None = None, repeat: int = 1) -> Tensor:
+        """Apply all layers to one snapshot, or to a block (arguments as :meth:`GCNLayer.forward`)."""
         for i, layer in enumerate(self.layers):
-            x = layer(x, adj)
+            x = layer(x, adj, adj_t, repeat if i == 0 else 1)
             if self.activate_last or i < len(self.layers) - 1:
                 x = torch.relu(x)
         return x
@@ -445,6 +482,30 @@ class StackedGCN(DynamicGNN):
     def spatial_snapshot(self, x: Tensor | None, adj: Tensor) -> Tensor:
         return self.gcn(self.features(x, adj.shape[0]), adj)
 
+    def spatial(self, x: Features, adj: Tensor | Sequence[Tensor]) -> Tensor:
+        """As :meth:`DynamicGNN.spatial`; a block of CSR snapshots runs **batched**: one block-diagonal SpMM per layer.
+
+        The ``S`` adjacencies become one ``(S N, S N)`` block-diagonal CSR matrix (and its transpose, built once for
+        every layer's backward); the features are stacked to ``(S N, F)``, or, when shared by all snapshots (the
+        learnable embedding), multiplied by the first weight once and repeated. Equal to the per-snapshot loop.
+        """
+        if isinstance(adj, Tensor) or not adj or any(a.layout != torch.sparse_csr for a in adj):
+            return super().spatial(x, adj)
+        num_steps, n = len(adj), adj[0].shape[0]
+        big = block_diagonal_csr(list(adj))
+        big_t = transpose_csr(big) if torch.is_grad_enabled() else None
+        if x is None:
+            feats, repeat = self.features(None, n), num_steps
+        else:
+            items = _as_list(x, num_steps)
+            feats, repeat = torch.cat([self.features(xt, n) for xt in items]), 1
+        h = self.gcn(feats, big, big_t, repeat).view(num_steps, n, -1)
+        return self._with_features(h, feats, repeat)
+
+    def _with_features(self, h: Tensor, feats: Tensor, repeat: int) -> Tensor:
+        """What the batched spatial stage returns besides the GCN output (nothing here; CD-GCN adds the features)."""
+        return h
+
 
 class WDGCN(StackedGCN):
     r"""Waterfall dynamic GCN (Manessi, Rozza, Manzo, https://arxiv.org/abs/1704.06199).
@@ -497,6 +558,11 @@ class CDGCN(WDGCN):
     def spatial_snapshot(self, x: Tensor | None, adj: Tensor) -> Tensor:
         feats = self.features(x, adj.shape[0])
         return torch.cat([self.gcn(feats, adj), feats], dim=-1)
+
+    def _with_features(self, h: Tensor, feats: Tensor, repeat: int) -> Tensor:
+        num_steps, n = h.shape[0], h.shape[1]
+        stacked = feats.expand(num_steps, n, -1) if repeat > 1 else feats.view(num_steps, n, -1)
+        return torch.cat([h, stacked], dim=-1)
 
 
 class TMGCNState(NamedTuple):
@@ -963,10 +1029,12 @@ class _EdgeHead(nn.Module):
         return 2 * _first_linear(self.mlp).out_features
 
     def _scores(self, z: Tensor, edge_index: Tensor) -> Tensor:
+        if edge_index.shape[-1] > z.shape[-2]:  # more candidates than vertices: the first layer per vertex is cheaper
+            return self._pair_scores(self.vertex_part(z), edge_index)
         return self.mlp(torch.cat([z[..., edge_index[0], :], z[..., edge_index[1], :]], dim=-1))
 
     def vertex_part(self, z: Tensor) -> Tensor:
-        """Per-vertex projections :math:`[Z A^\top \,\|\, Z B^\top]`: ``(..., N, d)`` -> ``(..., N, vertex_width)``."""
+        """Per-vertex projections ``[Z A^T || Z B^T]``: ``(..., N, d)`` -> ``(..., N, vertex_width)``."""
         first = _first_linear(self.mlp)
         weight = torch.cat([first.weight[:, : self.in_dim], first.weight[:, self.in_dim :]], dim=0)
         return z @ weight.t()

@@ -190,7 +190,13 @@ class DistributedDynGNNTask(DynGNNTask):
         world = self._world
         snaps = batch.relative_blocks() if world > 1 else (range(0, len(adjs)),)
         verts = tuple(vertex_blocks(num_nodes, world))
-        exchange = (snaps, verts, self._group, self.comm_recorder, _WIRE_DTYPES[self.hparams.get("wire_dtype", "float32")])
+        exchange = (
+            snaps,
+            verts,
+            self._group,
+            self.comm_recorder,
+            _WIRE_DTYPES[self.hparams.get("wire_dtype", "float32")],
+        )
         hv = self._collective("snapshot->vertex all-to-all", snapshot_to_vertex, h, *exchange)
         if hv.shape[1] == 0:  # more ranks than vertices: nothing to run, keep the shape
             zv = hv.new_zeros(hv.shape[0], 0, net.out_dim)

@@ -614,3 +614,56 @@ def test_edge_heads_split_into_vertex_and_pair_parts(hidden):
     node = dg.NodeRegressor(4, hidden)
     assert node.vertex_part(z).shape == (3, 7, node.vertex_width)
     torch.testing.assert_close(node.from_vertex_part(node.vertex_part(z)), node(z))
+
+
+@pytest.mark.parametrize(("model", "with_features"), [("wdgcn", False), ("cdgcn", True), ("cdgcn", False)])
+def test_batched_spatial_equals_pyg_gcnconv_per_snapshot(model, with_features):
+    """The block-diagonal spatial stage equals two PyG ``GCNConv`` calls per snapshot: values and gradients."""
+    from torch_geometric.nn import GCNConv
+    from torch_geometric.utils import coalesce, remove_self_loops
+
+    torch.manual_seed(0)
+    n, f, hidden, steps = 9, 3, 4, 5
+    num_features = f if with_features else 0
+    net = dg.build_model(model, num_features=num_features, hidden_dim=hidden, out_dim=hidden, num_nodes=n)
+    # Simple graphs (no repeated edges or self-loops, where PyG and gcn_norm document different conventions).
+    edge_indices = [coalesce(remove_self_loops(torch.randint(0, n, (2, 12)))[0]) for _ in range(steps)]
+    edge_indices[2] = torch.empty(2, 0, dtype=torch.long)  # an empty snapshot
+    adjs = [gcn_norm(ei, n) for ei in edge_indices]
+    xs = torch.randn(steps, n, f, requires_grad=True) if with_features else None
+    convs = []
+    for layer in net.gcn.layers:
+        conv = GCNConv(layer.in_channels, layer.out_channels)
+        conv.lin.weight.data.copy_(layer.lin.weight)
+        conv.bias.data.copy_(layer.bias)
+        convs.append(conv)
+    feats = net.features(None, n) if xs is None else None
+    expected = []
+    for t, ei in enumerate(edge_indices):
+        x_t = feats if xs is None else xs[t]
+        h = torch.relu(convs[1](torch.relu(convs[0](x_t, ei)), ei))
+        expected.append(torch.cat([h, x_t], -1) if model == "cdgcn" else h)
+    expected = torch.stack(expected)
+    got = net.spatial(xs, adjs)
+    assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    per_snapshot = torch.stack([net.spatial_snapshot(None if xs is None else xs[t], a) for t, a in enumerate(adjs)])
+    assert_close(got, per_snapshot, rtol=1e-5, atol=1e-6)
+    weight = torch.randn_like(got)
+    ours = [net.features.embedding.weight] if xs is None else [xs]
+    theirs = list(ours)
+    for layer, conv in zip(net.gcn.layers, convs, strict=True):
+        ours += [layer.lin.weight, layer.bias]
+        theirs += [conv.lin.weight, conv.bias]
+    got_grads = torch.autograd.grad((got * weight).sum(), ours)
+    want_grads = torch.autograd.grad((expected * weight).sum(), theirs)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_block_diagonal_csr_matches_torch_block_diag():
+    from lit_efficiency.dyn_gnn.adjacency import block_diagonal_csr, transpose_csr
+
+    mats = [torch.rand(4, 4) * (torch.rand(4, 4) > 0.6) for _ in range(3)]
+    big = block_diagonal_csr([m.to_sparse_csr() for m in mats])
+    assert_close(big.to_dense(), torch.block_diag(*mats))
+    assert_close(transpose_csr(big).to_dense(), torch.block_diag(*mats).t())
