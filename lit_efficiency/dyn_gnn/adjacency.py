@@ -2,7 +2,7 @@ r"""Edge keys and the GCN-normalised adjacency: one implementation, one orientat
 
 **Edge keys.** An entry ``(row, col)`` of an ``N x N`` matrix is the integer key ``row * N + col``
 (:func:`edge_key`, inverted by :func:`split_key`). Sorted keys are the matrix's row-major (CSR) order, which makes
-set differences (``searchsorted``) and CSR construction (``bincount`` + ``cumsum``, no sort) cheap on any device.
+set differences and CSR construction (both ``searchsorted``, no sort, no host synchronisation) cheap on any device.
 
 **Orientation.** A graph's edges are ``source -> target``. A GCN layer aggregates at the target,
 ``H' = \hat{A}^\top X W`` in PyG's notation, so what every model here multiplies with is ``adj_t``, the transposed
@@ -109,7 +109,7 @@ class CSR(NamedTuple):
 def csr_from_keys(
     keys: Tensor, num_nodes: int, weights: Tensor | None = None, index_dtype: torch.dtype = torch.int64
 ) -> CSR:
-    r"""CSR of a matrix from its sorted keys, on their device (``bincount`` of rows, then ``cumsum``; no sort).
+    r"""CSR of a matrix from its sorted keys, on their device (``searchsorted`` of the row starts; no sort, no sync).
 
     .. math::
         \mathrm{crow}[r] = \#\{\, e : \lfloor K_e / N \rfloor < r \,\}
@@ -125,9 +125,9 @@ def csr_from_keys(
         index_dtype: ``torch.int64`` or ``torch.int32`` for the row pointers and columns.
     """
     row, col = split_key(keys, num_nodes)
-    counts = torch.bincount(row, minlength=num_nodes)
-    crow = torch.zeros(num_nodes + 1, dtype=torch.int64, device=keys.device)
-    torch.cumsum(counts, 0, out=crow[1:])
+    # Rows are sorted, so the pointer of row r is the number of rows below r: a searchsorted, which (unlike a
+    # bincount, whose output size CUDA reads back) needs no host synchronisation.
+    crow = torch.searchsorted(row, torch.arange(num_nodes + 1, dtype=torch.int64, device=keys.device))
     return CSR(crow.to(index_dtype), col.to(index_dtype), weights, num_nodes)
 
 
