@@ -223,6 +223,7 @@ def block_diagonal_csr(adjs: list[Tensor]) -> Tensor:
         torch.cat(cols),
         torch.cat([a.values() for a in adjs]),
         size,
+        check_invariants=False,
     )
 
 
@@ -233,4 +234,5 @@ def transpose_csr(adj: Tensor) -> Tensor:
         ``(R, C)`` -> ``(C, R)``.
     """
     csc = adj.to_sparse_csc()
-    return torch.sparse_csr_tensor(csc.ccol_indices(), csc.row_indices(), csc.values(), (adj.shape[1], adj.shape[0]))
+    size = (adj.shape[1], adj.shape[0])
+    return torch.sparse_csr_tensor(csc.ccol_indices(), csc.row_indices(), csc.values(), size, check_invariants=False)
