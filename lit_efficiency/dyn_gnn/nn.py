@@ -1039,7 +1039,8 @@ class _EdgeHead(nn.Module):
     Z_v B^\top + b` with :math:`W = [A \,|\, B]`, so it splits into a per-vertex projection :math:`P = [Z A^\top \,\|\,
     Z B^\top]` (``vertex_width = 2k`` values per vertex, ``k`` the first layer's width) and a per-edge remainder
     :math:`g(P_u[:k] + P_v[k:] + b)`. The distributed task computes :math:`P` where the embeddings are (vertex layout)
-    and ships it instead of :math:`Z` when ``2k < d``.
+    and ships it instead of :math:`Z` when ``2k < d``. A single process uses the same split whenever the candidates
+    outnumber the vertices (the first layer then runs on ``N`` rows instead of ``E``); the values are equal.
     """
 
     def __init__(self, in_dim: int, hidden_dim: int, num_outputs: int) -> None:

@@ -12,15 +12,20 @@ all-reduced by DDP). Per global block of ``T`` snapshots (a
 2. :func:`~lit_efficiency.dyn_gnn.redistribute.snapshot_to_vertex`: ``(T, N_p, d)``, all snapshots of its
    vertex block ``V_p``;
 3. the **temporal** stage on ``V_p`` over all ``T`` (state carried across blocks per vertex block);
-4. :func:`~lit_efficiency.dyn_gnn.redistribute.vertex_to_snapshot` back to ``(T_p, N, d_out)``: the embeddings
-   of **every** vertex at its own snapshots, so every candidate edge of its targets has both endpoints local;
+4. :func:`~lit_efficiency.dyn_gnn.redistribute.vertex_to_snapshot` back to the snapshot layout of what the head
+   needs: the embeddings ``(T_p, N, d_out)``, or the head's per-vertex first-layer projections
+   ``(T_p, N, 2k)`` computed in the vertex layout (``loss_exchange``, below);
 5. the loss of its own targets.
 
-**Choice for the loss: redistribute back** (not an endpoint exchange). Its volume is fixed,
-:math:`4 N T d_\mathrm{out} (P-1)/P` bytes (fp32) forward and the same backward, whatever the number of candidate
-edges; an endpoint exchange would ship :math:`2 C d_\mathrm{out}` values per snapshot for ``C`` candidates, and with
-19 sampled negatives per edge ``C`` is ``20 |E_{t+1}|``, usually more than ``N``. Per training step the all-to-alls
-thus move :math:`4 N T (d + d_\mathrm{out})(P-1)/P` bytes forward and as much backward. TM-GCN with
+**Choice for the loss: score from what is narrower.** The head's first layer is linear in :math:`[Z_u \| Z_v]`, so
+rank ``q`` can apply its two halves to its own vertices (:meth:`~lit_efficiency.dyn_gnn.nn.LinkPredictor.vertex_part`)
+and ship :math:`2k` values per vertex and snapshot instead of :math:`d_\mathrm{out}`; the snapshot owner adds the two
+endpoints' halves and finishes the head. ``loss_exchange="auto"`` ships the projections when :math:`2k < d_\mathrm{out}`
+(a linear head: 2 values), else the embeddings. Per training step the all-to-alls then move
+:math:`4 N T (2d + 2w)(P-1)/P` bytes with :math:`w` the shipped width: with a linear head about half of the
+:math:`4 N T \cdot 4d (P-1)/P` of shipping the embeddings. An endpoint exchange (ship :math:`Z_t[v]` for the
+candidates' endpoints only) was not chosen: with 19 uniform negatives per edge the candidates touch nearly every
+vertex. ``wire_dtype`` (``bfloat16``/``float16``) halves the bytes of every exchange at that precision. TM-GCN with
 ``mixing="input"`` has an identity temporal stage: it needs no redistribution at all, only a temporal **halo** of the
 ``bandwidth - 1`` snapshots before ``S_p`` (read from the data by each rank, see :attr:`temporal_halo`).
 
