@@ -21,7 +21,7 @@ Writes ``benchmarks/results/memory.json`` and ``memory.png``.
 
 Run::
 
-    python benchmarks/memory.py                       # T = 8, 16, 32
+    python benchmarks/memory.py                       # T = 8, 16
     python benchmarks/memory.py --steps 4,8 --num-nodes 2000 --edges 8000 --out /tmp/m.json   # quick
 """
 
@@ -146,7 +146,7 @@ def plot(records: list[dict], path: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", default="8,16,32", help="values of T")
+    p.add_argument("--steps", default="8,16", help="values of T")
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--num-nodes", type=int, default=20_000)
     p.add_argument("--edges", type=int, default=100_000)
