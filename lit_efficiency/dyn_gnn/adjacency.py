@@ -2,7 +2,7 @@ r"""Edge keys and the GCN-normalised adjacency: one implementation, one orientat
 
 **Edge keys.** An entry ``(row, col)`` of an ``N x N`` matrix is the integer key ``row * N + col``
 (:func:`edge_key`, inverted by :func:`split_key`). Sorted keys are the matrix's row-major (CSR) order, which makes
-set differences (``searchsorted``) and CSR construction (``bincount`` + ``cumsum``, no sort) cheap on any device.
+set differences and CSR construction (both ``searchsorted``, no sort, no host synchronisation) cheap on any device.
 
 **Orientation.** A graph's edges are ``source -> target``. A GCN layer aggregates at the target,
 ``H' = \hat{A}^\top X W`` in PyG's notation, so what every model here multiplies with is ``adj_t``, the transposed
@@ -28,6 +28,8 @@ from torch import Tensor
 
 __all__ = [
     "CSR",
+    "block_diagonal_csr",
+    "transpose_csr",
     "csr_from_keys",
     "edge_key",
     "gcn_norm",
@@ -107,7 +109,7 @@ class CSR(NamedTuple):
 def csr_from_keys(
     keys: Tensor, num_nodes: int, weights: Tensor | None = None, index_dtype: torch.dtype = torch.int64
 ) -> CSR:
-    r"""CSR of a matrix from its sorted keys, on their device (``bincount`` of rows, then ``cumsum``; no sort).
+    r"""CSR of a matrix from its sorted keys, on their device (``searchsorted`` of the row starts; no sort, no sync).
 
     .. math::
         \mathrm{crow}[r] = \#\{\, e : \lfloor K_e / N \rfloor < r \,\}
@@ -123,9 +125,9 @@ def csr_from_keys(
         index_dtype: ``torch.int64`` or ``torch.int32`` for the row pointers and columns.
     """
     row, col = split_key(keys, num_nodes)
-    counts = torch.bincount(row, minlength=num_nodes)
-    crow = torch.zeros(num_nodes + 1, dtype=torch.int64, device=keys.device)
-    torch.cumsum(counts, 0, out=crow[1:])
+    # Rows are sorted, so the pointer of row r is the number of rows below r: a searchsorted, which (unlike a
+    # bincount, whose output size CUDA reads back) needs no host synchronisation.
+    crow = torch.searchsorted(row, torch.arange(num_nodes + 1, dtype=torch.int64, device=keys.device))
     return CSR(crow.to(index_dtype), col.to(index_dtype), weights, num_nodes)
 
 
@@ -191,3 +193,46 @@ def gcn_norm(
     keys_t, inverse = torch.unique(keys_t, sorted=True, return_inverse=True)
     summed = torch.zeros(keys_t.numel(), dtype=dtype, device=keys_t.device).index_add_(0, inverse, weights.to(dtype))
     return gcn_norm_adj_t(keys_t, num_nodes, summed, add_self_loops, dtype).to_sparse_csr(dtype)
+
+
+def block_diagonal_csr(adjs: list[Tensor]) -> Tensor:
+    """One ``(S N, S N)`` sparse CSR matrix with the ``S`` ``(N, N)`` CSR matrices ``adjs`` on its diagonal.
+
+    A block of snapshots then goes through a GCN layer as one SpMM on ``(S N, d)`` stacked features. Built by
+    concatenating the index arrays with offsets (no sort, no per-entry work beyond one copy).
+
+    Shapes:
+        ``S`` tensors ``(N, N)`` -> ``(S N, S N)``.
+    """
+    if not adjs:
+        raise ValueError("block_diagonal_csr needs at least one matrix")
+    n = adjs[0].shape[0]
+    if any(a.layout != torch.sparse_csr or a.shape != (n, n) for a in adjs):
+        raise ValueError(f"block_diagonal_csr needs square sparse CSR matrices of one size ({n} x {n})")
+    offsets = [0]
+    for a in adjs:  # shapes only: no device synchronisation
+        offsets.append(offsets[-1] + a.values().numel())
+    wide = offsets[-1] >= 2**31 or len(adjs) * n >= 2**31
+    index_dtype = torch.int64 if wide else adjs[0].crow_indices().dtype
+    crow = [a.crow_indices()[:-1].to(index_dtype) + offsets[s] for s, a in enumerate(adjs)]
+    crow.append(torch.tensor([offsets[-1]], dtype=index_dtype, device=adjs[0].device))
+    cols = [a.col_indices().to(index_dtype) + s * n for s, a in enumerate(adjs)]
+    size = (len(adjs) * n, len(adjs) * n)
+    return torch.sparse_csr_tensor(
+        torch.cat(crow),
+        torch.cat(cols),
+        torch.cat([a.values() for a in adjs]),
+        size,
+        check_invariants=False,
+    )
+
+
+def transpose_csr(adj: Tensor) -> Tensor:
+    """The transpose of a sparse CSR matrix, as CSR (its CSC arrays read as CSR).
+
+    Shapes:
+        ``(R, C)`` -> ``(C, R)``.
+    """
+    csc = adj.to_sparse_csc()
+    size = (adj.shape[1], adj.shape[0])
+    return torch.sparse_csr_tensor(csc.ccol_indices(), csc.row_indices(), csc.values(), size, check_invariants=False)

@@ -14,7 +14,8 @@ the paper was released; the encoding below is this project's own design:
   positions (in the previous snapshot) and new values of the weights that changed. Set differences are computed on
   sorted keys with ``searchsorted``, never by sparse subtraction (which keeps explicit zeros).
 * Decoding rebuilds the exact canonical array on any device without a host synchronisation (ranks from a cumulative
-  sum, merge positions from ``searchsorted``, two scatters) and then verifies a per-snapshot checksum.
+  sum, merge positions from ``searchsorted``, two scatters). Range/order checks and the per-snapshot checksum run on
+  the device too; :func:`decode_block` reads all of a block's results with one synchronisation (:class:`BlockCheck`).
 * Normalised GCN values ``D^-1/2 (A + I) D^-1/2`` are never shipped:
   :func:`~lit_efficiency.dyn_gnn.adjacency.gcn_norm_adj_t` recomputes them from the decoded keys on the device.
 
@@ -44,11 +45,13 @@ from lit_efficiency.dyn_gnn.adjacency import edge_key, key_dtype, match_sorted
 
 __all__ = [
     "HEADER_BYTES",
+    "BlockCheck",
     "DecodedSnapshot",
     "EncodedGraph",
     "FullSnapshot",
     "SnapshotDiff",
     "TransferStats",
+    "decode_block",
     "decode_snapshot",
     "encode_graph",
     "encode_snapshots",
@@ -584,7 +587,47 @@ def _check_keys(keys: Tensor, num_nodes: int, what: str, t: int) -> None:
         raise DataError(f"snapshot {t}: {what} keys are not strictly increasing")
 
 
+def _sorted_in_range_flag(x: Tensor, limit: int) -> Tensor | None:
+    """Device flag: some value of ``x`` is outside ``[0, limit)`` or ``x`` is not strictly increasing (no sync)."""
+    if x.numel() == 0:
+        return None
+    bad = (x.min() < 0) | (x.max() >= limit)
+    return bad | (x[1:] <= x[:-1]).any() if x.numel() > 1 else bad
+
+
+def _value_flag(item: Item, n_prev: int) -> Tensor | None:
+    """Device flag of :func:`_check_values`' conditions, computed without a host synchronisation."""
+    n2 = item.num_nodes * item.num_nodes
+    if isinstance(item, FullSnapshot):
+        return _sorted_in_range_flag(item.keys, n2)
+    flags = [_sorted_in_range_flag(item.deleted_pos, n_prev), _sorted_in_range_flag(item.added_keys, n2)]
+    if item.changed_pos is not None:
+        flags.append(_sorted_in_range_flag(item.changed_pos, n_prev))
+        if item.changed_pos.numel() and item.deleted_pos.numel():
+            _, hit = match_sorted(item.deleted_pos.to(torch.int64), item.changed_pos.to(torch.int64))
+            flags.append(hit.any())
+    present = [f for f in flags if f is not None]
+    return torch.stack(present).any() if present else None
+
+
+def _check_values(item: Item, n_prev: int) -> None:
+    """Range and order of an item's positions and keys (synchronises with the host: error path and host items)."""
+    t = item.t
+    if isinstance(item, FullSnapshot):
+        _check_keys(item.keys, item.num_nodes, "snapshot", t)
+        return
+    _check_positions(item.deleted_pos, n_prev, "deleted", t)
+    _check_keys(item.added_keys, item.num_nodes, "added", t)
+    if item.changed_pos is not None:
+        _check_positions(item.changed_pos, n_prev, "changed", t)
+        if item.changed_pos.numel() and item.deleted_pos.numel():
+            _, hit = match_sorted(item.deleted_pos.to(torch.int64), item.changed_pos.to(torch.int64))
+            if bool(hit.any()):
+                raise DataError(f"snapshot {t}: a changed-weight position is also deleted")
+
+
 def _check_full(item: FullSnapshot) -> None:
+    """Shape checks of a full item (metadata only: no synchronisation)."""
     t = item.t
     if item.keys.dim() != 1 or item.keys.numel() != item.num_edges:
         raise DataError(f"snapshot {t}: truncated snapshot: {item.keys.numel()} keys for num_edges={item.num_edges}")
@@ -592,10 +635,10 @@ def _check_full(item: FullSnapshot) -> None:
         raise DataError(
             f"snapshot {t}: truncated snapshot: {item.weights.numel()} weights for num_edges={item.num_edges}"
         )
-    _check_keys(item.keys, item.num_nodes, "snapshot", t)
 
 
 def _check_diff(item: SnapshotDiff, prev_keys: Tensor | None, prev_weights: Tensor | None) -> None:
+    """Shape and type checks of a diff against its predecessor (metadata only: no synchronisation)."""
     t = item.t
     if prev_keys is None:
         raise DataError(f"snapshot {t}: a diff needs the previous snapshot's keys, got None")
@@ -627,14 +670,6 @@ def _check_diff(item: SnapshotDiff, prev_keys: Tensor | None, prev_weights: Tens
             )
         if prev_weights.numel() != n_prev:
             raise DataError(f"snapshot {t}: previous weights have {prev_weights.numel()} entries for {n_prev} keys")
-    _check_positions(item.deleted_pos, n_prev, "deleted", t)
-    _check_keys(item.added_keys, item.num_nodes, "added", t)
-    if item.changed_pos is not None:
-        _check_positions(item.changed_pos, n_prev, "changed", t)
-        if item.changed_pos.numel() and n_del:
-            _, hit = match_sorted(item.deleted_pos.to(torch.int64), item.changed_pos.to(torch.int64))
-            if bool(hit.any()):
-                raise DataError(f"snapshot {t}: a changed-weight position is also deleted")
 
 
 def _apply_diff(
@@ -649,7 +684,8 @@ def _apply_diff(
     kd = item.added_keys.dtype
     prev_keys = prev_keys.to(device=device, dtype=kd)
     added = item.added_keys.to(device, non_blocking=True)
-    deleted = item.deleted_pos.to(device, non_blocking=True).to(torch.int64)
+    # Clamped: a corrupted position must not index out of bounds before the (deferred) check reports it.
+    deleted = item.deleted_pos.to(device, non_blocking=True).to(torch.int64).clamp(0, max(n_prev - 1, 0))
 
     keep = torch.ones(n_prev, dtype=torch.bool, device=device)
     keep[deleted] = False
@@ -657,9 +693,11 @@ def _apply_diff(
     torch.cumsum(~keep, 0, out=deleted_before[1:])
     # rank among kept entries = i - #deleted before i
     kept_rank = torch.arange(n_prev, device=device) - deleted_before[:-1]
-    new_pos = torch.where(keep, kept_rank + torch.searchsorted(added, prev_keys), n_out)
+    new_pos = torch.where(keep, kept_rank + torch.searchsorted(added, prev_keys), n_out).clamp(0, n_out)
     n_prev_below = torch.searchsorted(prev_keys, added)
-    added_pos = torch.arange(added.numel(), device=device) + n_prev_below - deleted_before[n_prev_below]
+    added_pos = (torch.arange(added.numel(), device=device) + n_prev_below - deleted_before[n_prev_below]).clamp(
+        0, n_out
+    )
 
     keys = torch.empty(n_out + 1, dtype=kd, device=device)
     keys.scatter_(0, new_pos, prev_keys)
@@ -671,9 +709,99 @@ def _apply_diff(
     weights = torch.empty(n_out + 1, dtype=prev_weights.dtype, device=device)
     weights.scatter_(0, new_pos, prev_weights)
     weights.scatter_(0, added_pos, item.added_weights.to(device, non_blocking=True))
-    changed = item.changed_pos.to(device, non_blocking=True).to(torch.int64)
+    changed = item.changed_pos.to(device, non_blocking=True).to(torch.int64).clamp(0, max(n_prev - 1, 0))
     weights.scatter_(0, new_pos[changed], item.changed_weights.to(device, non_blocking=True))
     return keys[:n_out], weights[:n_out]
+
+
+class BlockCheck:
+    """The deferred checks of a decoded block: one device flag and checksum per snapshot, read by one synchronisation.
+
+    :func:`decode_block` queues every range/order check and checksum comparison on the device; :meth:`raise_if_failed`
+    copies the ``S`` flags to the host once (call it after queuing the block's compute to overlap both) and, on a
+    failure, re-runs the host checks on the first failing snapshot so the error names it and what is wrong.
+    """
+
+    def __init__(self, items: list[Item], prev_counts: list[int], flags: Tensor | None, sums: Tensor | None) -> None:
+        self.items, self.prev_counts, self.flags, self.checksums = items, prev_counts, flags, sums
+
+    def raise_if_failed(self) -> None:
+        """Raise :class:`~lit_efficiency.core.errors.DataError` (one line naming the snapshot) if any check failed."""
+        if self.flags is None:
+            return
+        failed = self.flags.nonzero()  # the one synchronisation of the block
+        if failed.numel() == 0:
+            return
+        i = int(failed[0, 0])
+        item = self.items[i]
+        _check_values(_to_cpu(item), self.prev_counts[i])
+        got = None if self.checksums is None else int(self.checksums[i])
+        raise DataError(f"snapshot {item.t}: checksum mismatch (stored {item.checksum}, rebuilt {got})")
+
+
+def _to_cpu(item: Item) -> Item:
+    fields = {f: getattr(item, f) for f in item.__dataclass_fields__}  # type: ignore[union-attr]
+    return type(item)(**{k: v.cpu() if isinstance(v, Tensor) else v for k, v in fields.items()})
+
+
+def decode_block(
+    prev_keys: Tensor | None,
+    prev_weights: Tensor | None,
+    items: Sequence[Item],
+    device: torch.device | str | None = None,
+    verify: bool = True,
+) -> tuple[list[tuple[Tensor, Tensor | None]], BlockCheck]:
+    r"""Rebuild consecutive snapshots on ``device`` with no host synchronisation; their checks are deferred.
+
+    Each item is decoded from its predecessor (:func:`decode_snapshot`'s algorithm). Shape and type checks read only
+    metadata and run at once; range, order and (with ``verify``) checksum checks are queued on the device and read by
+    the returned :class:`BlockCheck`'s one synchronisation. Indices are clamped, so a corrupted item yields garbage
+    that the check then reports, never an out-of-bounds access.
+
+    Args:
+        prev_keys: Keys of the snapshot before ``items[0]`` (``None`` allowed when it is a :class:`FullSnapshot`).
+        prev_weights: Its weights, or ``None`` when unweighted.
+        items: Consecutive :class:`FullSnapshot` / :class:`SnapshotDiff` items.
+        device: Target device (default: ``prev_keys.device``, or CPU).
+        verify: Also compare every rebuilt snapshot's checksum with the stored one.
+
+    Returns:
+        ``[(keys, weights)]`` per item, and the :class:`BlockCheck` to call :meth:`~BlockCheck.raise_if_failed` on.
+
+    Raises:
+        DataError: Truncated arrays or mixed weighted/unweighted items (at once); the rest from the check.
+    """
+    if device is None:
+        device = prev_keys.device if prev_keys is not None else torch.device("cpu")
+    device = torch.device(device)
+    out: list[tuple[Tensor, Tensor | None]] = []
+    flags: list[Tensor] = []
+    sums: list[Tensor] = []
+    prev_counts: list[int] = []
+    keys, weights = prev_keys, prev_weights
+    for item in items:
+        n_prev = 0 if keys is None else keys.numel()
+        if isinstance(item, FullSnapshot):
+            _check_full(item)
+            keys = item.keys.to(device, non_blocking=True)
+            weights = None if item.weights is None else item.weights.to(device, non_blocking=True)
+        elif isinstance(item, SnapshotDiff):
+            _check_diff(item, keys, weights)
+            assert keys is not None
+            keys, weights = _apply_diff(keys, weights, item, device)
+        else:
+            raise DataError(f"cannot decode an object of type {type(item).__name__} as a snapshot")
+        value_flag = _value_flag(item, n_prev)
+        flag = torch.zeros((), dtype=torch.bool, device=device) if value_flag is None else value_flag.to(device)
+        if verify:
+            checksum = snapshot_checksum(keys, weights)
+            flag = flag | (checksum != item.checksum)
+            sums.append(checksum)
+        flags.append(flag)
+        prev_counts.append(n_prev)
+        out.append((keys, weights))
+    stacked = torch.stack(flags) if flags else None
+    return out, BlockCheck(list(items), prev_counts, stacked, torch.stack(sums) if sums else None)
 
 
 def decode_snapshot(
@@ -683,11 +811,11 @@ def decode_snapshot(
     device: torch.device | str | None = None,
     verify: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
-    r"""Rebuild snapshot ``item.t`` on ``device`` from the previous snapshot and one encoded item.
+    r"""Rebuild snapshot ``item.t`` on ``device`` from the previous snapshot and one encoded item, checked at once.
 
     For a diff: keep-mask from the deleted positions, compaction and merge-insertion of the added keys so that the
-    canonical sorted order is reproduced exactly, then the changed weights. Structural checks run on the (host) item
-    before the transfer; the checksum is verified on the device afterwards.
+    canonical sorted order is reproduced exactly, then the changed weights. This is :func:`decode_block` on one item
+    followed by its check (one synchronisation); decode a whole block with :func:`decode_block` to check once.
 
     .. math::
         K_t = \mathrm{merge}\big(K_{t-1}[\neg \Delta^-_t],\ \Delta^+_t\big)
@@ -702,7 +830,7 @@ def decode_snapshot(
         prev_weights: Its weights, or ``None`` when unweighted.
         item: A :class:`FullSnapshot` or :class:`SnapshotDiff`.
         device: Target device (default: ``prev_keys.device``, or CPU).
-        verify: Verify the checksum (costs one device synchronisation).
+        verify: Verify the checksum.
 
     Returns:
         ``(keys, weights)`` of the snapshot on ``device``.
@@ -710,24 +838,9 @@ def decode_snapshot(
     Raises:
         DataError: Bad checksum, truncated arrays, positions or keys out of range (the message names the snapshot).
     """
-    if device is None:
-        device = prev_keys.device if prev_keys is not None else torch.device("cpu")
-    device = torch.device(device)
-    if isinstance(item, FullSnapshot):
-        _check_full(item)
-        keys = item.keys.to(device, non_blocking=True)
-        weights = None if item.weights is None else item.weights.to(device, non_blocking=True)
-    elif isinstance(item, SnapshotDiff):
-        _check_diff(item, prev_keys, prev_weights)
-        assert prev_keys is not None
-        keys, weights = _apply_diff(prev_keys, prev_weights, item, device)
-    else:
-        raise DataError(f"cannot decode an object of type {type(item).__name__} as a snapshot")
-    if verify:
-        got = int(snapshot_checksum(keys, weights))
-        if got != item.checksum:
-            raise DataError(f"snapshot {item.t}: checksum mismatch (stored {item.checksum}, rebuilt {got})")
-    return keys, weights
+    (decoded,), check = decode_block(prev_keys, prev_weights, [item], device, verify)
+    check.raise_if_failed()
+    return decoded
 
 
 def iter_decode(

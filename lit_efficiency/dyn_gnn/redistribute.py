@@ -115,8 +115,16 @@ def _exchange(
     group: Any,
     recorder: Recorder[CommEvent] | None,
     kind: str,
+    wire_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """One ``all_to_all_single`` with uneven splits; records bytes and time if a recorder is given."""
+    """One ``all_to_all_single`` with uneven splits; records bytes and time if a recorder is given.
+
+    With ``wire_dtype`` (e.g. ``torch.bfloat16``) the buffer travels in that dtype and is cast back on arrival: half
+    the bytes of fp32, at the precision of the wire dtype.
+    """
+    out_dtype = send.dtype
+    if wire_dtype is not None:
+        send = send.to(wire_dtype)
     recv = send.new_empty(sum(recv_splits))
     is_cuda = send.device.type == "cuda"
     if recorder is not None and is_cuda:
@@ -131,7 +139,7 @@ def _exchange(
         sent = (sum(send_splits) - send_splits[rank]) * itemsize
         received = (sum(recv_splits) - recv_splits[rank]) * itemsize
         recorder.record(CommEvent(kind, int(sent), int(received), float(ms)))
-    return recv
+    return recv.to(out_dtype)
 
 
 def _snapshot_to_vertex(
@@ -142,13 +150,14 @@ def _snapshot_to_vertex(
     group: Any,
     recorder: Recorder[CommEvent] | None,
     kind: str,
+    wire_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     feat = tuple(h.shape[2:])
     per_row = math.prod(feat)
     send, send_splits = _pack_snapshot_major(h, vert_blocks)
     num_local_nodes = len(vert_blocks[rank])
     recv_splits = [len(s) * num_local_nodes * per_row for s in snap_blocks]
-    recv = _exchange(send, send_splits, recv_splits, rank, group, recorder, kind)
+    recv = _exchange(send, send_splits, recv_splits, rank, group, recorder, kind, wire_dtype)
     return _unpack_vertex_major(recv, snap_blocks[-1].stop, num_local_nodes, feat)
 
 
@@ -160,13 +169,14 @@ def _vertex_to_snapshot(
     group: Any,
     recorder: Recorder[CommEvent] | None,
     kind: str,
+    wire_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     feat = tuple(h.shape[2:])
     per_row = math.prod(feat)
     send, send_splits = _pack_vertex_major(h, snap_blocks)
     num_local_snapshots = len(snap_blocks[rank])
     recv_splits = [num_local_snapshots * len(v) * per_row for v in vert_blocks]
-    recv = _exchange(send, send_splits, recv_splits, rank, group, recorder, kind)
+    recv = _exchange(send, send_splits, recv_splits, rank, group, recorder, kind, wire_dtype)
     return _unpack_snapshot_major(recv, recv_splits, vert_blocks, num_local_snapshots, feat)
 
 
@@ -193,20 +203,21 @@ class SnapshotToVertex(torch.autograd.Function):
         vert_blocks: Sequence[range],
         group: Any,
         recorder: Recorder[CommEvent] | None,
+        wire_dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
         """Redistribute ``h``; see the class docstring."""
         rank, _ = _group_rank_and_size(group)
-        ctx.plan = (snap_blocks, vert_blocks, rank, group, recorder)
-        return _snapshot_to_vertex(h, snap_blocks, vert_blocks, rank, group, recorder, "snapshot_to_vertex")
+        ctx.plan = (snap_blocks, vert_blocks, rank, group, recorder, wire_dtype)
+        return _snapshot_to_vertex(h, snap_blocks, vert_blocks, rank, group, recorder, "snapshot_to_vertex", wire_dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         """Send each gradient block back to the rank that owns its snapshots."""
-        snap_blocks, vert_blocks, rank, group, recorder = ctx.plan
+        snap_blocks, vert_blocks, rank, group, recorder, wire_dtype = ctx.plan
         grad_in = _vertex_to_snapshot(
-            grad, snap_blocks, vert_blocks, rank, group, recorder, "snapshot_to_vertex.backward"
+            grad, snap_blocks, vert_blocks, rank, group, recorder, "snapshot_to_vertex.backward", wire_dtype
         )
-        return grad_in, None, None, None, None
+        return grad_in, None, None, None, None, None
 
 
 class VertexToSnapshot(torch.autograd.Function):
@@ -230,20 +241,21 @@ class VertexToSnapshot(torch.autograd.Function):
         vert_blocks: Sequence[range],
         group: Any,
         recorder: Recorder[CommEvent] | None,
+        wire_dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
         """Redistribute ``h``; see the class docstring."""
         rank, _ = _group_rank_and_size(group)
-        ctx.plan = (snap_blocks, vert_blocks, rank, group, recorder)
-        return _vertex_to_snapshot(h, snap_blocks, vert_blocks, rank, group, recorder, "vertex_to_snapshot")
+        ctx.plan = (snap_blocks, vert_blocks, rank, group, recorder, wire_dtype)
+        return _vertex_to_snapshot(h, snap_blocks, vert_blocks, rank, group, recorder, "vertex_to_snapshot", wire_dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         """Send each gradient block back to the rank that owns its vertices."""
-        snap_blocks, vert_blocks, rank, group, recorder = ctx.plan
+        snap_blocks, vert_blocks, rank, group, recorder, wire_dtype = ctx.plan
         grad_in = _snapshot_to_vertex(
-            grad, snap_blocks, vert_blocks, rank, group, recorder, "vertex_to_snapshot.backward"
+            grad, snap_blocks, vert_blocks, rank, group, recorder, "vertex_to_snapshot.backward", wire_dtype
         )
-        return grad_in, None, None, None, None
+        return grad_in, None, None, None, None, None
 
 
 def _prepare(
@@ -272,6 +284,7 @@ def snapshot_to_vertex(
     vert_blocks: Sequence[range],
     group: Any = None,
     recorder: Recorder[CommEvent] | None = None,
+    wire_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Differentiable snapshot -> vertex redistribution (see :class:`SnapshotToVertex`).
 
@@ -283,6 +296,8 @@ def snapshot_to_vertex(
         vert_blocks: vertex block of every rank (identical on all ranks).
         group: process group (``None``: the default group); see :func:`new_redistribution_group`.
         recorder: where to record bytes and time (``None``: not recorded).
+        wire_dtype: dtype the buffers travel in, forward and backward (``None``: ``h``'s own); ``torch.bfloat16``
+            or ``torch.float16`` halve the bytes of fp32 activations and gradients at that precision.
 
     Returns:
         ``(T, N_p, *F)`` on the device of ``h``.
@@ -290,7 +305,7 @@ def snapshot_to_vertex(
     if _prepare(h, snap_blocks, vert_blocks, group, to_vertex=True) == 1:
         return h
     h = _ensure_backward_participation(h)
-    return SnapshotToVertex.apply(h, tuple(snap_blocks), tuple(vert_blocks), group, recorder)
+    return SnapshotToVertex.apply(h, tuple(snap_blocks), tuple(vert_blocks), group, recorder, wire_dtype)
 
 
 def vertex_to_snapshot(
@@ -299,6 +314,7 @@ def vertex_to_snapshot(
     vert_blocks: Sequence[range],
     group: Any = None,
     recorder: Recorder[CommEvent] | None = None,
+    wire_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Differentiable vertex -> snapshot redistribution (see :class:`VertexToSnapshot`).
 
@@ -310,6 +326,8 @@ def vertex_to_snapshot(
         vert_blocks: vertex block of every rank (identical on all ranks).
         group: process group (``None``: the default group).
         recorder: where to record bytes and time (``None``: not recorded).
+        wire_dtype: dtype the buffers travel in, forward and backward (``None``: ``h``'s own); ``torch.bfloat16``
+            or ``torch.float16`` halve the bytes of fp32 activations and gradients at that precision.
 
     Returns:
         ``(T_p, N, *F)`` on the device of ``h``.
@@ -317,7 +335,7 @@ def vertex_to_snapshot(
     if _prepare(h, snap_blocks, vert_blocks, group, to_vertex=False) == 1:
         return h
     h = _ensure_backward_participation(h)
-    return VertexToSnapshot.apply(h, tuple(snap_blocks), tuple(vert_blocks), group, recorder)
+    return VertexToSnapshot.apply(h, tuple(snap_blocks), tuple(vert_blocks), group, recorder, wire_dtype)
 
 
 def _ensure_backward_participation(h: torch.Tensor) -> torch.Tensor:

@@ -12,15 +12,20 @@ all-reduced by DDP). Per global block of ``T`` snapshots (a
 2. :func:`~lit_efficiency.dyn_gnn.redistribute.snapshot_to_vertex`: ``(T, N_p, d)``, all snapshots of its
    vertex block ``V_p``;
 3. the **temporal** stage on ``V_p`` over all ``T`` (state carried across blocks per vertex block);
-4. :func:`~lit_efficiency.dyn_gnn.redistribute.vertex_to_snapshot` back to ``(T_p, N, d_out)``: the embeddings
-   of **every** vertex at its own snapshots, so every candidate edge of its targets has both endpoints local;
+4. :func:`~lit_efficiency.dyn_gnn.redistribute.vertex_to_snapshot` back to the snapshot layout of what the head
+   needs: the embeddings ``(T_p, N, d_out)``, or the head's per-vertex first-layer projections
+   ``(T_p, N, 2k)`` computed in the vertex layout (``loss_exchange``, below);
 5. the loss of its own targets.
 
-**Choice for the loss: redistribute back** (not an endpoint exchange). Its volume is fixed,
-:math:`4 N T d_\mathrm{out} (P-1)/P` bytes (fp32) forward and the same backward, whatever the number of candidate
-edges; an endpoint exchange would ship :math:`2 C d_\mathrm{out}` values per snapshot for ``C`` candidates, and with
-19 sampled negatives per edge ``C`` is ``20 |E_{t+1}|``, usually more than ``N``. Per training step the all-to-alls
-thus move :math:`4 N T (d + d_\mathrm{out})(P-1)/P` bytes forward and as much backward. TM-GCN with
+**Choice for the loss: score from what is narrower.** The head's first layer is linear in :math:`[Z_u \| Z_v]`, so
+rank ``q`` can apply its two halves to its own vertices (:meth:`~lit_efficiency.dyn_gnn.nn.LinkPredictor.vertex_part`)
+and ship :math:`2k` values per vertex and snapshot instead of :math:`d_\mathrm{out}`; the snapshot owner adds the two
+endpoints' halves and finishes the head. ``loss_exchange="auto"`` ships the projections when :math:`2k < d_\mathrm{out}`
+(a linear head: 2 values), else the embeddings. Per training step the all-to-alls then move
+:math:`4 N T (2d + 2w)(P-1)/P` bytes with :math:`w` the shipped width: with a linear head about half of the
+:math:`4 N T \cdot 4d (P-1)/P` of shipping the embeddings. An endpoint exchange (ship :math:`Z_t[v]` for the
+candidates' endpoints only) was not chosen: with 19 uniform negatives per edge the candidates touch nearly every
+vertex. ``wire_dtype`` (``bfloat16``/``float16``) halves the bytes of every exchange at that precision. TM-GCN with
 ``mixing="input"`` has an identity temporal stage: it needs no redistribution at all, only a temporal **halo** of the
 ``bandwidth - 1`` snapshots before ``S_p`` (read from the data by each rank, see :attr:`temporal_halo`).
 
@@ -41,7 +46,7 @@ to resume. Set the strategy's ``timeout`` to the same value so DDP's all-reduce 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.distributed as dist
@@ -59,6 +64,9 @@ from lit_efficiency.dyn_gnn.task import DynGNNTask
 
 __all__ = ["DistributedDynGNNTask", "DistributedTrainingError"]
 
+_LOSS_EXCHANGES = ("auto", "embeddings", "head_inputs")
+_WIRE_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
 
 class DistributedTrainingError(LitEfficiencyError, RuntimeError):
     """A collective failed: a peer rank died or did not answer within the timeout."""
@@ -72,15 +80,30 @@ class DistributedDynGNNTask(DynGNNTask):
 
     Args:
         redistribution_timeout_s: timeout of the redistribution process group's collectives, seconds.
+        loss_exchange: what goes back to the snapshot layout for the loss: ``embeddings`` (``Z``, ``out_dim`` values
+            per vertex and snapshot), ``head_inputs`` (the head's per-vertex first-layer projections,
+            ``head.vertex_width`` values) or ``auto`` (the narrower of the two).
+        wire_dtype: dtype the all-to-all buffers travel in (``bfloat16`` / ``float16`` halve the bytes; gradients are
+            then equal to the single process only up to that precision).
         **kwargs: the parent's arguments (``model``, ``hidden_dim``, ..., ``num_nodes``, ``num_features``, ``task``).
     """
 
     sync_metrics_on_compute: ClassVar[bool] = False  # states are combined by _gather_metric_states
 
-    def __init__(self, redistribution_timeout_s: float = 300.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        redistribution_timeout_s: float = 300.0,
+        loss_exchange: Literal["auto", "embeddings", "head_inputs"] = "auto",
+        wire_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if redistribution_timeout_s <= 0:
             raise ConfigError(f"model.redistribution_timeout_s must be > 0, got {redistribution_timeout_s}")
+        if loss_exchange not in _LOSS_EXCHANGES:
+            raise ConfigError(f"model.loss_exchange must be one of {', '.join(_LOSS_EXCHANGES)}, got {loss_exchange!r}")
+        if wire_dtype not in _WIRE_DTYPES:
+            raise ConfigError(f"model.wire_dtype must be one of {', '.join(_WIRE_DTYPES)}, got {wire_dtype!r}")
         self._group: Any = None
         self._group_ready = False
         #: Every redistribution all-to-all (forward and backward), drained by
@@ -135,15 +158,27 @@ class DistributedDynGNNTask(DynGNNTask):
         return out
 
     # ------------------------------------------------------------------ forward
-    def partitioned_embeddings(self, batch: PartitionedBatch, state: Any) -> tuple[Tensor, Any]:
-        """Embeddings of this rank's snapshots, every vertex: ``((T_p, N, out_dim), new state of the vertex block)``.
+    @property
+    def ships_head_inputs(self) -> bool:
+        """Whether the head's per-vertex projections, not the embeddings, go back to the snapshot layout."""
+        choice = self.hparams.get("loss_exchange", "auto")
+        if choice == "auto":
+            assert self.net is not None and self.head is not None
+            return self.head.vertex_width < self.net.out_dim
+        return choice == "head_inputs"
+
+    def partitioned_embeddings(self, batch: PartitionedBatch, state: Any) -> tuple[Tensor, Any, bool]:
+        """What the head reads for this rank's snapshots, every vertex, and the new state of the vertex block.
+
+        Returns ``(z, state, projected)``: ``z`` is ``(T_p, N, out_dim)`` embeddings, or, when ``projected``, the
+        head's per-vertex projections ``(T_p, N, head.vertex_width)`` computed in the vertex layout
+        (:attr:`ships_head_inputs`).
 
         Shapes:
             - **batch:** ``num_halo + T_p`` snapshots held; the block has ``T`` snapshots in all.
-            - **output:** ``(T_p, N, out_dim)``.
         """
-        net = self.net
-        if net is None:
+        net, head = self.net, self.head
+        if net is None or head is None:
             raise ConfigError("DistributedDynGNNTask is not built yet (setup() has not run)")
         num_nodes = batch.num_nodes
         xs, adjs = net.prepare_partitioned_block(batch.x, batch.adjs)
@@ -156,18 +191,27 @@ class DistributedDynGNNTask(DynGNNTask):
         else:
             h = torch.zeros(0, num_nodes, net.spatial_dim, device=self.device)
         if net.temporal_is_identity:
-            return h, state
+            return h, state, False
         world = self._world
         snaps = batch.relative_blocks() if world > 1 else (range(0, len(adjs)),)
         verts = tuple(vertex_blocks(num_nodes, world))
-        group, recorder = self._group, self.comm_recorder
-        hv = self._collective("snapshot->vertex all-to-all", snapshot_to_vertex, h, snaps, verts, group, recorder)
+        exchange = (
+            snaps,
+            verts,
+            self._group,
+            self.comm_recorder,
+            _WIRE_DTYPES[self.hparams.get("wire_dtype", "float32")],
+        )
+        hv = self._collective("snapshot->vertex all-to-all", snapshot_to_vertex, h, *exchange)
         if hv.shape[1] == 0:  # more ranks than vertices: nothing to run, keep the shape
             zv = hv.new_zeros(hv.shape[0], 0, net.out_dim)
         else:
             zv, state = net.temporal(hv, state)
-        z = self._collective("vertex->snapshot all-to-all", vertex_to_snapshot, zv, snaps, verts, group, recorder)
-        return z, state
+        projected = world > 1 and self.ships_head_inputs
+        if projected:
+            zv = head.vertex_part(zv)
+        z = self._collective("vertex->snapshot all-to-all", vertex_to_snapshot, zv, *exchange)
+        return z, state, projected
 
     def _partitioned_block(
         self, batch: SnapshotBatch, state: Any
@@ -175,18 +219,25 @@ class DistributedDynGNNTask(DynGNNTask):
         """Outputs of this rank's targets, the sum of their losses, the new state and the block's target count."""
         if not isinstance(batch, PartitionedBatch):
             raise ConfigError("DistributedDynGNNTask needs a PartitionedSnapshotDataModule (PartitionedBatch batches)")
-        z, state = self.partitioned_embeddings(batch, state)
+        z, state, projected = self.partitioned_embeddings(batch, state)
         zs = z.unbind(0)
         first = batch.t0 + batch.num_halo
         outputs, losses = [], []
         for s, target in enumerate(batch.targets[batch.num_halo :]):
             if target is None:
                 continue
-            out = self.predict_target(zs[s], target)
+            out = self._head_from_projection(zs[s], target) if projected else self.predict_target(zs[s], target)
             outputs.append((first + s, out, target))
             losses.append(self.target_loss(out, target))
         local_sum = torch.stack(losses).sum() if losses else z.sum() * 0.0
         return outputs, local_sum, state, batch.num_targets
+
+    def _head_from_projection(self, p_t: Tensor, target: SnapshotTarget) -> Tensor:
+        """:meth:`predict_target` from the head's per-vertex projections of one snapshot."""
+        assert self.head is not None
+        if target.edge_index is None:
+            return self.head.from_vertex_part(p_t)
+        return self.head.from_vertex_part(p_t, target.edge_index)
 
     def _touch_all_parameters(self) -> Tensor:
         """``0 * sum(theta)``: every parameter takes part in the graph (empty ranks, heads without targets)."""

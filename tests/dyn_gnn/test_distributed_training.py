@@ -34,7 +34,7 @@ NUM_NODES = 36  # divisible by 2 and 3: the all-to-all volume then equals 4*N*T*
 DIM = 8
 
 
-def _model_kwargs(model: str) -> dict:
+def _model_kwargs(model: str, head_hidden_dim: int = DIM) -> dict:
     name, _, mixing = model.partition(":")
     return {
         "model": name,
@@ -43,7 +43,7 @@ def _model_kwargs(model: str) -> dict:
         "hidden_dim": DIM,
         "out_dim": DIM,
         "num_layers": 1 if name == "tmgcn" else 2,
-        "head_hidden_dim": DIM,
+        "head_hidden_dim": head_hidden_dim,
         "num_nodes": NUM_NODES,
         "num_features": 8,
         "task": "link_prediction",
@@ -89,9 +89,9 @@ def _trainer(world: int, callbacks: list, max_epochs: int = 2, logger=False) -> 
     )
 
 
-def _reference(model: str, path) -> dict:
+def _reference(model: str, path, head_hidden_dim: int = DIM) -> dict:
     torch.manual_seed(0)
-    task = DynGNNTask(**_model_kwargs(model))
+    task = DynGNNTask(**_model_kwargs(model, head_hidden_dim))
     init = copy.deepcopy(task.state_dict())
     (path / "ref").mkdir()
     _trainer(1, [_Record(path / "ref")]).fit(task, SnapshotDataModule(**DIST_DATA))
@@ -309,3 +309,83 @@ def test_more_ranks_than_snapshots_does_not_hang(tmp_path):
     torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor(ref["losses"]), rtol=1e-5, atol=1e-6)
     for name, grad in got["grads"][0].items():
         torch.testing.assert_close(grad, ref["grads"][0][name], rtol=1e-4, atol=1e-6)
+
+
+def _assert_matches_reference(ref: dict, path, world: int, rtol: float = 1e-4, atol: float = 1e-6) -> None:
+    for rank in range(world):
+        got = torch.load(path / f"rank{rank}.pt")
+        torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor(ref["losses"]), rtol=rtol, atol=atol)
+        assert len(got["grads"]) == len(ref["grads"])
+        for step, (grads, ref_grads) in enumerate(zip(got["grads"], ref["grads"], strict=True)):
+            assert grads.keys() == ref_grads.keys(), step
+            for name, grad in grads.items():
+                torch.testing.assert_close(grad, ref_grads[name], rtol=rtol, atol=atol, msg=f"step {step} {name}")
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(120)
+@_needs_fork
+@pytest.mark.parametrize(("head_hidden_dim", "world"), [(0, 2), (2, 3)])
+def test_scoring_in_vertex_layout_equals_single_process_and_narrows_the_return(head_hidden_dim, world, tmp_path):
+    """Head inputs shipped back instead of embeddings: same losses and gradients, return volume width 2k, not d."""
+    torch.set_num_threads(1)
+    ref = _reference("wdgcn", tmp_path, head_hidden_dim)
+    task = DistributedDynGNNTask(**_model_kwargs("wdgcn", head_hidden_dim))  # loss_exchange="auto"
+    task.load_state_dict(ref["init"])
+    task.comm_recorder = _KeepingRecorder()
+    profiler = CommProfiler()
+    callbacks = [_Record(tmp_path), profiler, _DumpComm(tmp_path, profiler)]
+    _trainer(world, callbacks).fit(task, PartitionedSnapshotDataModule(**DIST_DATA))
+    assert task.ships_head_inputs
+    _assert_matches_reference(ref, tmp_path, world)
+
+    width = 2 * max(head_hidden_dim, 1)  # the first head layer's width, for both endpoints
+    assert task.head.vertex_width == width < DIM
+    probe = PartitionedSnapshotDataModule(world_size=world, rank=0, **DIST_DATA)
+    probe.setup("fit")
+    train_t = sum(p.stop - p.start for p in probe.plans["train"])
+    val_t = sum(p.stop - p.start for p in probe.plans["val"])
+    per_kind: dict[str, int] = {}
+    for rank in range(world):
+        for kind, nbytes in torch.load(tmp_path / f"comm{rank}.pt")["events"]:
+            per_kind[kind] = per_kind.get(kind, 0) + nbytes
+    fwd_t, bwd_t = 2 * (train_t + val_t), 2 * train_t  # 2 epochs; validation runs forward only
+    assert per_kind == {
+        "snapshot_to_vertex": alltoall_bytes(NUM_NODES, fwd_t, DIM, world),
+        "snapshot_to_vertex.backward": alltoall_bytes(NUM_NODES, bwd_t, DIM, world),
+        "vertex_to_snapshot": alltoall_bytes(NUM_NODES, fwd_t, width, world),
+        "vertex_to_snapshot.backward": alltoall_bytes(NUM_NODES, bwd_t, width, world),
+    }
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(120)
+@_needs_fork
+def test_bfloat16_wire_halves_the_bytes_and_stays_close(tmp_path):
+    """``wire_dtype=bfloat16``: every exchange ships 2 bytes per value; losses and gradients within bf16 precision."""
+    torch.set_num_threads(1)
+    world = 2
+    ref = _reference("wdgcn", tmp_path)
+    task = DistributedDynGNNTask(wire_dtype="bfloat16", loss_exchange="embeddings", **_model_kwargs("wdgcn"))
+    task.load_state_dict(ref["init"])
+    task.comm_recorder = _KeepingRecorder()
+    profiler = CommProfiler()
+    _trainer(world, [_Record(tmp_path), profiler, _DumpComm(tmp_path, profiler)], max_epochs=1).fit(
+        task, PartitionedSnapshotDataModule(**DIST_DATA)
+    )
+    ref = {**ref, "losses": ref["losses"][:2], "grads": ref["grads"][:2]}
+    _assert_matches_reference(ref, tmp_path, world, rtol=5e-2, atol=5e-3)
+    events = torch.load(tmp_path / "comm0.pt")["events"]
+    fwd = [nbytes for kind, nbytes in events if kind == "snapshot_to_vertex"]
+    probe = PartitionedSnapshotDataModule(world_size=world, rank=0, **DIST_DATA)
+    probe.setup("fit")
+    verts = vertex_blocks(NUM_NODES, world)
+    s0 = len(probe.plans["train"][0].snap_blocks[0])
+    assert fwd[0] == s0 * (NUM_NODES - len(verts[0])) * DIM * 2  # bf16: 2 bytes per value
+
+
+def test_loss_exchange_and_wire_dtype_are_validated():
+    with pytest.raises(ConfigError, match="loss_exchange"):
+        DistributedDynGNNTask(loss_exchange="both", **_model_kwargs("wdgcn"))
+    with pytest.raises(ConfigError, match="wire_dtype"):
+        DistributedDynGNNTask(wire_dtype="int8", **_model_kwargs("wdgcn"))

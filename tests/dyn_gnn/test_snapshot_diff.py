@@ -23,6 +23,7 @@ from lit_efficiency.dyn_gnn.codec import (
     HEADER_BYTES,
     FullSnapshot,
     SnapshotDiff,
+    decode_block,
     decode_snapshot,
     encode_graph,
     encode_snapshots,
@@ -495,3 +496,43 @@ def test_decode_on_cuda_matches_cpu():
         norm_gpu, norm_cpu = gcn_norm_adj_t(d_gpu.keys, n, d_gpu.weights), gcn_norm_adj_t(d_cpu.keys, n, d_cpu.weights)
         assert torch.equal(norm_gpu.crow_indices.cpu(), norm_cpu.crow_indices)
         torch.testing.assert_close(norm_gpu.values.cpu(), norm_cpu.values)
+
+
+@pytest.mark.parametrize("case", ["checksum", "position out of range", "key out of range", "wrong key value"])
+def test_decode_block_defers_checks_to_one_call_naming_the_snapshot(encoded_weighted, case):
+    """A whole block decodes with its checks deferred: equal to iter_decode when clean; a corrupted item in the
+    middle is reported by ``raise_if_failed`` (not before) with the same one-line message as decode_snapshot."""
+    enc, states = encoded_weighted
+    decoded, check = decode_block(None, None, enc.items)
+    check.raise_if_failed()
+    assert len(decoded) == len(states)
+    for (keys, weights), (ref_keys, ref_weights) in zip(decoded, states, strict=True):
+        assert torch.equal(keys, ref_keys) and torch.equal(weights, ref_weights)
+    bad, message = _corruptions(enc[3])[case]
+    items = list(enc.items)
+    items[3] = bad
+    _, check = decode_block(None, None, items)  # no error yet: nothing has been read back
+    assert check.flags is not None and check.flags.tolist() == [False, False, False, True] + [False] * (len(items) - 4)
+    with pytest.raises(DataError, match=message) as info:
+        check.raise_if_failed()
+    assert str(info.value).startswith("snapshot 3:") and "\n" not in str(info.value)
+
+
+@pytest.mark.gpu
+def test_decode_block_on_cuda_has_no_host_synchronisation():
+    """The block decodes and queues its checks under ``set_sync_debug_mode("error")``; only the check synchronises."""
+    n = 2000
+    eis, ws = _random_sequence(n, 8, 20_000, 0.05, weighted=True, seed=1)
+    enc = encode_snapshots(eis, n, ws).pin_memory()
+    from lit_efficiency.dyn_gnn.streaming import ship_item
+
+    items = [ship_item(item, torch.device("cuda")) for item in enc.items]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        decoded, check = decode_block(None, None, items, "cuda")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    check.raise_if_failed()
+    for (keys, weights), ref in zip(decoded, iter_decode(enc, "cpu"), strict=True):
+        assert torch.equal(keys.cpu(), ref.keys) and torch.equal(weights.cpu(), ref.weights)
