@@ -352,11 +352,6 @@ class BertEncoder(nn.Module):
         scores = torch.matmul(query, key.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))
         return torch.softmax(scores + bias, dim=-1)
 
-    def attend(self, probs: Tensor, value: Tensor) -> Tensor:
-        """Attention dropout then ``P V``: ``(B, H, Lq, Lk), (B, H, Lk, d) -> (B, H, Lq, d)``."""
-        probs = F.dropout(probs, p=self.attn_probs_dropout, training=self.training)
-        return torch.matmul(probs, value)
-
     def sdpa(self, query: Tensor, key: Tensor, value: Tensor, bias: Tensor) -> Tensor:
         """Fused attention without probabilities (FlashAttention / memory-efficient kernels where available)."""
         return F.scaled_dot_product_attention(
@@ -441,16 +436,14 @@ class BertEncoder(nn.Module):
     def layer_step(self, index: int, state: LayerState) -> LayerState:
         """One layer application: attention sub-layer, then feed-forward sub-layer (subclasses act in between).
 
-        Eager attention (probabilities) only when they are asked for, fused SDPA otherwise.
+        The attention output always comes from fused SDPA; probabilities are computed (eagerly, for the output
+        only) when they are asked for.
         """
         parts = self.layer_parts(index)
         q, k, v = self.project_qkv(parts, state.hidden)
         if state.attentions is not None:
-            probs = self.attention_probs(q, k, state.bias)
-            state.attentions.append(probs)
-            context = self.attend(probs, v)
-        else:
-            context = self.sdpa(q, k, v, state.bias)
+            state.attentions.append(self.attention_probs(q, k, state.bias))
+        context = self.sdpa(q, k, v, state.bias)
         state.hidden = self.feed_forward(parts, self.attention_output(parts, context, state.hidden))
         return state
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -70,7 +71,9 @@ def significance_score(probs: Tensor, key_mask: Tensor, mask_padded_queries: boo
         \mathrm{sig}[b, k] = \sum_q \frac{1}{H} \sum_h A[b, h, q, k] - \frac{1}{H} \sum_h A[b, h, k, k]
 
     The self-attention term is subtracted, and padded keys get 0. As in the reference implementation, the rows
-    of padded *queries* still contribute unless ``mask_padded_queries=True`` (as LTP does).
+    of padded *queries* still contribute unless ``mask_padded_queries=True`` (as LTP does). This is the definition
+    on materialised probabilities; the encoder computes the same value block by block from ``Q`` and ``K``
+    (:func:`significance_score_qk`).
 
     Args:
         probs: attention probabilities (softmax output, before dropout).
@@ -82,12 +85,59 @@ def significance_score(probs: Tensor, key_mask: Tensor, mask_padded_queries: boo
         - key_mask: ``(B, L)``
         - output: ``(B, L)``, same dtype as ``probs``
     """
-    mean = probs.mean(dim=1)  # (B, H, L, L) -> (B, L, L), rows are queries
-    real = (key_mask != 0).to(mean.dtype)
-    if mask_padded_queries:
-        mean = mean * real[:, :, None]
-    sig = mean.sum(dim=1) - mean.diagonal(dim1=1, dim2=2)
-    return sig * real
+    real = (key_mask != 0).to(probs.dtype)
+    columns, diagonal = _score_terms(probs, 0, real, mask_padded_queries)
+    return (columns - diagonal) * real
+
+
+def _score_terms(probs: Tensor, start: int, real: Tensor, mask_padded_queries: bool) -> tuple[Tensor, Tensor]:
+    """Head-averaged column sums and self-attention terms of the query rows ``start .. start + Lq - 1``.
+
+    Shapes:
+        - probs: ``(B, H, Lq, L)`` (query rows ``start ..`` of the full matrix); real: ``(B, L)``
+        - output: column sums ``(B, L)`` and self-attention terms ``(B, L)`` (zero outside the block's rows)
+    """
+    bsz, heads, rows, seq_len = probs.shape
+    weight = real[:, start : start + rows] if mask_padded_queries else torch.ones_like(real[:, :rows])
+    weight = (weight / heads)[:, None, :].expand(bsz, heads, rows)  # (B, H, Lq): 1/H per kept query row
+    columns = torch.bmm(weight.reshape(bsz, 1, heads * rows), probs.reshape(bsz, heads * rows, seq_len))[:, 0]
+    self_terms = probs[..., start : start + rows].diagonal(dim1=-2, dim2=-1)  # (B, H, Lq): A[b, h, q, q]
+    diagonal = torch.zeros_like(columns)
+    diagonal[:, start : start + rows] = (self_terms * weight).sum(dim=1)
+    return columns, diagonal
+
+
+#: Upper bound on the elements of one block of probabilities in :func:`significance_score_qk` (16 MiB in fp32).
+SCORE_BLOCK_ELEMENTS = 1 << 22
+
+
+@torch.no_grad()
+def significance_score_qk(
+    query: Tensor, key: Tensor, bias: Tensor, key_mask: Tensor, mask_padded_queries: bool = False
+) -> Tensor:
+    r""":func:`significance_score` from ``Q`` and ``K``, without materialising all ``(B, H, L, L)`` probabilities.
+
+    Query rows are processed in blocks of at most :data:`SCORE_BLOCK_ELEMENTS` probabilities: each block's scores
+    ``Q_blk K^T / sqrt(d) + bias`` are normalised by their row log-sum-exp (a softmax over complete rows), and only
+    the head-averaged column sums and the self-attention terms of the block are kept. The score selects tokens and
+    ranks them, so it carries no gradient.
+
+    Shapes:
+        - query, key: ``(B, H, L, d)``; bias: ``(B, 1, 1, L)`` additive mask; key_mask: ``(B, L)``
+        - output: ``(B, L)`` in the dtype of ``query``
+    """
+    bsz, heads, seq_len, head_dim = query.shape
+    real = (key_mask != 0).to(query.dtype)
+    block = max(1, min(seq_len, SCORE_BLOCK_ELEMENTS // max(1, bsz * heads * seq_len)))
+    key_t = key.transpose(-1, -2) * (1.0 / math.sqrt(head_dim))
+    columns = torch.zeros(bsz, seq_len, dtype=query.dtype, device=query.device)
+    diagonal = torch.zeros_like(columns)
+    for start in range(0, seq_len, block):
+        probs = torch.softmax(torch.matmul(query[:, :, start : start + block], key_t) + bias, dim=-1)
+        col, diag = _score_terms(probs, start, real, mask_padded_queries)
+        columns += col
+        diagonal += diag
+    return (columns - diagonal) * real
 
 
 def select_tokens(sig: Tensor, mask: Tensor, keep: int) -> Tensor:
@@ -300,35 +350,31 @@ class PowerBertEncoder(BertEncoder):
     def layer_step(self, index: int, state: LayerState) -> LayerState:
         """One layer application in any mode: attention, [elimination], Add & LayerNorm, [Soft-Extract], FFN.
 
-        Probabilities are computed (eagerly) only where they are needed: the layer drops tokens (hard), every layer
-        (soft), or they were asked for; elsewhere fused SDPA. Where the layer drops tokens, :func:`extract` chooses
-        them and only the kept query rows go on: ``P V``, the output projection and the LayerNorm shrink to
-        ``(B, keep, .)`` (LayerNorm is row-wise, so this equals "full sub-layer, then gather").
+        Where the layer needs a significance score (soft mode, or a hard layer that drops tokens) it is computed
+        block by block from ``Q`` and ``K`` (:func:`significance_score_qk`), never as all heads' ``(B, H, n, n)``
+        probabilities. Where the layer drops tokens, :func:`extract` chooses them and only the kept query rows go
+        on: fused SDPA over all keys, the output projection and the LayerNorm shrink to ``(B, keep, .)`` (LayerNorm
+        is row-wise, so this equals "full sub-layer, then gather"). Probabilities are materialised only when
+        ``output_attentions`` asks for them.
         """
         parts = self.layer_parts(index)
-        hidden, mask = state.hidden, state.mask
+        hidden, mask, bias = state.hidden, state.mask, state.bias
         n = hidden.shape[1]
         keep = min(self.retention[index], n) if self.mode == "hard" else n
         soft = self.mode == "soft"
         q, k, v = self.project_qkv(parts, hidden)
+        if state.attentions is not None:
+            state.attentions.append(self.attention_probs(q, k, bias))
+        sig = significance_score_qk(q, k, bias, mask, self.mask_padded_queries) if soft or keep < n else None
         residual = hidden
-        if state.attentions is None and not soft and keep == n:
-            context = self.sdpa(q, k, v, state.bias)
-        else:
-            probs = self.attention_probs(q, k, state.bias)  # (B, H, n, n)
-            if state.attentions is not None:
-                state.attentions.append(probs)
-            sig = significance_score(probs, mask, self.mask_padded_queries) if soft or keep < n else None
-            if keep < n:
-                kept = extract(hidden, mask, sig, keep)
-                rows = kept.indices[:, None, :, None].expand(-1, probs.shape[1], -1, n)
-                probs = probs.gather(2, rows)  # (B, H, keep, n): kept query rows only
-                residual = kept.hidden
-                state.mask = kept.mask
-                state.bias = additive_attention_mask(kept.mask, hidden.dtype)
-                state.positions = state.positions.gather(1, kept.indices)
-            context = self.attend(probs, v)
-        out = self.attention_output(parts, context, residual)
+        if keep < n:
+            kept = extract(hidden, mask, sig, keep)
+            q = q.gather(2, kept.indices[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[3]))
+            residual = kept.hidden
+            state.mask = kept.mask
+            state.bias = additive_attention_mask(kept.mask, hidden.dtype)
+            state.positions = state.positions.gather(1, kept.indices)
+        out = self.attention_output(parts, self.sdpa(q, k, v, bias), residual)
         if soft:
             out = self.soft_extracts[index](out, sig, mask)
         state.hidden = self.feed_forward(parts, out)
@@ -572,4 +618,5 @@ __all__ = [
     "mass_penalty",
     "select_tokens",
     "significance_score",
+    "significance_score_qk",
 ]
