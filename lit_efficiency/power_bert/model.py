@@ -47,6 +47,8 @@ from lit_efficiency.power_bert.bert import (
     BertEncoderOutput,
     LayerState,
     additive_attention_mask,
+    check_config,
+    family_of,
     load_hf_config,
     num_layer_applications,
     read_hf_weights,
@@ -400,14 +402,16 @@ class PowerBertClassifierOutput:
 
 
 class PowerBertForSequenceClassification(nn.Module):
-    """PoWER-BERT encoder + pooler + dropout + linear classifier, with HF ``*ForSequenceClassification`` keys.
+    """PoWER-BERT encoder + the family's classification head, with HF ``*ForSequenceClassification`` keys.
 
-    State-dict keys are those of ``BertForSequenceClassification`` (``bert.*``, ``classifier.*``) or
-    ``AlbertForSequenceClassification`` (``albert.*``, ``classifier.*``), plus ``bert.soft_extracts.{j}.r`` in soft
-    mode; a saved folder therefore also loads in HF (which ignores the Soft-Extract weights).
+    State-dict keys are those of ``BertForSequenceClassification`` (``bert.*``, ``classifier.*``),
+    ``RobertaForSequenceClassification`` (``roberta.*``, ``classifier.dense.*``, ``classifier.out_proj.*``),
+    ``AlbertForSequenceClassification`` or ``DistilBertForSequenceClassification`` (``distilbert.*``,
+    ``pre_classifier.*``, ``classifier.*``), plus ``<prefix>.soft_extracts.{j}.r`` in soft mode. The head is the
+    one HF puts on each family (:meth:`~lit_efficiency.power_bert.families.Family.head`).
 
     Args:
-        config: ``transformers`` ``BertConfig`` / ``AlbertConfig`` (copied).
+        config: a ``transformers`` BERT, RoBERTa, ALBERT or DistilBERT config (copied).
         num_labels: number of classes; 1 means regression (MSE). Default: ``config.num_labels``.
         mode: ``"none"``, ``"soft"`` or ``"hard"`` (see :class:`PowerBertEncoder`).
         retention: tokens kept per layer (a list of ints); required for ``"hard"``.
@@ -430,17 +434,19 @@ class PowerBertForSequenceClassification(nn.Module):
             if num_labels < 1:
                 raise ConfigError(f"num_labels={num_labels}: must be >= 1 (1 means regression)")
             config.num_labels = int(num_labels)
+        check_config(config)
+        family = family_of(config)
         encoder = PowerBertEncoder(
-            config, mode=mode, retention=retention, max_seq_len=max_seq_len, mask_padded_queries=mask_padded_queries
+            config,
+            mode=mode,
+            retention=retention,
+            max_seq_len=max_seq_len,
+            mask_padded_queries=mask_padded_queries,
+            add_pooling_layer=family.uses_pooler(),
         )
         self._prefix = encoder.base_model_prefix
-        self.add_module(self._prefix, encoder)  # "bert" / "albert", as in HF task models
-        if encoder.model_type == "albert":
-            p = config.classifier_dropout_prob
-        else:
-            p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(float(p))
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.add_module(self._prefix, encoder)  # "bert", "roberta", ... as in HF task models
+        family.build_head(self, encoder.config)
         self.reset_classifier()
 
     @classmethod
@@ -450,7 +456,7 @@ class PowerBertForSequenceClassification(nn.Module):
 
     @property
     def encoder(self) -> PowerBertEncoder:
-        """The PoWER-BERT base model (also reachable as ``.bert`` / ``.albert``)."""
+        """The PoWER-BERT base model (also reachable as ``.bert``, ``.roberta``, ``.albert``, ``.distilbert``)."""
         return getattr(self, self._prefix)
 
     @property
@@ -461,13 +467,19 @@ class PowerBertForSequenceClassification(nn.Module):
     @property
     def num_labels(self) -> int:
         """Output width; 1 means regression."""
-        return int(self.classifier.out_features)
+        return int(self.encoder.family.head_output_layer(self).out_features)
+
+    def head_prefixes(self) -> tuple[str, ...]:
+        """State-dict key prefixes of the classification head (everything but the encoder)."""
+        return tuple(f"{name}." for name, _ in self.named_children() if name != self._prefix)
 
     @torch.no_grad()
     def reset_classifier(self) -> None:
-        """Fresh classifier: ``N(0, initializer_range)`` weight, zero bias (HF's initialisation)."""
-        self.classifier.weight.normal_(0.0, float(self.config.initializer_range))
-        self.classifier.bias.zero_()
+        """Fresh head: ``N(0, initializer_range)`` weights, zero biases (HF's initialisation)."""
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear) and not name.startswith(self._prefix + "."):
+                module.weight.normal_(0.0, float(self.config.initializer_range))
+                module.bias.zero_()
 
     def forward(
         self,
@@ -485,7 +497,9 @@ class PowerBertForSequenceClassification(nn.Module):
             position_ids=position_ids,
             output_attentions=output_attentions,
         )
-        logits = self.classifier(self.dropout(out.pooler_output))
+        family = self.encoder.family
+        features = out.pooler_output if family.uses_pooler() else out.last_hidden_state[:, 0]
+        logits = family.head(self, features)
         return PowerBertClassifierOutput(logits=logits, encoder=out)
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
@@ -535,9 +549,9 @@ class PowerBertForSequenceClassification(nn.Module):
         )
         state = read_hf_weights(path)
         model.encoder.load_hf_state_dict(state, source=str(name_or_path))
-        weight, bias = state.get("classifier.weight"), state.get("classifier.bias")
-        if weight is not None and bias is not None and tuple(weight.shape) == tuple(model.classifier.weight.shape):
-            model.classifier.load_state_dict({"weight": weight, "bias": bias})
+        own = {k: v for k, v in model.state_dict().items() if k.startswith(model.head_prefixes())}
+        if all(k in state and tuple(state[k].shape) == tuple(v.shape) for k, v in own.items()):
+            model.load_state_dict({k: state[k] for k in own}, strict=False)
         else:
             log.info("%s: no %d-label classifier in the checkpoint; initialised one", name_or_path, model.num_labels)
         return model
@@ -546,8 +560,7 @@ class PowerBertForSequenceClassification(nn.Module):
         """Write an HF-style folder: ``config.json`` (with ``num_labels``, ``retention``, ``power_bert``) + weights."""
         enc = self.encoder
         config = copy.deepcopy(self.config)
-        head = "AlbertForSequenceClassification" if enc.model_type == "albert" else "BertForSequenceClassification"
-        config.architectures = [head]
+        config.architectures = [enc.family.classifier_class]
         extra = {
             "num_labels": self.num_labels,  # HF itself only writes id2label
             "retention": list(enc.retention) if enc.retention is not None else None,
@@ -574,14 +587,14 @@ def flops_per_example(config: PretrainedConfig, retention: Sequence[int] | None,
     only on the ``n_j`` kept rows, exactly as :class:`PowerBertEncoder` computes them.
 
     Args:
-        config: HF config (BERT or ALBERT).
+        config: HF config (BERT, RoBERTa, ALBERT or DistilBERT).
         retention: tokens kept per layer application, or ``None`` for the unpruned model.
         seq_len: input length ``L`` (the padded length the batch runs at).
     """
     layers = num_layer_applications(config)
     if retention is not None and len(retention) != layers:
         raise ConfigError(f"retention has {len(retention)} entries, the model has {layers} layers")
-    d, inter = int(config.hidden_size), int(config.intermediate_size)
+    d, inter = int(config.hidden_size), family_of(config).intermediate_size(config)
     n = int(seq_len)
     total = 0
     if config.model_type == "albert":
