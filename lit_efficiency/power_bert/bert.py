@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from lit_efficiency.core.errors import ConfigError
 from lit_efficiency.core.paths import resolve_pretrained
+from lit_efficiency.power_bert.autoload import MODEL_TYPE
 from lit_efficiency.power_bert.families import FAMILIES, Family, LayerParts
 
 if TYPE_CHECKING:  # transformers is imported lazily (it costs seconds); only the type is needed here
@@ -423,6 +424,8 @@ def load_hf_config(path: str) -> PretrainedConfig:
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"cannot load the model config of {path!r}: {first}") from err
+    if config.model_type == MODEL_TYPE:  # a saved PoWER-BERT folder (lit_efficiency.power_bert.hf)
+        config = config.base_config()
     check_config(config)
     return config
 

@@ -42,6 +42,7 @@ from typing_extensions import override
 
 from lit_efficiency.core.errors import ConfigError
 from lit_efficiency.core.paths import resolve_pretrained
+from lit_efficiency.power_bert.autoload import MODEL_TYPE
 from lit_efficiency.power_bert.bert import (
     BertEncoder,
     BertEncoderOutput,
@@ -417,6 +418,7 @@ class PowerBertForSequenceClassification(nn.Module):
         retention: tokens kept per layer (a list of ints); required for ``"hard"``.
         max_seq_len: padded maximum length ``N``. Default: ``config.max_position_embeddings``.
         mask_padded_queries: exclude padded query rows from the significance score.
+        label_names: class names in label-id order (saved as ``id2label``); default: the config's.
     """
 
     def __init__(
@@ -427,13 +429,20 @@ class PowerBertForSequenceClassification(nn.Module):
         retention: Sequence[int] | None = None,
         max_seq_len: int | None = None,
         mask_padded_queries: bool = False,
+        label_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         config = copy.deepcopy(config)
         if num_labels is not None:
             if num_labels < 1:
                 raise ConfigError(f"num_labels={num_labels}: must be >= 1 (1 means regression)")
-            config.num_labels = int(num_labels)
+            if num_labels != config.num_labels:
+                config.num_labels = int(num_labels)  # HF resets id2label to LABEL_0, LABEL_1, ...
+        if label_names:
+            if len(label_names) != config.num_labels:
+                raise ConfigError(f"label_names has {len(label_names)} names for {config.num_labels} labels")
+            config.id2label = dict(enumerate(label_names))
+            config.label2id = {name: i for i, name in enumerate(label_names)}
         check_config(config)
         family = family_of(config)
         encoder = PowerBertEncoder(
@@ -518,12 +527,13 @@ class PowerBertForSequenceClassification(nn.Module):
         retention: Sequence[int] | None = None,
         max_seq_len: int | None = None,
         mask_padded_queries: bool | None = None,
+        label_names: Sequence[str] | None = None,
     ) -> PowerBertForSequenceClassification:
         """Load a base checkpoint (new classifier) or a saved fine-tuned folder (everything restored).
 
         Arguments left at ``None`` come from the folder's ``config.json`` (``num_labels``, ``retention``,
-        ``power_bert``); a saved retention makes the default mode ``"hard"``. The classifier is loaded when the
-        checkpoint has one of the right shape, otherwise freshly initialised.
+        ``power_bert``, ``id2label``); a saved retention makes the default mode ``"hard"``. The classification head
+        is loaded when the checkpoint has all of it in the right shapes, otherwise freshly initialised.
 
         Raises:
             ConfigError: bad path / alias, unsupported model, missing encoder weights, invalid retention.
@@ -546,6 +556,7 @@ class PowerBertForSequenceClassification(nn.Module):
             retention=retention,
             max_seq_len=max_seq_len,
             mask_padded_queries=mask_padded_queries,
+            label_names=label_names,
         )
         state = read_hf_weights(path)
         model.encoder.load_hf_state_dict(state, source=str(name_or_path))
@@ -556,12 +567,26 @@ class PowerBertForSequenceClassification(nn.Module):
             log.info("%s: no %d-label classifier in the checkpoint; initialised one", name_or_path, model.num_labels)
         return model
 
+    def label_names(self) -> list[str]:
+        """Class names in label-id order (``LABEL_0``, ... unless names were given); empty for regression."""
+        return [] if self.num_labels == 1 else [self.config.id2label[i] for i in range(self.num_labels)]
+
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """Write an HF-style folder: ``config.json`` (with ``num_labels``, ``retention``, ``power_bert``) + weights."""
+        """Write a ``transformers``-native folder: ``config.json``, ``model.safetensors`` and a model card.
+
+        The config has ``model_type`` :data:`~lit_efficiency.power_bert.autoload.MODEL_TYPE` (the base model's
+        fields flat beside ``base_model_type``, ``num_labels``, ``id2label``, ``retention``, ``power_bert``), so
+        ``AutoModelForSequenceClassification`` loads it as the eliminating model once ``lit_efficiency`` is
+        imported (:mod:`lit_efficiency.power_bert.hf`) and refuses it otherwise.
+        """
+        from lit_efficiency.power_bert.hf import HFPowerBertForSequenceClassification, model_card
+
         enc = self.encoder
         config = copy.deepcopy(self.config)
-        config.architectures = [enc.family.classifier_class]
         extra = {
+            "model_type": MODEL_TYPE,
+            "base_model_type": enc.model_type,
+            "architectures": [HFPowerBertForSequenceClassification.__name__],
             "num_labels": self.num_labels,  # HF itself only writes id2label
             "retention": list(enc.retention) if enc.retention is not None else None,
             "power_bert": {
@@ -570,7 +595,9 @@ class PowerBertForSequenceClassification(nn.Module):
                 "mask_padded_queries": enc.mask_padded_queries,
             },
         }
-        return save_hf_folder(path, config, self.state_dict(), extra_config=extra)
+        folder = save_hf_folder(path, config, self.state_dict(), extra_config=extra)
+        (folder / "README.md").write_text(model_card(self, self.label_names()))
+        return folder
 
 
 # ---------------------------------------------------------------------- cost model
