@@ -33,6 +33,11 @@ PIPELINES: dict[str, str] = {
     "power-bert": "lit_efficiency.power_bert.pipeline:main",
 }
 
+#: Commands under a pipeline subcommand: (pipeline, command) -> "module:function" taking the remaining argv.
+PIPELINE_COMMANDS: dict[tuple[str, str], str] = {
+    ("power-bert", "export"): "lit_efficiency.power_bert.export:main",
+}
+
 
 def default_config_files() -> list[str]:
     """``conf/defaults.yaml`` when it exists (seed, trainer defaults, CSV logger, checkpointing)."""
@@ -153,7 +158,10 @@ def main(args: ArgsType = None) -> None:
     # Python hides DeprecationWarnings raised outside __main__; a config naming an old class path should say so.
     warnings.simplefilter("default", LitEfficiencyDeprecationWarning)
     try:
-        if argv and argv[0] in PIPELINES:
+        if argv and tuple(argv[:2]) in PIPELINE_COMMANDS:
+            module_name, func_name = PIPELINE_COMMANDS[(argv[0], argv[1])].split(":")
+            getattr(importlib.import_module(module_name), func_name)(argv[2:])
+        elif argv and argv[0] in PIPELINES:
             _run_pipeline(argv[0], argv[1:])
         else:
             LitEfficiencyCLI(args=args)

@@ -146,20 +146,31 @@ def significance_score_qk(
 def select_tokens(sig: Tensor, mask: Tensor, keep: int) -> Tensor:
     """Positions Extract keeps: [CLS] (position 0) plus the ``keep - 1`` most significant others, ascending.
 
-    Padded positions score ``-inf`` so they are dropped before any real token; ties go to the earlier position
-    (stable sort), which makes the choice deterministic. Position 0 must hold [CLS], as BERT tokenizers put it
-    (pad on the right, or anywhere but position 0; the mask is gathered, never truncated).
+    Padded positions score ``-inf`` so they are dropped before any real token; ties go to the earlier position,
+    which makes the choice deterministic. Position 0 must hold [CLS], as BERT tokenizers put it (pad on the right,
+    or anywhere but position 0; the mask is gathered, never truncated).
+
+    The ranking is a stable descending sort written with comparisons, a cumulative sum and a scatter (no
+    ``sort`` / ``topk``), so it compiles and exports to ONNX with static shapes: token ``k``'s rank is the number
+    of tokens scoring higher plus the earlier ones scoring the same, and the kept tokens (rank ``< keep``) are
+    written to consecutive slots in position order.
 
     Shapes:
         - sig, mask: ``(B, L)``
         - output: ``(B, min(keep, L))`` int64 positions, sorted ascending per row
     """
-    seq_len = sig.shape[1]
+    bsz, seq_len = sig.shape
     keep = min(int(keep), seq_len)
     score = sig.float().masked_fill(mask == 0, float("-inf"))
     score[:, 0] = float("inf")  # [CLS] is always kept
-    order = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :keep]
-    return order.sort(dim=1).values
+    other, this = score[:, None, :], score[:, :, None]  # [b, k, j] compares token j with token k
+    earlier = torch.ones(seq_len, seq_len, dtype=torch.bool, device=sig.device).tril(-1)  # j < k
+    rank = ((other > this) | ((other == this) & earlier)).sum(dim=2)  # (B, L): stable descending rank
+    kept = rank < keep
+    slot = torch.where(kept, kept.long().cumsum(dim=1) - 1, keep)  # dropped tokens go to a spare slot
+    positions = torch.arange(seq_len, device=sig.device).expand(bsz, seq_len)
+    out = torch.zeros(bsz, keep + 1, dtype=torch.long, device=sig.device).scatter(1, slot, positions)
+    return out[:, :keep]
 
 
 def gather_tokens(x: Tensor, indices: Tensor) -> Tensor:
@@ -510,6 +521,26 @@ class PowerBertForSequenceClassification(nn.Module):
         features = out.pooler_output if family.uses_pooler() else out.last_hidden_state[:, 0]
         logits = family.head(self, features)
         return PowerBertClassifierOutput(logits=logits, encoder=out)
+
+    def compile_for_inference(self, mode: str | None = None, backend: str = "inductor", fullgraph: bool = True):
+        """Switch to eval mode and compile the forward in place with ``torch.compile`` for static shapes.
+
+        A trained retention fixes every tensor shape of the forward for a given input shape, so the whole model
+        compiles into one graph (``fullgraph=True``) without dynamic shapes; a new batch or sequence length
+        recompiles once. ``mode="reduce-overhead"`` also captures CUDA graphs on a GPU (replayed per shape), which
+        removes the kernel-launch overhead that dominates a pruned forward in fp16.
+
+        Args:
+            mode: ``torch.compile`` mode (``None``/``"default"``, ``"reduce-overhead"``, ``"max-autotune"``).
+            backend: ``torch.compile`` backend.
+            fullgraph: fail on a graph break instead of silently splitting the forward.
+
+        Returns:
+            ``self``, for chaining.
+        """
+        self.eval()
+        self.compile(mode=mode, backend=backend, fullgraph=fullgraph, dynamic=False)
+        return self
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Task loss: mean-squared error when ``num_labels == 1`` (regression), else cross-entropy."""

@@ -1,4 +1,4 @@
-"""The inference engine's significance score: blocked from Q and K, equal to the definition on probabilities."""
+"""The inference engine: blocked significance score equal to the definition on probabilities; compiled == eager."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ import torch
 
 from lit_efficiency.power_bert import model as model_module
 from lit_efficiency.power_bert.bert import additive_attention_mask
-from lit_efficiency.power_bert.model import significance_score, significance_score_qk
+from lit_efficiency.power_bert.model import (
+    PowerBertForSequenceClassification,
+    significance_score,
+    significance_score_qk,
+)
+from tests.power_bert.test_bert import padded_batch, tiny_bert_config
 
 
 def random_mask(bsz: int, seq_len: int, gen: torch.Generator) -> torch.Tensor:
@@ -43,3 +48,24 @@ def test_blocked_score_carries_no_gradient():
     k = torch.randn(1, 2, 5, 4, requires_grad=True)
     mask = torch.ones(1, 5)
     assert not significance_score_qk(q, k, additive_attention_mask(mask, q.dtype), mask).requires_grad
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("aot_eager", id="aot_eager"),
+        pytest.param("inductor", id="inductor", marks=pytest.mark.slow),  # C++ codegen: minutes on a busy CPU
+    ],
+)
+def test_compiled_hard_model_equals_eager(backend):
+    torch.manual_seed(0)
+    model = PowerBertForSequenceClassification(tiny_bert_config(), num_labels=2, mode="hard", retention=[6, 4, 2])
+    model.train()  # compile_for_inference must switch to eval (dropout off)
+    ids, mask, tt = padded_batch()
+    with torch.no_grad():
+        want = model.eval()(ids, mask, tt)
+        model.train().compile_for_inference(backend=backend)  # fullgraph: one graph for the whole forward
+        got = model(ids, mask, tt)
+    assert not model.training
+    torch.testing.assert_close(got.logits, want.logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(got.encoder.kept_positions, want.encoder.kept_positions)
