@@ -89,20 +89,29 @@ def significance_score(probs: Tensor, key_mask: Tensor, mask_padded_queries: boo
         - output: ``(B, L)``, same dtype as ``probs``
     """
     real = (key_mask != 0).to(probs.dtype)
-    columns, diagonal = _score_terms(probs, 0, real, mask_padded_queries)
+    columns, diagonal = _score_terms(probs, 0, query_weights(real, probs.shape[1], mask_padded_queries))
     return (columns - diagonal) * real
 
 
-def _score_terms(probs: Tensor, start: int, real: Tensor, mask_padded_queries: bool) -> tuple[Tensor, Tensor]:
-    """Head-averaged column sums and self-attention terms of the query rows ``start .. start + Lq - 1``.
+def query_weights(real: Tensor, heads: int, mask_padded_queries: bool) -> Tensor:
+    """Weight of each query row in the score: ``1/H`` (head mean), 0 for padded rows under ``mask_padded_queries``.
 
     Shapes:
-        - probs: ``(B, H, Lq, L)`` (query rows ``start ..`` of the full matrix); real: ``(B, L)``
+        - real: ``(B, L)`` 1 for real tokens, 0 for padding
+        - output: ``(B, L)``
+    """
+    return (real if mask_padded_queries else torch.ones_like(real)) / heads
+
+
+def _score_terms(probs: Tensor, start: int, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Weighted column sums and self-attention terms of the query rows ``start .. start + Lq - 1``.
+
+    Shapes:
+        - probs: ``(B, H, Lq, L)`` (query rows ``start ..`` of the full matrix); weight: ``(B, L)`` per query row
         - output: column sums ``(B, L)`` and self-attention terms ``(B, L)`` (zero outside the block's rows)
     """
     bsz, heads, rows, seq_len = probs.shape
-    weight = real[:, start : start + rows] if mask_padded_queries else torch.ones_like(real[:, :rows])
-    weight = (weight / heads)[:, None, :].expand(bsz, heads, rows)  # (B, H, Lq): 1/H per kept query row
+    weight = weight[:, None, start : start + rows].expand(bsz, heads, rows)  # (B, H, Lq)
     columns = torch.bmm(weight.reshape(bsz, 1, heads * rows), probs.reshape(bsz, heads * rows, seq_len))[:, 0]
     self_terms = probs[..., start : start + rows].diagonal(dim1=-2, dim2=-1)  # (B, H, Lq): A[b, h, q, q]
     diagonal = torch.zeros_like(columns)
@@ -120,10 +129,12 @@ def significance_score_qk(
 ) -> Tensor:
     r""":func:`significance_score` from ``Q`` and ``K``, without materialising all ``(B, H, L, L)`` probabilities.
 
-    Query rows are processed in blocks of at most :data:`SCORE_BLOCK_ELEMENTS` probabilities: each block's scores
-    ``Q_blk K^T / sqrt(d) + bias`` are normalised by their row log-sum-exp (a softmax over complete rows), and only
-    the head-averaged column sums and the self-attention terms of the block are kept. The score selects tokens and
-    ranks them, so it carries no gradient.
+    On CUDA with Triton installed, a fused kernel computes it without writing any probabilities
+    (:func:`~lit_efficiency.power_bert.kernels.score_terms_triton`). Elsewhere query rows are processed in blocks
+    of at most :data:`SCORE_BLOCK_ELEMENTS` probabilities: each block's scores ``Q_blk K^T / sqrt(d) + bias`` are
+    normalised by their row log-sum-exp (a softmax over complete rows), and only the head-averaged column sums and
+    the self-attention terms of the block are kept. The score selects tokens and ranks them, so it carries no
+    gradient.
 
     Shapes:
         - query, key: ``(B, H, L, d)``; bias: ``(B, 1, 1, L)`` additive mask; key_mask: ``(B, L)``
@@ -131,13 +142,20 @@ def significance_score_qk(
     """
     bsz, heads, seq_len, head_dim = query.shape
     real = (key_mask != 0).to(query.dtype)
+    weight = query_weights(real, heads, mask_padded_queries)
+    if query.is_cuda:
+        from lit_efficiency.power_bert import kernels  # imports Triton: only on the GPU path
+
+        if kernels.triton_available():
+            columns, diagonal = kernels.score_terms_triton(query, key, bias, weight)
+            return ((columns - diagonal) * real).to(query.dtype)
     block = max(1, min(seq_len, SCORE_BLOCK_ELEMENTS // max(1, bsz * heads * seq_len)))
     key_t = key.transpose(-1, -2) * (1.0 / math.sqrt(head_dim))
     columns = torch.zeros(bsz, seq_len, dtype=query.dtype, device=query.device)
     diagonal = torch.zeros_like(columns)
     for start in range(0, seq_len, block):
         probs = torch.softmax(torch.matmul(query[:, :, start : start + block], key_t) + bias, dim=-1)
-        col, diag = _score_terms(probs, start, real, mask_padded_queries)
+        col, diag = _score_terms(probs, start, weight)
         columns += col
         diagonal += diag
     return (columns - diagonal) * real

@@ -53,7 +53,7 @@ def test_blocked_score_carries_no_gradient():
 @pytest.mark.parametrize(
     "backend",
     [
-        pytest.param("aot_eager", id="aot_eager"),
+        pytest.param("aot_eager", id="aot_eager", marks=pytest.mark.slow),  # tracing: 10-30 s on a busy CPU
         pytest.param("inductor", id="inductor", marks=pytest.mark.slow),  # C++ codegen: minutes on a busy CPU
     ],
 )
