@@ -214,7 +214,7 @@ class BertEncoder(nn.Module):
         """Load a pretrained encoder: an alias (``minilm-l6``), a local HF folder, or a hub name.
 
         Weights of task heads in the checkpoint (``cls.*``, ``classifier.*``, ...) are ignored; a missing pooler is
-        left randomly initialised; any other missing encoder weight is an error.
+        left randomly initialised; any other missing encoder weight is an error. Returns the model in eval mode.
 
         Raises:
             ConfigError: unknown alias / path, unsupported model type, or weights that do not fit the config.
@@ -223,7 +223,7 @@ class BertEncoder(nn.Module):
         config = load_hf_config(path)
         model = cls(config, **kwargs)
         model.load_hf_state_dict(read_hf_weights(path), source=str(name_or_path))
-        return model
+        return model.eval()
 
     def load_hf_state_dict(
         self, state_dict: Mapping[str, Tensor], source: str = "state_dict", strict: bool = True

@@ -582,7 +582,8 @@ class PowerBertForSequenceClassification(nn.Module):
 
         Arguments left at ``None`` come from the folder's ``config.json`` (``num_labels``, ``retention``,
         ``power_bert``, ``id2label``); a saved retention makes the default mode ``"hard"``. The classification head
-        is loaded when the checkpoint has all of it in the right shapes, otherwise freshly initialised.
+        is loaded when the checkpoint has all of it in the right shapes, otherwise freshly initialised. The model
+        comes back in eval mode, as HF models do (call ``.train()`` to fine-tune; Lightning does).
 
         Raises:
             ConfigError: bad path / alias, unsupported model, missing encoder weights, invalid retention.
@@ -614,7 +615,7 @@ class PowerBertForSequenceClassification(nn.Module):
             model.load_state_dict({k: state[k] for k in own}, strict=False)
         else:
             log.info("%s: no %d-label classifier in the checkpoint; initialised one", name_or_path, model.num_labels)
-        return model
+        return model.eval()
 
     def label_names(self) -> list[str]:
         """Class names in label-id order (``LABEL_0``, ... unless names were given); empty for regression."""

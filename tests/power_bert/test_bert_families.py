@@ -154,7 +154,7 @@ def test_family_classifier_matches_hf_and_roundtrips(make_config, tmp_path):
     ours.encoder.set_mode("hard", [6, 4, 2])
     ours.save_pretrained(tmp_path / "ours")
     again = PowerBertForSequenceClassification.from_pretrained(tmp_path / "ours").eval()
-    assert again.encoder.mode == "hard" and again.num_labels == 3
+    assert again.encoder.mode == "hard" and again.num_labels == 3 and not again.training  # HF convention: eval
     with torch.no_grad():
         assert torch.equal(again(ids, mask, tt).logits, ours(ids, mask, tt).logits)
 
