@@ -176,6 +176,7 @@ def main() -> None:
     parser.add_argument("--onnx-tasks", nargs="*", default=["sst2", "rte"], choices=TASKS)
     parser.add_argument("--machine-busy", action="store_true", help="note that other jobs shared the CPU")
     parser.add_argument("--out", type=Path, default=RESULTS / "power_bert_engine.json")
+    parser.add_argument("--merge", action="store_true", help="keep the other tasks already in --out")
     args = parser.parse_args()
 
     import transformers
@@ -200,12 +201,12 @@ def main() -> None:
             f"batch of dev examples; batch 1: {args.batch1_examples} dev examples one at a time; speedups vs HF "
             "BertForSequenceClassification (SDPA) at the same padding; pct_of_ideal = speedup / FLOP-ideal"
         ),
-        "tasks": {},
+        "tasks": json.loads(args.out.read_text())["tasks"] if args.merge and args.out.is_file() else {},
     }
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:
             retention, n = committed_retention(task)
-            entry: dict[str, Any] = {"retention": retention, "max_seq_len": n}
+            entry: dict[str, Any] = {"retention": retention, "max_seq_len": n, "repeats": args.repeats}
             for batch_size in args.batch_sizes:
                 examples = batch_size if batch_size > 1 else args.batch1_examples
                 entry[f"batch_{batch_size}"] = time_setting(task, batch_size, examples, args, models, Path(tmp))
