@@ -52,6 +52,11 @@ PIPELINES: dict[str, str] = {
     "power-bert": "lit_efficiency.power_bert.pipeline:main",
 }
 
+#: Commands under a pipeline subcommand: (pipeline, command) -> "module:function" taking the remaining argv.
+PIPELINE_COMMANDS: dict[tuple[str, str], str] = {
+    ("power-bert", "export"): "lit_efficiency.power_bert.export:main",
+}
+
 
 #: Model/data arguments that must be positive when set (learning rates and sizes), checked before instantiation.
 POSITIVE_ARGS: tuple[str, ...] = (
@@ -289,7 +294,10 @@ def main(args: ArgsType = None) -> None:
     warnings.simplefilter("default", LitEfficiencyDeprecationWarning)
     quiet_libraries()
     try:
-        if argv and argv[0] in PIPELINES:
+        if argv and tuple(argv[:2]) in PIPELINE_COMMANDS:
+            module_name, func_name = PIPELINE_COMMANDS[(argv[0], argv[1])].split(":")
+            getattr(importlib.import_module(module_name), func_name)(argv[2:])
+        elif argv and argv[0] in PIPELINES:
             _run_pipeline(argv[0], argv[1:])
         elif argv is None:
             LitEfficiencyCLI(args=args)

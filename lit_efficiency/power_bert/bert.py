@@ -1,8 +1,9 @@
-"""A BERT-family encoder (BERT, ALBERT) that owns its forward loop and keeps HF-compatible weights.
+"""A BERT-family encoder (BERT, RoBERTa, ALBERT, DistilBERT) that owns its forward loop and keeps HF weights.
 
 The weights live in Hugging Face ``transformers`` modules (``BertEmbeddings``, ``BertLayer``, ``AlbertTransformer``,
 ...) used purely as parameter containers, so ``state_dict()`` keys are exactly those of ``BertModel`` /
-``AlbertModel`` and any ``bert-*`` / ``albert-*`` checkpoint (hub name, local HF folder, or the offline alias
+``RobertaModel`` / ``AlbertModel`` / ``DistilBertModel`` (what differs per architecture is in
+:mod:`lit_efficiency.power_bert.families`) and any such checkpoint (hub name, local HF folder, or the offline alias
 ``minilm-l6``) loads without conversion. The forward pass is written here: HF's attention ``forward`` signatures
 changed several times across transformers 5.x, and PoWER-BERT (:mod:`lit_efficiency.power_bert.model`) needs to
 act *between* the attention sub-layer and the feed-forward sub-layer, which HF's layers do not expose.
@@ -25,10 +26,10 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -36,15 +37,15 @@ from torch import Tensor, nn
 
 from lit_efficiency.core.errors import ConfigError
 from lit_efficiency.core.paths import resolve_pretrained
+from lit_efficiency.power_bert.autoload import MODEL_TYPE
+from lit_efficiency.power_bert.families import FAMILIES, Family, LayerParts
 
 if TYPE_CHECKING:  # transformers is imported lazily (it costs seconds); only the type is needed here
     from transformers import PretrainedConfig
 
 log = logging.getLogger(__name__)
 
-#: model_type -> name of the base-model attribute in HF task models (``BertForSequenceClassification.bert``).
-BASE_MODEL_PREFIX: dict[str, str] = {"bert": "bert", "albert": "albert"}
-SUPPORTED_MODEL_TYPES = tuple(BASE_MODEL_PREFIX)
+SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -93,22 +94,6 @@ class LayerState:
     attentions: list[Tensor] | None
 
 
-class LayerParts(NamedTuple):
-    """The modules of one layer application, under architecture-neutral names (BERT and ALBERT differ in keys)."""
-
-    query: nn.Linear
-    key: nn.Linear
-    value: nn.Linear
-    attn_output: nn.Linear
-    attn_dropout: nn.Module  # dropout on the attention output projection (hidden dropout)
-    attn_norm: nn.LayerNorm
-    ffn_in: nn.Linear
-    activation: Callable[[Tensor], Tensor]
-    ffn_out: nn.Linear
-    ffn_dropout: nn.Module  # nn.Identity for ALBERT, which applies no dropout there (as HF does)
-    ffn_norm: nn.LayerNorm
-
-
 def _hf():
     """Import transformers lazily with a clear error (it is an optional, heavy dependency)."""
     try:
@@ -120,9 +105,12 @@ def _hf():
 
 def num_layer_applications(config: PretrainedConfig) -> int:
     """Number of transformer layers a forward pass runs (``num_hidden_layers * inner_group_num`` for ALBERT)."""
-    if config.model_type == "albert":
-        return int(config.num_hidden_layers) * int(config.inner_group_num)
-    return int(config.num_hidden_layers)
+    return FAMILIES[config.model_type].num_layers(config)
+
+
+def family_of(config: PretrainedConfig) -> Family:
+    """The :class:`~lit_efficiency.power_bert.families.Family` of a config (after :func:`check_config`)."""
+    return FAMILIES[config.model_type]
 
 
 def check_config(config: PretrainedConfig) -> None:
@@ -158,11 +146,13 @@ def additive_attention_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 class BertEncoder(nn.Module):
-    """BERT / ALBERT encoder (embeddings, layers, optional pooler) with HF ``BertModel`` / ``AlbertModel`` keys.
+    """BERT-family encoder (embeddings, layers, optional pooler) with the HF base model's keys (``BertModel``, ...).
 
     Args:
-        config: a ``transformers`` ``BertConfig`` or ``AlbertConfig`` (copied; never modified).
-        add_pooling_layer: build the pooler (``tanh`` dense on [CLS]), as ``BertModel`` does by default.
+        config: a ``transformers`` ``BertConfig``, ``RobertaConfig``, ``AlbertConfig`` or ``DistilBertConfig``
+            (copied; never modified).
+        add_pooling_layer: build the pooler (``tanh`` dense on [CLS]), as ``BertModel`` does by default (DistilBERT
+            has none).
 
     Example::
 
@@ -180,32 +170,17 @@ class BertEncoder(nn.Module):
         self.num_layers = num_layer_applications(config)
         self.num_heads = int(config.num_attention_heads)
         self.head_dim = config.hidden_size // self.num_heads
-        self.attn_probs_dropout = float(config.attention_probs_dropout_prob)
-
+        self.family = family_of(config)
+        self.attn_probs_dropout = self.family.attention_dropout(config)
         _hf()
-        if self.model_type == "albert":
-            from transformers.models.albert import modeling_albert as m
-
-            self.embeddings = m.AlbertEmbeddings(config)
-            self.encoder = m.AlbertTransformer(config)
-            if add_pooling_layer:
-                self.pooler = nn.Linear(config.hidden_size, config.hidden_size)  # key: pooler.weight (ALBERT layout)
-        else:
-            from transformers.models.bert import modeling_bert as m
-
-            self.embeddings = m.BertEmbeddings(config)
-            self.encoder = m.BertEncoder(config)
-            if add_pooling_layer:
-                self.pooler = m.BertPooler(config)  # key: pooler.dense.weight (BERT layout)
-        if not add_pooling_layer:
-            self.pooler = None
+        self.family.build(self, config, add_pooling_layer)
         self.reset_parameters()
 
     # ------------------------------------------------------------------ construction / weights
     @property
     def base_model_prefix(self) -> str:
-        """Attribute name HF task models use for this base model (``"bert"`` or ``"albert"``)."""
-        return BASE_MODEL_PREFIX[self.model_type]
+        """Attribute name HF task models use for this base model (``"bert"``, ``"roberta"``, ...)."""
+        return self.family.prefix
 
     @property
     def hidden_size(self) -> int:
@@ -239,7 +214,7 @@ class BertEncoder(nn.Module):
         """Load a pretrained encoder: an alias (``minilm-l6``), a local HF folder, or a hub name.
 
         Weights of task heads in the checkpoint (``cls.*``, ``classifier.*``, ...) are ignored; a missing pooler is
-        left randomly initialised; any other missing encoder weight is an error.
+        left randomly initialised; any other missing encoder weight is an error. Returns the model in eval mode.
 
         Raises:
             ConfigError: unknown alias / path, unsupported model type, or weights that do not fit the config.
@@ -248,7 +223,7 @@ class BertEncoder(nn.Module):
         config = load_hf_config(path)
         model = cls(config, **kwargs)
         model.load_hf_state_dict(read_hf_weights(path), source=str(name_or_path))
-        return model
+        return model.eval()
 
     def load_hf_state_dict(
         self, state_dict: Mapping[str, Tensor], source: str = "state_dict", strict: bool = True
@@ -298,45 +273,23 @@ class BertEncoder(nn.Module):
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (HF layout; reloads with :meth:`from_pretrained` or HF)."""
         config = copy.deepcopy(self.config)
-        config.architectures = ["AlbertModel" if self.model_type == "albert" else "BertModel"]
+        config.architectures = [self.family.base_class]
         return save_hf_folder(path, config, self.state_dict())
 
     # ------------------------------------------------------------------ building blocks of the forward pass
     def layer_parts(self, index: int) -> LayerParts:
         """Modules of layer application ``index`` (0-based); for ALBERT they are shared between applications."""
-        if self.model_type == "albert":
-            cfg = self.config
-            outer, inner = divmod(index, cfg.inner_group_num)
-            group = int(outer / (cfg.num_hidden_layers / cfg.num_hidden_groups))  # HF's formula, verbatim
-            layer = self.encoder.albert_layer_groups[group].albert_layers[inner]
-            att = layer.attention
-            return LayerParts(
-                att.query, att.key, att.value, att.dense, att.output_dropout, att.LayerNorm,
-                layer.ffn, layer.activation, layer.ffn_output, nn.Identity(), layer.full_layer_layer_norm,
-            )  # fmt: skip
-        layer = self.encoder.layer[index]
-        att = layer.attention
-        return LayerParts(
-            att.self.query, att.self.key, att.self.value, att.output.dense, att.output.dropout, att.output.LayerNorm,
-            layer.intermediate.dense, layer.intermediate.intermediate_act_fn, layer.output.dense, layer.output.dropout,
-            layer.output.LayerNorm,
-        )  # fmt: skip
+        return self.family.layer_parts(self, index)
 
     def embed(
         self, input_ids: Tensor, token_type_ids: Tensor | None = None, position_ids: Tensor | None = None
     ) -> Tensor:
-        """Token + position + segment embeddings, LayerNorm, dropout, ALBERT's projection: ``(B, L) -> (B, L, D)``."""
-        emb = self.embeddings
-        seq_len = input_ids.shape[1]
+        """Token, position (and segment) embeddings, LayerNorm, dropout, ALBERT projection: ``(B, L) -> (B, L, D)``."""
         if position_ids is None:
-            position_ids = torch.arange(seq_len, device=input_ids.device)[None, :]
+            position_ids = self.family.default_position_ids(self, input_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        x = emb.word_embeddings(input_ids) + emb.token_type_embeddings(token_type_ids)
-        x = emb.dropout(emb.LayerNorm(x + emb.position_embeddings(position_ids)))
-        if self.model_type == "albert":
-            x = self.encoder.embedding_hidden_mapping_in(x)
-        return x
+        return self.family.embed(self, input_ids, token_type_ids, position_ids)
 
     def project_qkv(self, parts: LayerParts, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(B, L, D)`` -> query, key, value, each ``(B, H, L, D/H)``."""
@@ -351,11 +304,6 @@ class BertEncoder(nn.Module):
         """Eager softmax attention probabilities (before dropout): ``(B, H, Lq, Lk)``."""
         scores = torch.matmul(query, key.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))
         return torch.softmax(scores + bias, dim=-1)
-
-    def attend(self, probs: Tensor, value: Tensor) -> Tensor:
-        """Attention dropout then ``P V``: ``(B, H, Lq, Lk), (B, H, Lk, d) -> (B, H, Lq, d)``."""
-        probs = F.dropout(probs, p=self.attn_probs_dropout, training=self.training)
-        return torch.matmul(probs, value)
 
     def sdpa(self, query: Tensor, key: Tensor, value: Tensor, bias: Tensor) -> Tensor:
         """Fused attention without probabilities (FlashAttention / memory-efficient kernels where available)."""
@@ -381,11 +329,7 @@ class BertEncoder(nn.Module):
 
     def pool(self, hidden: Tensor) -> Tensor | None:
         """``tanh(W h[:, 0] + b)`` or ``None`` without a pooler."""
-        if self.pooler is None:
-            return None
-        if self.model_type == "albert":
-            return torch.tanh(self.pooler(hidden[:, 0]))
-        return torch.tanh(self.pooler.dense(hidden[:, 0]))
+        return None if self.pooler is None else self.family.pool(self, hidden)
 
     @staticmethod
     def _default_mask(input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
@@ -441,16 +385,14 @@ class BertEncoder(nn.Module):
     def layer_step(self, index: int, state: LayerState) -> LayerState:
         """One layer application: attention sub-layer, then feed-forward sub-layer (subclasses act in between).
 
-        Eager attention (probabilities) only when they are asked for, fused SDPA otherwise.
+        The attention output always comes from fused SDPA; probabilities are computed (eagerly, for the output
+        only) when they are asked for.
         """
         parts = self.layer_parts(index)
         q, k, v = self.project_qkv(parts, state.hidden)
         if state.attentions is not None:
-            probs = self.attention_probs(q, k, state.bias)
-            state.attentions.append(probs)
-            context = self.attend(probs, v)
-        else:
-            context = self.sdpa(q, k, v, state.bias)
+            state.attentions.append(self.attention_probs(q, k, state.bias))
+        context = self.sdpa(q, k, v, state.bias)
         state.hidden = self.feed_forward(parts, self.attention_output(parts, context, state.hidden))
         return state
 
@@ -482,6 +424,8 @@ def load_hf_config(path: str) -> PretrainedConfig:
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"cannot load the model config of {path!r}: {first}") from err
+    if config.model_type == MODEL_TYPE:  # a saved PoWER-BERT folder (lit_efficiency.power_bert.hf)
+        config = config.base_config()
     check_config(config)
     return config
 

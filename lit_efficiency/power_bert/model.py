@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -41,11 +42,14 @@ from typing_extensions import override
 
 from lit_efficiency.core.errors import ConfigError
 from lit_efficiency.core.paths import resolve_pretrained
+from lit_efficiency.power_bert.autoload import MODEL_TYPE
 from lit_efficiency.power_bert.bert import (
     BertEncoder,
     BertEncoderOutput,
     LayerState,
     additive_attention_mask,
+    check_config,
+    family_of,
     load_hf_config,
     num_layer_applications,
     read_hf_weights,
@@ -70,7 +74,9 @@ def significance_score(probs: Tensor, key_mask: Tensor, mask_padded_queries: boo
         \mathrm{sig}[b, k] = \sum_q \frac{1}{H} \sum_h A[b, h, q, k] - \frac{1}{H} \sum_h A[b, h, k, k]
 
     The self-attention term is subtracted, and padded keys get 0. As in the reference implementation, the rows
-    of padded *queries* still contribute unless ``mask_padded_queries=True`` (as LTP does).
+    of padded *queries* still contribute unless ``mask_padded_queries=True`` (as LTP does). This is the definition
+    on materialised probabilities; the encoder computes the same value block by block from ``Q`` and ``K``
+    (:func:`significance_score_qk`).
 
     Args:
         probs: attention probabilities (softmax output, before dropout).
@@ -82,31 +88,107 @@ def significance_score(probs: Tensor, key_mask: Tensor, mask_padded_queries: boo
         - key_mask: ``(B, L)``
         - output: ``(B, L)``, same dtype as ``probs``
     """
-    mean = probs.mean(dim=1)  # (B, H, L, L) -> (B, L, L), rows are queries
-    real = (key_mask != 0).to(mean.dtype)
-    if mask_padded_queries:
-        mean = mean * real[:, :, None]
-    sig = mean.sum(dim=1) - mean.diagonal(dim1=1, dim2=2)
-    return sig * real
+    real = (key_mask != 0).to(probs.dtype)
+    columns, diagonal = _score_terms(probs, 0, query_weights(real, probs.shape[1], mask_padded_queries))
+    return (columns - diagonal) * real
+
+
+def query_weights(real: Tensor, heads: int, mask_padded_queries: bool) -> Tensor:
+    """Weight of each query row in the score: ``1/H`` (head mean), 0 for padded rows under ``mask_padded_queries``.
+
+    Shapes:
+        - real: ``(B, L)`` 1 for real tokens, 0 for padding
+        - output: ``(B, L)``
+    """
+    return (real if mask_padded_queries else torch.ones_like(real)) / heads
+
+
+def _score_terms(probs: Tensor, start: int, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Weighted column sums and self-attention terms of the query rows ``start .. start + Lq - 1``.
+
+    Shapes:
+        - probs: ``(B, H, Lq, L)`` (query rows ``start ..`` of the full matrix); weight: ``(B, L)`` per query row
+        - output: column sums ``(B, L)`` and self-attention terms ``(B, L)`` (zero outside the block's rows)
+    """
+    bsz, heads, rows, seq_len = probs.shape
+    weight = weight[:, None, start : start + rows].expand(bsz, heads, rows)  # (B, H, Lq)
+    columns = torch.bmm(weight.reshape(bsz, 1, heads * rows), probs.reshape(bsz, heads * rows, seq_len))[:, 0]
+    self_terms = probs[..., start : start + rows].diagonal(dim1=-2, dim2=-1)  # (B, H, Lq): A[b, h, q, q]
+    diagonal = torch.zeros_like(columns)
+    diagonal[:, start : start + rows] = (self_terms * weight).sum(dim=1)
+    return columns, diagonal
+
+
+#: Upper bound on the elements of one block of probabilities in :func:`significance_score_qk` (16 MiB in fp32).
+SCORE_BLOCK_ELEMENTS = 1 << 22
+
+
+@torch.no_grad()
+def significance_score_qk(
+    query: Tensor, key: Tensor, bias: Tensor, key_mask: Tensor, mask_padded_queries: bool = False
+) -> Tensor:
+    r""":func:`significance_score` from ``Q`` and ``K``, without materialising all ``(B, H, L, L)`` probabilities.
+
+    On CUDA with Triton installed, a fused kernel computes it without writing any probabilities
+    (:func:`~lit_efficiency.power_bert.kernels.score_terms_triton`). Elsewhere query rows are processed in blocks
+    of at most :data:`SCORE_BLOCK_ELEMENTS` probabilities: each block's scores ``Q_blk K^T / sqrt(d) + bias`` are
+    normalised by their row log-sum-exp (a softmax over complete rows), and only the head-averaged column sums and
+    the self-attention terms of the block are kept. The score selects tokens and ranks them, so it carries no
+    gradient.
+
+    Shapes:
+        - query, key: ``(B, H, L, d)``; bias: ``(B, 1, 1, L)`` additive mask; key_mask: ``(B, L)``
+        - output: ``(B, L)`` in the dtype of ``query``
+    """
+    bsz, heads, seq_len, head_dim = query.shape
+    real = (key_mask != 0).to(query.dtype)
+    weight = query_weights(real, heads, mask_padded_queries)
+    if query.is_cuda:
+        from lit_efficiency.power_bert import kernels  # imports Triton: only on the GPU path
+
+        if kernels.triton_available():
+            columns, diagonal = kernels.score_terms_triton(query, key, bias, weight)
+            return ((columns - diagonal) * real).to(query.dtype)
+    block = max(1, min(seq_len, SCORE_BLOCK_ELEMENTS // max(1, bsz * heads * seq_len)))
+    key_t = key.transpose(-1, -2) * (1.0 / math.sqrt(head_dim))
+    columns = torch.zeros(bsz, seq_len, dtype=query.dtype, device=query.device)
+    diagonal = torch.zeros_like(columns)
+    for start in range(0, seq_len, block):
+        probs = torch.softmax(torch.matmul(query[:, :, start : start + block], key_t) + bias, dim=-1)
+        col, diag = _score_terms(probs, start, weight)
+        columns += col
+        diagonal += diag
+    return (columns - diagonal) * real
 
 
 def select_tokens(sig: Tensor, mask: Tensor, keep: int) -> Tensor:
     """Positions Extract keeps: [CLS] (position 0) plus the ``keep - 1`` most significant others, ascending.
 
-    Padded positions score ``-inf`` so they are dropped before any real token; ties go to the earlier position
-    (stable sort), which makes the choice deterministic. Position 0 must hold [CLS], as BERT tokenizers put it
-    (pad on the right, or anywhere but position 0; the mask is gathered, never truncated).
+    Padded positions score ``-inf`` so they are dropped before any real token; ties go to the earlier position,
+    which makes the choice deterministic. Position 0 must hold [CLS], as BERT tokenizers put it (pad on the right,
+    or anywhere but position 0; the mask is gathered, never truncated).
+
+    The ranking is a stable descending sort written with comparisons, a cumulative sum and a scatter (no
+    ``sort`` / ``topk``), so it compiles and exports to ONNX with static shapes: token ``k``'s rank is the number
+    of tokens scoring higher plus the earlier ones scoring the same, and the kept tokens (rank ``< keep``) are
+    written to consecutive slots in position order.
 
     Shapes:
         - sig, mask: ``(B, L)``
         - output: ``(B, min(keep, L))`` int64 positions, sorted ascending per row
     """
-    seq_len = sig.shape[1]
+    bsz, seq_len = sig.shape
     keep = min(int(keep), seq_len)
     score = sig.float().masked_fill(mask == 0, float("-inf"))
     score[:, 0] = float("inf")  # [CLS] is always kept
-    order = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :keep]
-    return order.sort(dim=1).values
+    other, this = score[:, None, :], score[:, :, None]  # [b, k, j] compares token j with token k
+    earlier = torch.ones(seq_len, seq_len, dtype=torch.bool, device=sig.device).tril(-1)  # j < k
+    rank = ((other > this) | ((other == this) & earlier)).sum(dim=2)  # (B, L): stable descending rank
+    kept = rank < keep
+    slot = torch.where(kept, kept.long().cumsum(dim=1) - 1, keep)  # dropped tokens go to a spare slot
+    positions = torch.arange(seq_len, device=sig.device).expand(bsz, seq_len)
+    out = torch.zeros(bsz, keep + 1, dtype=torch.long, device=sig.device).scatter(1, slot, positions)
+    return out[:, :keep]
 
 
 def gather_tokens(x: Tensor, indices: Tensor) -> Tensor:
@@ -300,35 +382,31 @@ class PowerBertEncoder(BertEncoder):
     def layer_step(self, index: int, state: LayerState) -> LayerState:
         """One layer application in any mode: attention, [elimination], Add & LayerNorm, [Soft-Extract], FFN.
 
-        Probabilities are computed (eagerly) only where they are needed: the layer drops tokens (hard), every layer
-        (soft), or they were asked for; elsewhere fused SDPA. Where the layer drops tokens, :func:`extract` chooses
-        them and only the kept query rows go on: ``P V``, the output projection and the LayerNorm shrink to
-        ``(B, keep, .)`` (LayerNorm is row-wise, so this equals "full sub-layer, then gather").
+        Where the layer needs a significance score (soft mode, or a hard layer that drops tokens) it is computed
+        block by block from ``Q`` and ``K`` (:func:`significance_score_qk`), never as all heads' ``(B, H, n, n)``
+        probabilities. Where the layer drops tokens, :func:`extract` chooses them and only the kept query rows go
+        on: fused SDPA over all keys, the output projection and the LayerNorm shrink to ``(B, keep, .)`` (LayerNorm
+        is row-wise, so this equals "full sub-layer, then gather"). Probabilities are materialised only when
+        ``output_attentions`` asks for them.
         """
         parts = self.layer_parts(index)
-        hidden, mask = state.hidden, state.mask
+        hidden, mask, bias = state.hidden, state.mask, state.bias
         n = hidden.shape[1]
         keep = min(self.retention[index], n) if self.mode == "hard" else n
         soft = self.mode == "soft"
         q, k, v = self.project_qkv(parts, hidden)
+        if state.attentions is not None:
+            state.attentions.append(self.attention_probs(q, k, bias))
+        sig = significance_score_qk(q, k, bias, mask, self.mask_padded_queries) if soft or keep < n else None
         residual = hidden
-        if state.attentions is None and not soft and keep == n:
-            context = self.sdpa(q, k, v, state.bias)
-        else:
-            probs = self.attention_probs(q, k, state.bias)  # (B, H, n, n)
-            if state.attentions is not None:
-                state.attentions.append(probs)
-            sig = significance_score(probs, mask, self.mask_padded_queries) if soft or keep < n else None
-            if keep < n:
-                kept = extract(hidden, mask, sig, keep)
-                rows = kept.indices[:, None, :, None].expand(-1, probs.shape[1], -1, n)
-                probs = probs.gather(2, rows)  # (B, H, keep, n): kept query rows only
-                residual = kept.hidden
-                state.mask = kept.mask
-                state.bias = additive_attention_mask(kept.mask, hidden.dtype)
-                state.positions = state.positions.gather(1, kept.indices)
-            context = self.attend(probs, v)
-        out = self.attention_output(parts, context, residual)
+        if keep < n:
+            kept = extract(hidden, mask, sig, keep)
+            q = q.gather(2, kept.indices[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[3]))
+            residual = kept.hidden
+            state.mask = kept.mask
+            state.bias = additive_attention_mask(kept.mask, hidden.dtype)
+            state.positions = state.positions.gather(1, kept.indices)
+        out = self.attention_output(parts, self.sdpa(q, k, v, bias), residual)
         if soft:
             out = self.soft_extracts[index](out, sig, mask)
         state.hidden = self.feed_forward(parts, out)
@@ -354,19 +432,22 @@ class PowerBertClassifierOutput:
 
 
 class PowerBertForSequenceClassification(nn.Module):
-    """PoWER-BERT encoder + pooler + dropout + linear classifier, with HF ``*ForSequenceClassification`` keys.
+    """PoWER-BERT encoder + the family's classification head, with HF ``*ForSequenceClassification`` keys.
 
-    State-dict keys are those of ``BertForSequenceClassification`` (``bert.*``, ``classifier.*``) or
-    ``AlbertForSequenceClassification`` (``albert.*``, ``classifier.*``), plus ``bert.soft_extracts.{j}.r`` in soft
-    mode; a saved folder therefore also loads in HF (which ignores the Soft-Extract weights).
+    State-dict keys are those of ``BertForSequenceClassification`` (``bert.*``, ``classifier.*``),
+    ``RobertaForSequenceClassification`` (``roberta.*``, ``classifier.dense.*``, ``classifier.out_proj.*``),
+    ``AlbertForSequenceClassification`` or ``DistilBertForSequenceClassification`` (``distilbert.*``,
+    ``pre_classifier.*``, ``classifier.*``), plus ``<prefix>.soft_extracts.{j}.r`` in soft mode. The head is the
+    one HF puts on each family (:meth:`~lit_efficiency.power_bert.families.Family.head`).
 
     Args:
-        config: ``transformers`` ``BertConfig`` / ``AlbertConfig`` (copied).
+        config: a ``transformers`` BERT, RoBERTa, ALBERT or DistilBERT config (copied).
         num_labels: number of classes; 1 means regression (MSE). Default: ``config.num_labels``.
         mode: ``"none"``, ``"soft"`` or ``"hard"`` (see :class:`PowerBertEncoder`).
         retention: tokens kept per layer (a list of ints); required for ``"hard"``.
         max_seq_len: padded maximum length ``N``. Default: ``config.max_position_embeddings``.
         mask_padded_queries: exclude padded query rows from the significance score.
+        label_names: class names in label-id order (saved as ``id2label``); default: the config's.
     """
 
     def __init__(
@@ -377,24 +458,33 @@ class PowerBertForSequenceClassification(nn.Module):
         retention: Sequence[int] | None = None,
         max_seq_len: int | None = None,
         mask_padded_queries: bool = False,
+        label_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         config = copy.deepcopy(config)
         if num_labels is not None:
             if num_labels < 1:
                 raise ConfigError(f"num_labels={num_labels}: must be >= 1 (1 means regression)")
-            config.num_labels = int(num_labels)
+            if num_labels != config.num_labels:
+                config.num_labels = int(num_labels)  # HF resets id2label to LABEL_0, LABEL_1, ...
+        if label_names:
+            if len(label_names) != config.num_labels:
+                raise ConfigError(f"label_names has {len(label_names)} names for {config.num_labels} labels")
+            config.id2label = dict(enumerate(label_names))
+            config.label2id = {name: i for i, name in enumerate(label_names)}
+        check_config(config)
+        family = family_of(config)
         encoder = PowerBertEncoder(
-            config, mode=mode, retention=retention, max_seq_len=max_seq_len, mask_padded_queries=mask_padded_queries
+            config,
+            mode=mode,
+            retention=retention,
+            max_seq_len=max_seq_len,
+            mask_padded_queries=mask_padded_queries,
+            add_pooling_layer=family.uses_pooler(),
         )
         self._prefix = encoder.base_model_prefix
-        self.add_module(self._prefix, encoder)  # "bert" / "albert", as in HF task models
-        if encoder.model_type == "albert":
-            p = config.classifier_dropout_prob
-        else:
-            p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(float(p))
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.add_module(self._prefix, encoder)  # "bert", "roberta", ... as in HF task models
+        family.build_head(self, encoder.config)
         self.reset_classifier()
 
     @classmethod
@@ -404,7 +494,7 @@ class PowerBertForSequenceClassification(nn.Module):
 
     @property
     def encoder(self) -> PowerBertEncoder:
-        """The PoWER-BERT base model (also reachable as ``.bert`` / ``.albert``)."""
+        """The PoWER-BERT base model (also reachable as ``.bert``, ``.roberta``, ``.albert``, ``.distilbert``)."""
         return getattr(self, self._prefix)
 
     @property
@@ -415,13 +505,19 @@ class PowerBertForSequenceClassification(nn.Module):
     @property
     def num_labels(self) -> int:
         """Output width; 1 means regression."""
-        return int(self.classifier.out_features)
+        return int(self.encoder.family.head_output_layer(self).out_features)
+
+    def head_prefixes(self) -> tuple[str, ...]:
+        """State-dict key prefixes of the classification head (everything but the encoder)."""
+        return tuple(f"{name}." for name, _ in self.named_children() if name != self._prefix)
 
     @torch.no_grad()
     def reset_classifier(self) -> None:
-        """Fresh classifier: ``N(0, initializer_range)`` weight, zero bias (HF's initialisation)."""
-        self.classifier.weight.normal_(0.0, float(self.config.initializer_range))
-        self.classifier.bias.zero_()
+        """Fresh head: ``N(0, initializer_range)`` weights, zero biases (HF's initialisation)."""
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear) and not name.startswith(self._prefix + "."):
+                module.weight.normal_(0.0, float(self.config.initializer_range))
+                module.bias.zero_()
 
     def forward(
         self,
@@ -439,8 +535,30 @@ class PowerBertForSequenceClassification(nn.Module):
             position_ids=position_ids,
             output_attentions=output_attentions,
         )
-        logits = self.classifier(self.dropout(out.pooler_output))
+        family = self.encoder.family
+        features = out.pooler_output if family.uses_pooler() else out.last_hidden_state[:, 0]
+        logits = family.head(self, features)
         return PowerBertClassifierOutput(logits=logits, encoder=out)
+
+    def compile_for_inference(self, mode: str | None = None, backend: str = "inductor", fullgraph: bool = True):
+        """Switch to eval mode and compile the forward in place with ``torch.compile`` for static shapes.
+
+        A trained retention fixes every tensor shape of the forward for a given input shape, so the whole model
+        compiles into one graph (``fullgraph=True``) without dynamic shapes; a new batch or sequence length
+        recompiles once. ``mode="reduce-overhead"`` also captures CUDA graphs on a GPU (replayed per shape), which
+        removes the kernel-launch overhead that dominates a pruned forward in fp16.
+
+        Args:
+            mode: ``torch.compile`` mode (``None``/``"default"``, ``"reduce-overhead"``, ``"max-autotune"``).
+            backend: ``torch.compile`` backend.
+            fullgraph: fail on a graph break instead of silently splitting the forward.
+
+        Returns:
+            ``self``, for chaining.
+        """
+        self.eval()
+        self.compile(mode=mode, backend=backend, fullgraph=fullgraph, dynamic=False)
+        return self
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Task loss: mean-squared error when ``num_labels == 1`` (regression), else cross-entropy."""
@@ -458,12 +576,14 @@ class PowerBertForSequenceClassification(nn.Module):
         retention: Sequence[int] | None = None,
         max_seq_len: int | None = None,
         mask_padded_queries: bool | None = None,
+        label_names: Sequence[str] | None = None,
     ) -> PowerBertForSequenceClassification:
         """Load a base checkpoint (new classifier) or a saved fine-tuned folder (everything restored).
 
         Arguments left at ``None`` come from the folder's ``config.json`` (``num_labels``, ``retention``,
-        ``power_bert``); a saved retention makes the default mode ``"hard"``. The classifier is loaded when the
-        checkpoint has one of the right shape, otherwise freshly initialised.
+        ``power_bert``, ``id2label``); a saved retention makes the default mode ``"hard"``. The classification head
+        is loaded when the checkpoint has all of it in the right shapes, otherwise freshly initialised. The model
+        comes back in eval mode, as HF models do (call ``.train()`` to fine-tune; Lightning does).
 
         Raises:
             ConfigError: bad path / alias, unsupported model, missing encoder weights, invalid retention.
@@ -486,23 +606,37 @@ class PowerBertForSequenceClassification(nn.Module):
             retention=retention,
             max_seq_len=max_seq_len,
             mask_padded_queries=mask_padded_queries,
+            label_names=label_names,
         )
         state = read_hf_weights(path)
         model.encoder.load_hf_state_dict(state, source=str(name_or_path))
-        weight, bias = state.get("classifier.weight"), state.get("classifier.bias")
-        if weight is not None and bias is not None and tuple(weight.shape) == tuple(model.classifier.weight.shape):
-            model.classifier.load_state_dict({"weight": weight, "bias": bias})
+        own = {k: v for k, v in model.state_dict().items() if k.startswith(model.head_prefixes())}
+        if all(k in state and tuple(state[k].shape) == tuple(v.shape) for k, v in own.items()):
+            model.load_state_dict({k: state[k] for k in own}, strict=False)
         else:
             log.info("%s: no %d-label classifier in the checkpoint; initialised one", name_or_path, model.num_labels)
-        return model
+        return model.eval()
+
+    def label_names(self) -> list[str]:
+        """Class names in label-id order (``LABEL_0``, ... unless names were given); empty for regression."""
+        return [] if self.num_labels == 1 else [self.config.id2label[i] for i in range(self.num_labels)]
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """Write an HF-style folder: ``config.json`` (with ``num_labels``, ``retention``, ``power_bert``) + weights."""
+        """Write a ``transformers``-native folder: ``config.json``, ``model.safetensors`` and a model card.
+
+        The config has ``model_type`` :data:`~lit_efficiency.power_bert.autoload.MODEL_TYPE` (the base model's
+        fields flat beside ``base_model_type``, ``num_labels``, ``id2label``, ``retention``, ``power_bert``), so
+        ``AutoModelForSequenceClassification`` loads it as the eliminating model once ``lit_efficiency`` is
+        imported (:mod:`lit_efficiency.power_bert.hf`) and refuses it otherwise.
+        """
+        from lit_efficiency.power_bert.hf import HFPowerBertForSequenceClassification, model_card
+
         enc = self.encoder
         config = copy.deepcopy(self.config)
-        head = "AlbertForSequenceClassification" if enc.model_type == "albert" else "BertForSequenceClassification"
-        config.architectures = [head]
         extra = {
+            "model_type": MODEL_TYPE,
+            "base_model_type": enc.model_type,
+            "architectures": [HFPowerBertForSequenceClassification.__name__],
             "num_labels": self.num_labels,  # HF itself only writes id2label
             "retention": list(enc.retention) if enc.retention is not None else None,
             "power_bert": {
@@ -511,7 +645,9 @@ class PowerBertForSequenceClassification(nn.Module):
                 "mask_padded_queries": enc.mask_padded_queries,
             },
         }
-        return save_hf_folder(path, config, self.state_dict(), extra_config=extra)
+        folder = save_hf_folder(path, config, self.state_dict(), extra_config=extra)
+        (folder / "README.md").write_text(model_card(self, self.label_names()))
+        return folder
 
 
 # ---------------------------------------------------------------------- cost model
@@ -528,14 +664,14 @@ def flops_per_example(config: PretrainedConfig, retention: Sequence[int] | None,
     only on the ``n_j`` kept rows, exactly as :class:`PowerBertEncoder` computes them.
 
     Args:
-        config: HF config (BERT or ALBERT).
+        config: HF config (BERT, RoBERTa, ALBERT or DistilBERT).
         retention: tokens kept per layer application, or ``None`` for the unpruned model.
         seq_len: input length ``L`` (the padded length the batch runs at).
     """
     layers = num_layer_applications(config)
     if retention is not None and len(retention) != layers:
         raise ConfigError(f"retention has {len(retention)} entries, the model has {layers} layers")
-    d, inter = int(config.hidden_size), int(config.intermediate_size)
+    d, inter = int(config.hidden_size), family_of(config).intermediate_size(config)
     n = int(seq_len)
     total = 0
     if config.model_type == "albert":
@@ -572,4 +708,5 @@ __all__ = [
     "mass_penalty",
     "select_tokens",
     "significance_score",
+    "significance_score_qk",
 ]

@@ -116,6 +116,7 @@ class PowerBertModule(L.LightningModule):
             mode=self.mode,
             max_seq_len=self.max_seq_len,
             mask_padded_queries=mask_padded_queries,
+            label_names=self.info.labels,
         )
 
     @property

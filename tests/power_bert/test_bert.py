@@ -229,7 +229,7 @@ def test_bert_encoder_shape_mismatch_raises():
 @pytest.mark.parametrize(
     ("config", "match"),
     [
-        (lambda: transformers.RobertaConfig(), "model_type 'roberta' is not supported"),
+        (lambda: transformers.GPT2Config(), "model_type 'gpt2' is not supported"),
         (lambda: tiny_bert_config(is_decoder=True), "is_decoder"),
         (lambda: tiny_bert_config(hidden_size=30), "not divisible"),
     ],

@@ -253,29 +253,31 @@ def test_power_bert_hard_matches_naive_hf_reference(make_config, retention):
     assert torch.equal(got.attention_mask, mask.gather(1, got.kept_positions))
 
 
-def test_power_bert_hard_probs_only_where_tokens_drop(monkeypatch):
+def test_power_bert_hard_scores_only_where_tokens_drop_and_never_materialises_probs(monkeypatch):
+    from lit_efficiency.power_bert import model as model_module
+
     enc = PowerBertEncoder(tiny_bert_config(), mode="hard", retention=[9, 6, 6]).eval()
-    calls = {"probs": 0, "sdpa": 0}
-    probs_fn, sdpa_fn = enc.attention_probs, enc.sdpa
+    calls = {"probs": 0, "scores": 0}
+    score_fn = model_module.significance_score_qk
 
     def probs(*args):
         calls["probs"] += 1
-        return probs_fn(*args)
+        raise AssertionError("the hard forward must not materialise probabilities")
 
-    def sdpa(*args):
-        calls["sdpa"] += 1
-        return sdpa_fn(*args)
+    def scores(*args):
+        calls["scores"] += 1
+        return score_fn(*args)
 
     monkeypatch.setattr(enc, "attention_probs", probs)
-    monkeypatch.setattr(enc, "sdpa", sdpa)
+    monkeypatch.setattr(model_module, "significance_score_qk", scores)
     ids, mask, tt = padded_batch(seq_len=9)
     with torch.no_grad():
         enc(ids, mask, tt)
-    assert calls == {"probs": 1, "sdpa": 2}  # l_1 = L and l_3 = l_2: no scores needed there
-    calls.update(probs=0, sdpa=0)
+    assert calls == {"probs": 0, "scores": 1}  # l_1 = L and l_3 = l_2: no scores needed there
+    calls.update(probs=0, scores=0)
     with torch.no_grad():
-        enc(ids[:, :5], mask[:, :5], tt[:, :5])  # shorter batch than every l_j: plain SDPA everywhere
-    assert calls == {"probs": 0, "sdpa": 3}
+        enc(ids[:, :5], mask[:, :5], tt[:, :5])  # shorter batch than every l_j: no scores at all
+    assert calls == {"probs": 0, "scores": 0}
 
 
 def test_power_bert_hard_with_short_batch_keeps_everything():

@@ -1,0 +1,71 @@
+"""The inference engine: blocked significance score equal to the definition on probabilities; compiled == eager."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lit_efficiency.power_bert import model as model_module
+from lit_efficiency.power_bert.bert import additive_attention_mask
+from lit_efficiency.power_bert.model import (
+    PowerBertForSequenceClassification,
+    significance_score,
+    significance_score_qk,
+)
+from tests.power_bert.test_bert import padded_batch, tiny_bert_config
+
+
+def random_mask(bsz: int, seq_len: int, gen: torch.Generator) -> torch.Tensor:
+    """Row 0 full, row 1 right-padded, others random holes; position 0 always real."""
+    mask = (torch.rand(bsz, seq_len, generator=gen) > 0.3).long()
+    mask[:, 0] = 1
+    mask[0] = 1
+    mask[1, seq_len // 2 :] = 0
+    return mask
+
+
+@pytest.mark.parametrize("seq_len", [1, 7, 33, 64])
+@pytest.mark.parametrize("mask_padded_queries", [False, True])
+@pytest.mark.parametrize("block_elements", [1, 97, 1 << 22], ids=["rows-of-1", "odd-blocks", "one-block"])
+def test_blocked_score_equals_score_of_materialised_probs(seq_len, mask_padded_queries, block_elements, monkeypatch):
+    monkeypatch.setattr(model_module, "SCORE_BLOCK_ELEMENTS", block_elements)
+    gen = torch.Generator().manual_seed(seq_len)
+    bsz, heads, dim = 3, 4, 8
+    q, k = (torch.randn(bsz, heads, seq_len, dim, generator=gen) for _ in range(2))
+    mask = random_mask(bsz, seq_len, gen)
+    bias = additive_attention_mask(mask, q.dtype)
+    probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(dim) + bias, dim=-1)
+    want = significance_score(probs, mask, mask_padded_queries)
+    got = significance_score_qk(q, k, bias, mask, mask_padded_queries)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert torch.all(got[mask == 0] == 0)
+
+
+def test_blocked_score_carries_no_gradient():
+    q = torch.randn(1, 2, 5, 4, requires_grad=True)
+    k = torch.randn(1, 2, 5, 4, requires_grad=True)
+    mask = torch.ones(1, 5)
+    assert not significance_score_qk(q, k, additive_attention_mask(mask, q.dtype), mask).requires_grad
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("aot_eager", id="aot_eager", marks=pytest.mark.slow),  # tracing: 10-30 s on a busy CPU
+        pytest.param("inductor", id="inductor", marks=pytest.mark.slow),  # C++ codegen: minutes on a busy CPU
+    ],
+)
+def test_compiled_hard_model_equals_eager(backend):
+    torch.manual_seed(0)
+    model = PowerBertForSequenceClassification(tiny_bert_config(), num_labels=2, mode="hard", retention=[6, 4, 2])
+    model.train()  # compile_for_inference must switch to eval (dropout off)
+    ids, mask, tt = padded_batch()
+    with torch.no_grad():
+        want = model.eval()(ids, mask, tt)
+        model.train().compile_for_inference(backend=backend)  # fullgraph: one graph for the whole forward
+        got = model(ids, mask, tt)
+    assert not model.training
+    torch.testing.assert_close(got.logits, want.logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(got.encoder.kept_positions, want.encoder.kept_positions)
