@@ -35,6 +35,7 @@ NOT_RUN: dict[str, str] = {
     r"^torchrun .*--nnodes=[2-9]": "needs two nodes",
     r"\bNODE_RANK=\d": "one half of a two-node run (the other half runs on another machine)",
     r"^srun\b": "needs a SLURM allocation",
+    r"^python benchmarks/": "a measurement (minutes to hours on 2 cores) that rewrites the committed benchmarks/results",
 }
 
 #: Per-command overrides: regex (searched in the command) -> arguments appended, in this order, when it matches.
@@ -165,7 +166,10 @@ def prepared(command: str) -> list[str] | None:
 
 
 def _is_slow(block: Block) -> bool:
-    return any((argv := prepared(c)) and not QUICK.search(shlex.join(argv)) for c in shell_commands(block.code))
+    try:
+        return any((argv := prepared(c)) and not QUICK.search(shlex.join(argv)) for c in shell_commands(block.code))
+    except AssertionError:  # a command this test cannot run: reported by the tests, not as a collection error
+        return False
 
 
 def _params(blocks: list[Block], slow) -> list:
@@ -246,11 +250,9 @@ def test_readme_shell_block_runs(block, tmp_path, monkeypatch):
             continue
         configs = _configs(shlex.split(command))
         argv = _checkpoint_for(argv, configs, fits)
-        before = set((tmp_path / "runs" / "csv").glob("version_*"))
         _run(argv, tmp_path)
-        new = set((tmp_path / "runs" / "csv").glob("version_*")) - before
-        if argv[1] == "fit" and new:
-            fits.setdefault(configs, max(new))
+        if argv[1] == "fit":  # checkpoints in runs/<run_name>/checkpoints, run_name = the first config's name
+            fits.setdefault(configs, tmp_path / "runs" / Path(configs[0]).stem)
 
 
 @pytest.mark.slow
