@@ -14,7 +14,6 @@ same results folder); the README shows every PNG.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
@@ -92,6 +91,21 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def power_bert_plots(results: Path) -> list[Path]:
+    """The pipeline's own two figures (trade-off, retention per layer) for every committed PoWER-BERT report of the
+    fair protocol (``benchmarks/power_bert_glue.py``: reports with candidates), as ``power_bert_<task>_*.png``."""
+    from lit_efficiency.power_bert.plots import retention_png, tradeoff_png
+
+    written = []
+    for path in sorted(results.glob("power_bert_*.json")):
+        report = json.loads(path.read_text()).get("seed1_report")  # the seed that ran the LAMBDA grid
+        if report is not None:  # older files (before the fair protocol) hold no candidates: nothing to draw
+            stem = f"power_bert_{report['task']}"
+            written += [tradeoff_png(report, results / f"{stem}_tradeoff.png"),
+                        retention_png(report, results / f"{stem}_retention.png")]  # fmt: skip
+    return written
+
+
 def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the benchmark JSON (and the PNGs)")
@@ -103,10 +117,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     written = [plot(args.results, plt) for plot in (transfer_bytes, scale_breakdown, comm_volume)]
     plt.close("all")
-    if importlib.util.find_spec("lit_efficiency.power_bert.plots") is not None:  # the PoWER-BERT side's own plots
-        from lit_efficiency.power_bert import plots as power_bert_plots
-
-        written += power_bert_plots.main(["--results", str(args.results)])
+    written += power_bert_plots(args.results)
     for path in written:
         print(f"wrote {path}")
     return written

@@ -152,11 +152,13 @@ def log_breakdown(loggers: list[Any], key: str, columns: list[str], rows: list[t
             )
 
 
-def pipeline_run_info(output_dir: Path, stage: str) -> dict[str, str]:
+def pipeline_run_info(output_dir: Path, stage: str, label: str | None = None) -> dict[str, str]:
     """``WandbLogger`` arguments of one pipeline stage: one run per stage, ``job_type`` = the stage, all stages of
-    one output directory in one group (its absolute path, wandb's 128-character limit kept from the right)."""
+    one output directory in one group (its absolute path, wandb's 128-character limit kept from the right).
+
+    ``label`` names a stage inside the output directory that is not at its top (``candidates/lambda_x1/search``)."""
     output_dir = Path(output_dir).absolute()
-    return {"name": f"{output_dir.name}-{stage}", "group": str(output_dir)[-128:], "job_type": stage}
+    return {"name": f"{output_dir.name}-{label or stage}", "group": str(output_dir)[-128:], "job_type": stage}
 
 
 def log_pipeline_report(

@@ -7,7 +7,7 @@ Layout of ``--output_dir DIR``::
     DIR/search/                checkpoints/, csv/, model/ (weights after the search), done.json
     DIR/retention.json         {"retention": [...], "masses": [...], ...}
     DIR/retrain/               checkpoints/, csv/, model/, done.json
-    DIR/candidates/lambda_X/   with --budget: search/, retention.json, retrain/ of each LAMBDA of the grid
+    DIR/candidates/lambda_x<m>/ with --budget: search/, retention.json, retrain/ of each LAMBDA of the grid
     DIR/model/                 the shipped PoWER-BERT model: config.json (+ retention), model.safetensors, tokenizer
     DIR/report.json            metrics, retention, candidates, timings with spread, speedups, FLOP-ideal, warnings
     DIR/tradeoff.png           metric vs measured speedup of every candidate (FLOP-ideal beside it)
@@ -25,6 +25,7 @@ conf/power_bert/stages/<stage>.yaml``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -167,7 +168,9 @@ def _trainer(stage_dir: Path, cfg: TrainerConfig, stage: StageConfig, name: str,
     if cfg.logger == "wandb":
         from lit_efficiency.core.loggers import WandbLogger, pipeline_run_info
 
-        info = pipeline_run_info(stage_dir.parent, name)  # one run per stage, grouped by the output directory
+        # One run per stage, grouped by the output directory (a candidate's stages sit below it, in candidates/).
+        root = next(p for p in stage_dir.parents if (p / "pipeline.json").is_file())
+        info = pipeline_run_info(root, name, stage_dir.relative_to(root).as_posix())
         loggers.append(WandbLogger(project=cfg.wandb_project, save_dir=str(stage_dir), **info))
     return L.Trainer(
         default_root_dir=stage_dir,
@@ -213,7 +216,7 @@ def _run_stage(
     if done.is_file():
         print(f"[power-bert] {name}: already done ({done}), skipping")
         fix = f"delete {stage_dir} to run the {name} stage again"
-        return {**read_json_state(done, fix), "reused": True}
+        return {**read_json_state(done, fix), "resumed": False, "reused": True}  # resumed: by an earlier attempt
     L.seed_everything(seed, workers=True, verbose=False)
     module = make_module()
     ckpt_dir = stage_dir / "checkpoints"
@@ -308,6 +311,10 @@ def _validate_options(
     for field, low in (("batch_size", 1), ("num_batches", 1), ("repeats", 1), ("warmup", 0), ("batch1_examples", 0)):
         if getattr(timing, field) < low:
             raise ConfigError(f"timing.{field}: must be >= {low}, got {getattr(timing, field)}")
+    if timing.threads is not None and timing.threads < 1:
+        raise ConfigError(f"timing.threads: must be >= 1 (or null: torch's default), got {timing.threads}")
+    if timing.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("timing.device: cuda, but torch sees no CUDA device here (use auto or cpu)")
 
 
 def _check_trainer(cfg: TrainerConfig) -> None:
@@ -418,7 +425,7 @@ def run(
     )
     from lit_efficiency.power_bert.heldout import HeldOutGLUEDataModule
     from lit_efficiency.power_bert.model import ideal_speedup
-    from lit_efficiency.power_bert.plots import write_plots
+    from lit_efficiency.power_bert.plots import PLOTS, write_plots
     from lit_efficiency.power_bert.retention import save_retention
     from lit_efficiency.power_bert.speed import find_row, hf_sdpa_model, logits_of, make_workloads
     from lit_efficiency.power_bert.task import PowerBertFinetune, PowerBertRetrain
@@ -481,6 +488,7 @@ def run(
     candidates = []
     for multiplier in multipliers:
         where = out / "candidates" / _candidate_name(multiplier) if budget is not None else out
+        refuse_symlinks(out / "candidates", where)
         record = _train_candidate(where, out, multiplier * reference_lambda, common, dm, search, retrain, trainer, seed)
         candidates.append({"name": _candidate_name(multiplier), "lambda_multiplier": multiplier, **record})
 
@@ -488,6 +496,7 @@ def run(
     fair = None
     if fair_baseline:
         unpruned = replace(search, rounding="ceil")
+        refuse_symlinks(out / "fair_baseline")
         fair = _train_candidate(out / "fair_baseline", out, 0.0, common, dm, unpruned, retrain, trainer, seed)
         fair["heldout_metric"] = _headline(fair["retrain_metrics"], metric_name)
     baseline_module = PowerBertFinetune(model_name_or_path=str(out / "finetune" / "model"), **common)
@@ -537,7 +546,7 @@ def run(
         pick["masses"],
     )  # fmt: skip
     headline = find_row(rows, "power_bert/static", "baseline/static", timing.batch_size)
-    pick.setdefault("speedup", headline["speedup"])  # budget mode measured every candidate before
+    pick["speedup"] = headline["speedup"]  # the shipped model's figure: this interleaved session's, as reported
     slow = slowdown_reason(headline)
     if slow:
         reasons.append(slow)
@@ -632,11 +641,15 @@ def run(
         report["hf_sdpa_max_abs_logit_diff"] = hf_diff
 
     # Ship: the retrained model (HF folder + tokenizer + retention), the report and its plots.
-    refuse_symlinks(out / "model", out / "report.json")
+    refuse_symlinks(out / "model", out / "report.json", *(out / name for name in PLOTS))
     pruned.save_pretrained(out / "model")
     dm.tokenizer.save_pretrained(out / "model")
     save_retention(out / "model" / "retention.json", retention, overwrite=True, task=task, max_seq_len=max_seq_len)
-    report["plots"] = [p.name for p in write_plots(report, out)]
+    if importlib.util.find_spec("matplotlib") is not None:
+        report["plots"] = [p.name for p in write_plots(report, out)]
+    else:
+        report["plots"] = []
+        report["warnings"].append("no plots: matplotlib is not installed (pip install 'lit_efficiency[plots]')")
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     if trainer.logger == "wandb":
         from lit_efficiency.core.loggers import log_pipeline_report

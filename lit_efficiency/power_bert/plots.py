@@ -7,18 +7,30 @@ display needed).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 TRADEOFF_PNG = "tradeoff.png"
 RETENTION_PNG = "retention.png"
+#: The files :func:`write_plots` writes into a folder.
+PLOTS = (TRADEOFF_PNG, RETENTION_PNG)
 
 
 def _figure(width: float = 6.4, height: float = 4.4):
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=110)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """``fig`` as PNG at ``path``: rendered in memory, then written atomically (never through a symlink)."""
+    from lit_efficiency.core.paths import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def tradeoff_png(report: Mapping[str, Any], path: Path) -> Path:
@@ -52,8 +64,7 @@ def tradeoff_png(report: Mapping[str, Any], path: Path) -> Path:
     ax.set_title(f"PoWER-BERT {report['task']}: LAMBDA multipliers (x of the reference)")
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return _save(fig, path)
 
 
 def retention_png(report: Mapping[str, Any], path: Path) -> Path:
@@ -75,8 +86,7 @@ def retention_png(report: Mapping[str, Any], path: Path) -> Path:
     ax.set_title(f"PoWER-BERT {report['task']}: retention per layer")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return _save(fig, path)
 
 
 def write_plots(report: Mapping[str, Any], folder: Path) -> list[Path]:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from lit_efficiency.core.paths import atomic_write_text
 from lit_efficiency.power_bert.tasks_table import TASK_INFO, canonical_task
 
 #: Tasks whose submissions name the label instead of giving its id.
@@ -41,8 +42,7 @@ def write_submission(path: Path, task: str, indices: torch.Tensor, predictions: 
     order = torch.argsort(indices)
     rows = [f"{int(indices[i])}\t{format_prediction(task, predictions[i].item())}" for i in order]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(["index\tprediction", *rows]) + "\n")
-    return path
+    return atomic_write_text(path, "\n".join(["index\tprediction", *rows]) + "\n")  # never through a symlink
 
 
 class GlueSubmissionWriter(BasePredictionWriter):

@@ -101,7 +101,8 @@ class PowerBertModule(L.LightningModule):
         self.weight_decay = weight_decay
         self.max_seq_len = int(max_seq_len if max_seq_len is not None else defaults.max_seq_len)
         self.info = TASK_INFO[self.task]
-        self.model = self.build_model(model_name_or_path, mask_padded_queries)
+        # from_pretrained returns eval mode (the HF convention); Lightning keeps a module's mode, so train it here
+        self.model = self.build_model(model_name_or_path, mask_padded_queries).train()
         self.export_dir = export_dir
         self.val_metrics = glue_metrics(self.task).clone(prefix="val/")
         self.test_metrics = glue_metrics(self.task).clone(prefix="test/")

@@ -122,6 +122,8 @@ def test_stage_handoff_loads_previous_weights(tiny_model, tmp_path):
     for key, value in retrain.model.state_dict().items():
         assert torch.equal(value, sr_state[key]), key
     assert retrain.model.encoder.mode == "hard" and list(retrain.model.encoder.retention) == [8, 4]
+    # from_pretrained gives eval mode (HF convention); a stage trains with dropout on (Lightning keeps module modes)
+    assert all(m.training for stage in (finetuned, search, retrain) for m in stage.model.modules())
 
 
 def test_retrain_rejects_bad_retention(tiny_model, tmp_path):
