@@ -66,22 +66,25 @@ def scale_breakdown(results: Path, plt) -> Path:
 
 
 def comm_volume(results: Path, plt) -> Path:
-    """All-to-all MB per epoch vs P: measured, formula, and the halo alternative."""
+    """All-to-all MB per training step vs P for each loss-exchange variant, with the formula, bound and halo."""
     data = _load(results, "comm_volume.json")
-    records = sorted(data["records"], key=lambda r: r["world_size"])
-    p = [r["world_size"] for r in records]
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    ax.plot(p, [r["alltoall_bytes"] / 1e6 for r in records], "o-", label="all-to-all, measured")
-    ax.plot(p, [r["formula_bytes"] / 1e6 for r in records], "x--", label="4NTd(P-1)/P")
-    ax.plot(p, [r["halo_bytes"] / 1e6 for r in records], "s:", label="halo (vertex-partitioned GCN)")
-    first = records[0]
-    bound = 4 * first["num_nodes"] * first["num_snapshots"] * first["dim"] / 1e6
-    ax.axhline(bound, color="grey", lw=0.8, label=f"bound 4NTd = {bound:.1f} MB")
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    for name, variant in data["variants"].items():
+        records = sorted(variant["records"], key=lambda r: r["world_size"])
+        p = [r["world_size"] for r in records]
+        ax.plot(p, [r["step_bytes"] / 1e6 for r in records], "o-", label=f"measured, {name}")
+    base = sorted(data["variants"]["embeddings"]["records"], key=lambda r: r["world_size"])
+    p = [r["world_size"] for r in base]
+    ax.plot(p, [r["formula_bytes"] / 1e6 for r in base], "x--", color="0.3", label="one redistribution, 4NTd(P-1)/P")
+    ax.plot(p, [r["halo_bytes"] / 1e6 for r in base], "s:", color="0.5", label="halo (vertex-partitioned GCN)")
+    ax.axhline(
+        base[0]["bound_4NTd"] / 1e6, color="grey", lw=0.8, label=f"bound 4NTd = {base[0]['bound_4NTd'] / 1e6:.1f} MB"
+    )
     ax.set_xticks(p)
     ax.set_xlabel("processes P")
-    ax.set_ylabel("MB per training epoch")
+    ax.set_ylabel("MB per training step")
     ax.set_title(f"Communication volume ({data['meta']['dataset']})")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6)
     return _save(fig, results / "comm_volume.png")
 
 

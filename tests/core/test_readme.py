@@ -67,7 +67,7 @@ OVERRIDES: list[tuple[str, list[str]]] = [
     ),
     # The pipeline: the smoke config (tiny random BERT, 200 RTE examples) on top, on CPU.
     (
-        r"^lit-efficiency power-bert (?!--help)",
+        r"^lit-efficiency power-bert (?!--help|export)",
         ["--config", "conf/power_bert/smoke.yaml", "--trainer.accelerator", "cpu", "--trainer.precision", "32-true"],
     ),
 ]
@@ -251,8 +251,11 @@ def test_readme_shell_block_runs(block, tmp_path, monkeypatch):
         configs = _configs(shlex.split(command))
         argv = _checkpoint_for(argv, configs, fits)
         _run(argv, tmp_path)
-        if argv[1] == "fit":  # checkpoints in runs/<run_name>/checkpoints, run_name = the first config's name
-            fits.setdefault(configs, tmp_path / "runs" / Path(configs[0]).stem)
+        if argv[1] == "fit" and configs:  # checkpoints in runs/<run_name>/checkpoints (default: the configs' names)
+            name = (
+                argv[argv.index("--run_name") + 1] if "--run_name" in argv else "+".join(Path(c).stem for c in configs)
+            )
+            fits.setdefault(configs, tmp_path / "runs" / name)
 
 
 @pytest.mark.slow
