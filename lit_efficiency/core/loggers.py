@@ -123,7 +123,8 @@ def describe_wandb_runs(loggers: list[Any], config: dict[str, Any], job_type: st
     """
     name = run_name(config)
     trainer = config.get("trainer") or {}
-    world = {"world_size": int(trainer.get("num_nodes") or 1) * _device_count(trainer.get("devices"))}
+    # Not "world_size": the data module's own argument of that name is logged at the top level too.
+    world = {"processes": int(trainer.get("num_nodes") or 1) * _device_count(trainer.get("devices"))}
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             logger.describe(name=name, group=name, job_type=job_type, config={"cli": config, **world})

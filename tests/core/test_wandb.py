@@ -25,7 +25,7 @@ def test_fit_run_is_named_grouped_and_holds_the_resolved_config(tmp_path, monkey
     cli = run.config["cli"]
     assert cli["seed_everything"] == 7 and cli["trainer"]["max_epochs"] == 2
     assert cli["model"]["class_path"] == "lit_efficiency.dyn_gnn.task.DynGNNTask"
-    assert cli["data"]["init_args"]["transfer"] == "diff" and run.config["world_size"] == 1
+    assert cli["data"]["init_args"]["transfer"] == "diff" and run.config["processes"] == 1
     assert run.config["hidden_dim"] == 16  # the model's hyperparameters, logged by Lightning
     for metric in ("train/loss", "val/map", "train/h2d_bytes"):  # per step and per epoch: <name>_step, <name>_epoch
         assert any(key.startswith(metric) for key in run.history_keys), metric
