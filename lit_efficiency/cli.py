@@ -137,7 +137,7 @@ class LitEfficiencyCLI(LightningCLI):
             type=str | None,
             default=None,
             help="checkpoints go to <trainer.default_root_dir>/<run_name>/checkpoints, where `--ckpt_path last` finds "
-            "them again; default: the names of the --config files joined by '+' (else the model class)",
+            "them again; default: the names of the --config files with a model or data section, joined by '+'",
         )
 
     def _config(self) -> Any:
@@ -149,12 +149,11 @@ class LitEfficiencyCLI(LightningCLI):
         name = config.get("run_name")
         if not name:
             files = [str(f) for f in (config.get("config") or []) if str(f) not in default_config_files()]
-            # every config file's name: an overlay (conf/dyn_gnn/model/tmgcn.yaml) makes its own run folder
-            name = (
-                "+".join(Path(f).stem for f in files)
-                if files
-                else str(config.get("model.class_path", "model")).rsplit(".")[-1]
-            )
+            # The names of the files that say what is trained (a model or data section): a model overlay
+            # (conf/dyn_gnn/model/tmgcn.yaml) makes its own run folder, a trainer or logger overlay does not.
+            what = [f for f in files if _defines_model_or_data(f)] or files[:1]
+            model_class = str(config.get("model.class_path", "model")).rsplit(".")[-1]
+            name = "+".join(Path(f).stem for f in what) if what else model_class
         if not name or Path(name).name != name or name in (".", ".."):
             raise ConfigError(f"run_name: {name!r} must be a plain folder name (no path separators)")
         return Path(root).expanduser().absolute() / name
@@ -263,6 +262,17 @@ def _explicit_model_links(args: Any) -> dict[str, tuple[Any, str]]:
             if key in (f"--model.init_args.{name}", f"--model.{name}"):
                 found[name] = (value if sep else (argv[i + 1] if i + 1 < len(argv) else ""), "command line")
     return found
+
+
+def _defines_model_or_data(path: str) -> bool:
+    """Whether the YAML config file ``path`` has a ``model`` or ``data`` section (unreadable files: False)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and ("model" in data or "data" in data)
 
 
 def _yaml_model_section(path: str) -> dict[str, Any]:

@@ -252,9 +252,8 @@ def test_readme_shell_block_runs(block, tmp_path, monkeypatch):
         argv = _checkpoint_for(argv, configs, fits)
         _run(argv, tmp_path)
         if argv[1] == "fit" and configs:  # checkpoints in runs/<run_name>/checkpoints (default: the configs' names)
-            name = (
-                argv[argv.index("--run_name") + 1] if "--run_name" in argv else "+".join(Path(c).stem for c in configs)
-            )
+            what = [c for c in configs if re.search(r"conf/(dyn_gnn|power_bert)/", c)] or configs[:1]
+            name = argv[argv.index("--run_name") + 1] if "--run_name" in argv else "+".join(Path(c).stem for c in what)
             fits.setdefault(configs, tmp_path / "runs" / name)
 
 
