@@ -69,6 +69,9 @@ class WandbLogger(_LightningWandbLogger):
                 rank_zero_info(f"wandb: logging offline ({reason}); upload later with `wandb sync`")
         if offline and os.environ.get("WANDB_MODE") not in ("offline", "disabled", "dryrun"):
             os.environ["WANDB_MODE"] = "offline"
+        for key in ("save_dir", "dir"):  # wandb's service process keeps the cwd it started in: pass absolute paths
+            if kwargs.get(key) is not None:
+                kwargs[key] = os.path.abspath(os.path.expanduser(str(kwargs[key])))
         super().__init__(offline=offline, **kwargs)
 
     def describe(
