@@ -32,6 +32,17 @@ def triton_available() -> bool:
 if triton is not None:
 
     @triton.jit
+    def _score_tile(q, k_base, bias_base, start, dims, seq_len, head_dim, s_kl, scale, BLOCK_N: tl.constexpr):
+        """Scaled, masked scores ``q K^T + bias`` of the key block at ``start`` (both passes recompute them)."""
+        cols = start + tl.arange(0, BLOCK_N)
+        col_ok = cols < seq_len
+        k = tl.load(
+            k_base + cols[:, None] * s_kl + dims[None, :], mask=col_ok[:, None] & (dims[None, :] < head_dim), other=0.0
+        )
+        bias = tl.load(bias_base + cols, mask=col_ok, other=float("-inf"))
+        return tl.dot(q, tl.trans(k), input_precision="ieee") * scale + bias[None, :], cols, col_ok
+
+    @triton.jit
     def _score_terms_kernel(
         q_ptr, k_ptr, bias_ptr, w_ptr, col_ptr, diag_ptr,
         heads, seq_len, head_dim, scale,
@@ -53,30 +64,16 @@ if triton is not None:
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         for start in range(0, seq_len, BLOCK_N):  # pass 1: row log-sum-exp (online softmax)
-            cols = start + tl.arange(0, BLOCK_N)
-            col_ok = cols < seq_len
-            k = tl.load(
-                k_ptr + b * s_kb + h * s_kh + cols[:, None] * s_kl + dims[None, :],
-                mask=col_ok[:, None] & (dims[None, :] < head_dim),
-                other=0.0,
-            )
-            bias = tl.load(bias_ptr + b * seq_len + cols, mask=col_ok, other=float("-inf"))
-            s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale + bias[None, :]
+            s, cols, col_ok = _score_tile(q, k_ptr + b * s_kb + h * s_kh, bias_ptr + b * seq_len, start, dims,
+                                          seq_len, head_dim, s_kl, scale, BLOCK_N)  # fmt: skip
             m_new = tl.maximum(m_i, tl.max(s, 1))
             l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
             m_i = m_new
         lse = m_i + tl.log(l_i)
         weight = tl.load(w_ptr + b * seq_len + rows, mask=row_ok, other=0.0)
         for start in range(0, seq_len, BLOCK_N):  # pass 2: weighted probabilities -> column sums and diagonal
-            cols = start + tl.arange(0, BLOCK_N)
-            col_ok = cols < seq_len
-            k = tl.load(
-                k_ptr + b * s_kb + h * s_kh + cols[:, None] * s_kl + dims[None, :],
-                mask=col_ok[:, None] & (dims[None, :] < head_dim),
-                other=0.0,
-            )
-            bias = tl.load(bias_ptr + b * seq_len + cols, mask=col_ok, other=float("-inf"))
-            s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale + bias[None, :]
+            s, cols, col_ok = _score_tile(q, k_ptr + b * s_kb + h * s_kh, bias_ptr + b * seq_len, start, dims,
+                                          seq_len, head_dim, s_kl, scale, BLOCK_N)  # fmt: skip
             p = tl.exp(s - lse[:, None]) * weight[:, None]
             tl.atomic_add(col_ptr + b * seq_len + cols, tl.sum(p, 0), mask=col_ok)
             diag = tl.sum(tl.where(rows[:, None] == cols[None, :], p, 0.0), 0)

@@ -16,18 +16,20 @@ transformers = pytest.importorskip("transformers")
 ATOL = 1e-5
 
 
+#: The sizes of the tiny BERT-layout configs (BERT, and RoBERTa in test_bert_families.py).
+TINY_SIZES = dict(
+    vocab_size=60,
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=48,
+    max_position_embeddings=24,
+    type_vocab_size=2,
+)
+
+
 def tiny_bert_config(**overrides):
-    kwargs = dict(
-        vocab_size=60,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=48,
-        max_position_embeddings=24,
-        type_vocab_size=2,
-    )
-    kwargs.update(overrides)
-    config = transformers.BertConfig(**kwargs)
+    config = transformers.BertConfig(**{**TINY_SIZES, **overrides})
     config._attn_implementation = "eager"  # the only HF implementation that returns probabilities
     return config
 

@@ -7,7 +7,7 @@ import torch
 
 from lit_efficiency.power_bert.bert import BertEncoder
 from lit_efficiency.power_bert.model import PowerBertEncoder, PowerBertForSequenceClassification, flops_per_example
-from tests.power_bert.test_bert import padded_batch
+from tests.power_bert.test_bert import TINY_SIZES, padded_batch
 
 transformers = pytest.importorskip("transformers")
 
@@ -15,18 +15,8 @@ ATOL = 1e-5
 
 
 def tiny_roberta_config(**overrides):
-    kwargs = dict(
-        vocab_size=60,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=48,
-        max_position_embeddings=24,
-        type_vocab_size=2,
-        pad_token_id=0,  # padded_batch pads with 0: RoBERTa numbers positions over the non-pad tokens
-    )
-    kwargs.update(overrides)
-    config = transformers.RobertaConfig(**kwargs)
+    # padded_batch pads with 0: RoBERTa numbers positions over the non-pad tokens
+    config = transformers.RobertaConfig(**{**TINY_SIZES, "pad_token_id": 0, **overrides})
     config._attn_implementation = "eager"
     return config
 
