@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import statistics
 import time
@@ -203,7 +204,10 @@ def run_task(task: str, plan: Plan, out_dir: Path, results: Path, threads: int) 
             "token_selection": "padded query rows masked in the score: training (dynamic padding) and evaluation "
             "(static padding) keep the same tokens",
         },
-        "machine_busy": True,  # other jobs shared the 2 cores: ratios are interleaved, absolute ms are noisy
+        # measured at the end of the run: above the benchmark's own threads, other jobs shared the cores (ratios
+        # stay interleaved and fair, absolute milliseconds are noisy)
+        "load_average_1_5_15min": list(os.getloadavg()),
+        "machine_busy": os.getloadavg()[1] > threads + 0.5,
         "wall_s": {**walls, "total": time.perf_counter() - started},
         "runs": [
             {
