@@ -42,7 +42,10 @@ def test_two_rank_predict_writes_every_snapshot_once_like_one_process(tmp_path, 
     assert sorted(one) == sorted(
         f"snapshot_{t:05d}{ext}" for t in range(1, ref_dm.num_snapshots) for ext in (".csv", ".pt")
     )
-    runs = {"partitioned": (DistributedDynGNNTask, "streamed", "snapshot"), "unpartitioned": (DynGNNTask, "resident", "none")}
+    runs = {
+        "partitioned": (DistributedDynGNNTask, "streamed", "snapshot"),
+        "unpartitioned": (DynGNNTask, "resident", "none"),
+    }
     for name, (cls, storage, partitioner) in runs.items():
         dm = _data(make_source("edge_list", tmp_path), storage, partitioner, task=task)
         torch.manual_seed(0)
