@@ -24,7 +24,8 @@ Run::
     python benchmarks/snapshot_transfer.py                          # writes benchmarks/results/snapshot_transfer.json
     python benchmarks/snapshot_transfer.py --synthetic-edges 32000000 --datasets none \\
         --out benchmarks/results/snapshot_transfer_gpu.json        # the GPU target (N = 4M, 32M edges, 5% churn)
-    python benchmarks/snapshot_transfer.py --datasets none --synthetic-edges 0 --append   # only the weighted row
+    python benchmarks/snapshot_transfer.py --datasets none --synthetic-edges 0 --weighted-edges 200000 --append
+                                                                    # the weighted row, added to the JSON
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--synthetic-snapshots", type=int, default=6)
     p.add_argument("--churn", type=float, default=0.05)
     p.add_argument(
-        "--weighted-edges", type=int, default=200_000, help="edges per snapshot of the reweighted churn graph (0: skip)"
+        "--weighted-edges", type=int, default=0, help="edges per snapshot of the reweighted churn graph (0: skip)"
     )
     p.add_argument("--append", action="store_true", help="replace/add these records in the existing --out file")
     p.add_argument("--repeats", type=int, default=5)
