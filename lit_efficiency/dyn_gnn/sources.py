@@ -705,7 +705,8 @@ class PGTJsonSource(GraphSource):
 
     ``X``, ``weights``/``edge_weight`` and ``y`` are optional. Where the file has no ``X``, ``lags > 0`` uses the
     targets of the last ``lags`` steps ``y[t-lags+1 .. t]`` as node features (zeros before step 0), as
-    PyG-Temporal's loaders do. Each snapshot's JSON is turned into tensors only when asked for.
+    PyG-Temporal's loaders do. Each snapshot's JSON is turned into tensors only when asked for. The file is parsed
+    whole (the standard library has no incremental JSON parser) and released after :meth:`load`.
 
     Args:
         path: the JSON file (gzip allowed).
@@ -854,7 +855,9 @@ class PGTJsonSource(GraphSource):
         return self._graph(None, window).num_edges_per_snapshot
 
     def load(self, snapshots: Collection[int] | None = None) -> DynamicGraph:
-        return self._graph(snapshots)
+        graph = self._graph(snapshots)
+        self._doc = None  # the data module keeps what it needs: do not hold the parsed file (all snapshots) too
+        return graph
 
 
 # ---------------------------------------------------------------------------------------------- PyG

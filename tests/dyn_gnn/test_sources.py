@@ -152,6 +152,7 @@ def test_sources_build_only_the_requested_snapshots(tmp_path):
         PyGSource(str(tmp_path / "g.pt")),
     ):
         assert source.load(want) == expected, type(source).__name__
+        assert getattr(source, "_doc", None) is None  # PGT JSON: the parsed file is not held after load
         assert source.edge_counts(2) == ref.with_window(2).num_edges_per_snapshot
     churn = SyntheticChurnSource(num_nodes=30, num_snapshots=5, edges_per_snapshot=40, churn=0.2, num_node_features=0)
     full = synthetic_dynamic_graph(30, 5, 40, churn=0.2)
