@@ -23,6 +23,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lit_efficiency.core.checkpoint import attach_run_dir
 from lit_efficiency.core.deprecation import LitEfficiencyDeprecationWarning
 from lit_efficiency.core.errors import ConfigError, OneLineErrors, find_user_error
+from lit_efficiency.core.faults import rank_failures_reported, use_watched_launcher
 from lit_efficiency.core.lock import OutputLock
 from lit_efficiency.core.loggers import describe_wandb_runs, finish_wandb_run
 from lit_efficiency.core.paths import ensure_output_dir
@@ -102,6 +103,7 @@ class LitEfficiencyCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_class", _Parser)
         self._explicit_model_links = _explicit_model_links(sys.argv[1:] if args is None else args)
+        self._argv = [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(args, dict) else []
         # Every task of the project builds its own optimizer and schedule (PoWER-BERT's search has its own parameter
         # group; the dynamic-GNN modules are built in setup()), so --optimizer/--lr_scheduler are not offered.
         kwargs.setdefault("auto_configure_optimizers", False)
@@ -163,14 +165,23 @@ class LitEfficiencyCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         seed = self._config().get("seed_everything")
         attach_run_dir(trainer, self.run_dir(trainer.default_root_dir), None if seed is False else seed)
+        use_watched_launcher(trainer.strategy)
         return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:
         """``fit`` holds the run folder's lock and refuses to start over a previous attempt without ``--ckpt_path``
-        (global rank 0 only: the other ranks of a DDP run share its folder)."""
-        if subcommand != "fit" or self.trainer.global_rank != 0:
+        (global rank 0 only: the other ranks of a DDP run share its folder); a rank that dies ends the others with one
+        line and the command that resumes (:func:`~lit_efficiency.core.faults.rank_failures_reported`)."""
+        if subcommand != "fit":
             return super()._run_subcommand(subcommand)
-        folder = ensure_output_dir(self.run_dir(self.trainer.default_root_dir), "run directory")
+        run_dir = self.run_dir(self.trainer.default_root_dir)
+        with rank_failures_reported(self.trainer, self._argv, run_dir.name):
+            self._fit(run_dir)
+
+    def _fit(self, run_dir: Path) -> None:
+        if self.trainer.global_rank != 0:
+            return super()._run_subcommand("fit")
+        folder = ensure_output_dir(run_dir, "run directory")
         last = folder / "checkpoints" / "last.ckpt"
         if last.exists() and self._config().get("ckpt_path") is None:
             raise ConfigError(
@@ -178,7 +189,7 @@ class LitEfficiencyCLI(LightningCLI):
                 "with another --run_name (nothing was changed)"
             )
         with OutputLock(folder):
-            super()._run_subcommand(subcommand)
+            super()._run_subcommand("fit")
 
     def before_instantiate_classes(self) -> None:
         """Refuse what the link would otherwise hide: a model value that differs from the data's, or a model that
