@@ -21,6 +21,7 @@ from typing import Any
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from lit_efficiency.core.checkpoint import attach_run_dir
+from lit_efficiency.core.checks import check_at_least, check_limit, check_positive
 from lit_efficiency.core.deprecation import LitEfficiencyDeprecationWarning
 from lit_efficiency.core.errors import ConfigError, OneLineErrors, find_user_error
 from lit_efficiency.core.faults import rank_failures_reported, use_watched_launcher
@@ -229,22 +230,16 @@ class LitEfficiencyCLI(LightningCLI):
 
 def _check_values(config: Any) -> None:
     """Refuse values that would run but train nothing or the wrong way: non-positive learning rates and sizes
-    (:data:`POSITIVE_ARGS`), ``trainer.max_epochs`` 0 or below -1, ``trainer.max_steps`` 0."""
+    (:data:`POSITIVE_ARGS`), ``trainer.max_epochs`` / ``trainer.max_steps`` 0 or below -1."""
     for section in ("data", "model"):  # data first: linked values are typed there
         init_args = config.get(f"{section}.init_args")
         for name in POSITIVE_ARGS:
-            value = init_args.get(name) if init_args is not None else None
-            if isinstance(value, int | float) and not isinstance(value, bool) and not value > 0:
-                raise ConfigError(f"{section}.init_args.{name}: must be > 0, got {value}")
+            check_positive(f"{section}.init_args.{name}", init_args.get(name) if init_args is not None else None)
         for name in NON_NEGATIVE_ARGS:
             value = init_args.get(name) if init_args is not None else None
-            if isinstance(value, int | float) and not isinstance(value, bool) and not value >= 0:
-                raise ConfigError(f"{section}.init_args.{name}: must be >= 0 (0: linear head), got {value}")
-    max_epochs = config.get("trainer.max_epochs")
-    if max_epochs is not None and (max_epochs == 0 or max_epochs < -1):
-        raise ConfigError(f"trainer.max_epochs: must be >= 1 (or -1: no limit), got {max_epochs}")
-    if config.get("trainer.max_steps") == 0:
-        raise ConfigError("trainer.max_steps: must be >= 1 (or -1: no limit), got 0")
+            check_at_least(f"{section}.init_args.{name}", value, 0, "0: linear head")
+    check_limit("trainer.max_epochs", config.get("trainer.max_epochs"))
+    check_limit("trainer.max_steps", config.get("trainer.max_steps"))
 
 
 def _explicit_model_links(args: Any) -> dict[str, tuple[Any, str]]:

@@ -52,6 +52,10 @@ class RankFailure(LitEfficiencyError, RuntimeError):
 class WatchedLauncher(_SubprocessScriptLauncher):
     """Lightning's subprocess launcher without its child observer (module docstring); it can describe its ranks."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stopped: set[int] = set()  # children this launcher killed after the timeout
+
     def launch(self, function: Any, *args: Any, trainer: Any = None, **kwargs: Any) -> Any:
         """Start ranks 1..n-1 of this node (unless the cluster starts them), then run ``function`` as rank 0."""
         self.cluster_environment.validate_settings(num_devices=self.num_processes, num_nodes=self.num_nodes)
@@ -65,22 +69,30 @@ class WatchedLauncher(_SubprocessScriptLauncher):
         return self.cluster_environment.node_rank() * self.num_processes + index + 1
 
     def failed_ranks(self) -> list[str]:
-        """``rank R (pid P) was killed by SIGKILL`` / ``... exited with code C`` for each child that failed."""
+        """``rank R (pid P) was killed by SIGKILL`` / ``... exited with code C`` / ``... did not end within the
+        timeout (stopped)`` for each child that failed; deaths by a signal first (the exits are their consequence)."""
         out = []
         for index, proc in enumerate(self.procs):
             code = proc.poll()
-            if code:
-                how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-                out.append((code > 0, f"rank {self._rank_of(index)} (pid {proc.pid}) {how}"))
-        return [text for _, text in sorted(out)]  # deaths by a signal first: the exits are their consequence
+            if not code:
+                continue
+            if index in self._stopped:
+                how, order = "did not end within the timeout (stopped by the launcher)", 2
+            elif code < 0:
+                how, order = f"was killed by {signal.Signals(-code).name}", 0
+            else:
+                how, order = f"exited with code {code}", 1
+            out.append((order, f"rank {self._rank_of(index)} (pid {proc.pid}) {how}"))
+        return [text for _, text in sorted(out)]
 
     def wait_for_ranks(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` for every child to end, then SIGKILL those left."""
         deadline = time.monotonic() + timeout_s
-        for proc in self.procs:
+        for index, proc in enumerate(self.procs):
             try:
                 proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                self._stopped.add(index)
                 proc.kill()
                 proc.wait()
 
@@ -183,7 +195,7 @@ def rank_failures_reported(trainer: Any, argv: Sequence[str], run_name: str) -> 
             watched.wait_for_ranks(_wait_s(trainer.strategy))
         dead = (watched.failed_ranks() if watched else []) or [_launcher_gone() or "a peer rank died or timed out"]
         raise RankFailure(
-            f"rank {trainer.global_rank}: {'; '.join(dead)} (collective failed: {cause}); rerun: {rerun}"
+            f"rank {trainer.global_rank}: {'; '.join(dead)} (backend error: {cause}); rerun: {rerun}"
         ) from None
     if isinstance(launcher, WatchedLauncher) and launcher.procs:
         launcher.wait_for_ranks(_wait_s(trainer.strategy))

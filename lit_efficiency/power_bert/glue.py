@@ -47,6 +47,7 @@ import lightning as L
 import torch
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
+from lit_efficiency.core.checks import check_at_least
 from lit_efficiency.core.errors import ConfigError, DataError
 from lit_efficiency.core.paths import ENV_DATA, require_file, resolve_data_root, resolve_pretrained
 from lit_efficiency.power_bert.tasks_table import (
@@ -400,12 +401,9 @@ class GLUEDataModule(L.LightningDataModule):
             ("train_limit", train_limit),
             ("eval_limit", eval_limit),
         ):
-            if value is not None and value < 1:
-                raise ConfigError(f"{name}: must be a positive integer or null, got {value}")
-        if max_seq_len is not None and max_seq_len < 4:
-            raise ConfigError(f"max_seq_len: must be at least 4, got {max_seq_len}")
-        if num_workers < 0:
-            raise ConfigError(f"num_workers: must be >= 0, got {num_workers}")
+            check_at_least(name, value, 1, "or null")
+        check_at_least("max_seq_len", max_seq_len, 4)
+        check_at_least("num_workers", num_workers, 0)
         self.tokenizer_name = tokenizer_name
         self.data_dir = data_dir
         self.glue_dir = glue_dir
