@@ -191,3 +191,13 @@ def test_dataset_with_a_changed_source_is_refused_in_one_line(tmp_path, serve):
     with pytest.raises(DataError, match="could not download bitcoin_otc: .*sha256") as info:
         load_dataset("bitcoin_otc", data_dir=tmp_path / "data", cache_dir=tmp_path / "cache")
     assert "\n" not in str(info.value) and _leftovers(tmp_path / "cache") == ["bitcoin_otc"]
+
+
+@pytest.mark.parametrize("endpoint", ["http://mirror.example.org", "file:///srv/hub"])
+def test_glue_hub_path_refuses_a_non_https_endpoint(endpoint, monkeypatch):
+    from lit_efficiency.power_bert.glue import GLUEDataModule
+
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    data = GLUEDataModule(task="rte", tokenizer_name="tiny-random-bert", source="hub")
+    with pytest.raises(ConfigError, match="HF_ENDPOINT: only https:// downloads are allowed"):
+        data._load_hub("train")
