@@ -15,6 +15,9 @@ traceback when a collective failed first. Here instead:
   first, and kills any left over.
 
 The timeouts bound every wait: a dead peer is usually seen at once (its sockets close), a silent one at the timeout.
+
+With ``start_method="spawn"`` (``conf/trainer/ddp_cpu.yaml``) the process the user started is no rank: it waits for the
+ranks and torch stops the others when one dies; it ends with one line naming the dead rank and the rerun command.
 """
 
 from __future__ import annotations
@@ -148,6 +151,24 @@ def rerun_command(argv: Sequence[str], run_name: str) -> str:
     return shlex.join(["lit-efficiency", *kept, "--ckpt_path", "last", "--run_name", run_name])
 
 
+def _spawned_rank_failure(err: BaseException) -> tuple[str, bool] | None:
+    """What a rank started by ``torch.multiprocessing`` (``start_method="spawn"``) did, seen by the launcher.
+
+    Returns ``(text, resumable)``: a rank killed or one whose collective failed can be resumed; a rank that raised
+    another error (its last traceback line is kept) cannot.
+    """
+    import torch.multiprocessing as mp
+
+    if isinstance(err, mp.ProcessExitedException):
+        how = f"was killed by {err.signal_name}" if err.signal_name else f"exited with code {err.exit_code}"
+        return f"rank {err.error_index} (pid {err.error_pid}) {how}", True
+    if isinstance(err, mp.ProcessRaisedException):
+        last = [line.strip() for line in str(err).splitlines() if line.strip()][-1]
+        resumable = any(word in last.lower() for word in _PEER_WORDS)
+        return f"rank {err.error_index} (pid {err.error_pid}) failed: {last}", resumable
+    return None
+
+
 def _launcher_gone() -> str | None:
     """``rank R (pid P, the launcher) is gone`` when this rank was started by a launcher that has died."""
     pid, _, rank = os.environ.get(LAUNCHER_ENV, "").partition(":")
@@ -186,6 +207,10 @@ def rank_failures_reported(trainer: Any, argv: Sequence[str], run_name: str) -> 
     try:
         yield
     except Exception as err:
+        spawned = _spawned_rank_failure(err)
+        if spawned is not None:  # the spawn launcher: the ranks are its children, it is none of them
+            text, resumable = spawned
+            raise RankFailure(f"launcher: {text}" + (f"; rerun: {rerun}" if resumable else "")) from None
         cause = backend_cause(err)
         if cause is None:
             raise

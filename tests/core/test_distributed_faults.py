@@ -182,3 +182,28 @@ def test_rerun_command_replaces_ckpt_path_and_run_name():
     assert rerun_command(argv, "new") == (
         "lit-efficiency fit --config 'a b.yaml' --trainer.max_epochs=3 --ckpt_path last --run_name new"
     )
+
+
+def test_spawn_launcher_names_the_dead_rank_in_one_line():
+    """``start_method="spawn"``: torch reports the dead rank to the launcher, which ends with one line."""
+    import torch.multiprocessing as mp
+
+    from lit_efficiency.core.faults import RankFailure, rank_failures_reported
+
+    class _Trainer:
+        world_size, global_rank = 2, 0
+
+        class strategy:  # noqa: N801 (stands for the trainer's strategy)
+            launcher = None
+
+    killed = mp.ProcessExitedException("process 1 terminated with signal SIGKILL", 1, 4242, -9, "SIGKILL")
+    with pytest.raises(RankFailure) as info, rank_failures_reported(_Trainer(), ["fit", "-c", "a.yaml"], "a"):
+        raise killed
+    assert str(info.value) == (
+        "launcher: rank 1 (pid 4242) was killed by SIGKILL; rerun: lit-efficiency fit -c a.yaml --ckpt_path last "
+        "--run_name a"
+    )
+    raised = mp.ProcessRaisedException("Traceback ...\n  File x\nValueError: shapes differ\n", 0, 17)
+    with pytest.raises(RankFailure, match=r"^launcher: rank 0 \(pid 17\) failed: ValueError: shapes differ$"):
+        with rank_failures_reported(_Trainer(), ["fit"], "a"):
+            raise raised
