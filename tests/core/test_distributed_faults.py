@@ -98,7 +98,7 @@ def _cli(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, float
     for key in ("LOCAL_RANK", "WORLD_SIZE", "RANK", "NODE_RANK", "MASTER_ADDR"):
         env.pop(key, None)
     proc = subprocess.run([sys.executable, "-m", "lit_efficiency", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=240)  # fmt: skip
+                          text=True, timeout=420)  # fmt: skip
     return proc, time.time()
 
 
@@ -147,7 +147,7 @@ CASES = [(2, 0), (2, 1), (3, 0), (3, 1), (3, 2)]
 
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize(("world", "kill"), CASES)
 def test_dyn_gnn_rank_killed(tmp_path, world, kill):
     _, rerun = _kill_and_check(tmp_path, _dyn_gnn, world, kill)
@@ -157,7 +157,7 @@ def test_dyn_gnn_rank_killed(tmp_path, world, kill):
 
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize(("world", "kill"), [(2, 0), (2, 1), (3, 2)])
 def test_power_bert_rank_killed(tmp_path, world, kill):
     _, rerun = _kill_and_check(tmp_path, _power_bert, world, kill)
