@@ -336,7 +336,9 @@ def main(args: ArgsType = None) -> None:
         user_error = find_user_error(err)
         if user_error is None:
             raise
-        print(f"lit-efficiency: error: {user_error}", file=sys.stderr)
+        # One write: the ranks of a distributed run share stderr, and a separate newline could be interleaved.
+        sys.stderr.write(f"lit-efficiency: error: {user_error}\n")
+        sys.stderr.flush()
         sys.exit(2)
     finally:
         finish_wandb_run()
