@@ -180,6 +180,7 @@ class LitEfficiencyCLI(LightningCLI):
             self._fit(run_dir)
 
     def _fit(self, run_dir: Path) -> None:
+        """``fit`` itself; global rank 0 first checks ``run_dir`` and holds its lock."""
         if self.trainer.global_rank != 0:
             return super()._run_subcommand("fit")
         folder = ensure_output_dir(run_dir, "run directory")
