@@ -21,8 +21,10 @@ from typing import Any
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from lit_efficiency.core.checkpoint import attach_run_dir
+from lit_efficiency.core.checks import check_at_least, check_limit, check_positive
 from lit_efficiency.core.deprecation import LitEfficiencyDeprecationWarning
 from lit_efficiency.core.errors import ConfigError, OneLineErrors, find_user_error
+from lit_efficiency.core.faults import rank_failures_reported, use_watched_launcher
 from lit_efficiency.core.lock import OutputLock
 from lit_efficiency.core.loggers import describe_wandb_runs, finish_wandb_run
 from lit_efficiency.core.paths import ensure_output_dir
@@ -102,6 +104,7 @@ class LitEfficiencyCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_class", _Parser)
         self._explicit_model_links = _explicit_model_links(sys.argv[1:] if args is None else args)
+        self._argv = [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(args, dict) else []
         # Every task of the project builds its own optimizer and schedule (PoWER-BERT's search has its own parameter
         # group; the dynamic-GNN modules are built in setup()), so --optimizer/--lr_scheduler are not offered.
         kwargs.setdefault("auto_configure_optimizers", False)
@@ -163,14 +166,24 @@ class LitEfficiencyCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         seed = self._config().get("seed_everything")
         attach_run_dir(trainer, self.run_dir(trainer.default_root_dir), None if seed is False else seed)
+        use_watched_launcher(trainer.strategy)
         return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:
         """``fit`` holds the run folder's lock and refuses to start over a previous attempt without ``--ckpt_path``
-        (global rank 0 only: the other ranks of a DDP run share its folder)."""
-        if subcommand != "fit" or self.trainer.global_rank != 0:
+        (global rank 0 only: the other ranks of a DDP run share its folder); a rank that dies ends the others with one
+        line and the command that resumes (:func:`~lit_efficiency.core.faults.rank_failures_reported`)."""
+        if subcommand != "fit":
             return super()._run_subcommand(subcommand)
-        folder = ensure_output_dir(self.run_dir(self.trainer.default_root_dir), "run directory")
+        run_dir = self.run_dir(self.trainer.default_root_dir)
+        with rank_failures_reported(self.trainer, self._argv, run_dir.name):
+            self._fit(run_dir)
+
+    def _fit(self, run_dir: Path) -> None:
+        """``fit`` itself; global rank 0 first checks ``run_dir`` and holds its lock."""
+        if self.trainer.global_rank != 0:
+            return super()._run_subcommand("fit")
+        folder = ensure_output_dir(run_dir, "run directory")
         last = folder / "checkpoints" / "last.ckpt"
         if last.exists() and self._config().get("ckpt_path") is None:
             raise ConfigError(
@@ -178,7 +191,7 @@ class LitEfficiencyCLI(LightningCLI):
                 "with another --run_name (nothing was changed)"
             )
         with OutputLock(folder):
-            super()._run_subcommand(subcommand)
+            super()._run_subcommand("fit")
 
     def before_instantiate_classes(self) -> None:
         """Refuse what the link would otherwise hide: a model value that differs from the data's, or a model that
@@ -218,22 +231,16 @@ class LitEfficiencyCLI(LightningCLI):
 
 def _check_values(config: Any) -> None:
     """Refuse values that would run but train nothing or the wrong way: non-positive learning rates and sizes
-    (:data:`POSITIVE_ARGS`), ``trainer.max_epochs`` 0 or below -1, ``trainer.max_steps`` 0."""
+    (:data:`POSITIVE_ARGS`), ``trainer.max_epochs`` / ``trainer.max_steps`` 0 or below -1."""
     for section in ("data", "model"):  # data first: linked values are typed there
         init_args = config.get(f"{section}.init_args")
         for name in POSITIVE_ARGS:
-            value = init_args.get(name) if init_args is not None else None
-            if isinstance(value, int | float) and not isinstance(value, bool) and not value > 0:
-                raise ConfigError(f"{section}.init_args.{name}: must be > 0, got {value}")
+            check_positive(f"{section}.init_args.{name}", init_args.get(name) if init_args is not None else None)
         for name in NON_NEGATIVE_ARGS:
             value = init_args.get(name) if init_args is not None else None
-            if isinstance(value, int | float) and not isinstance(value, bool) and not value >= 0:
-                raise ConfigError(f"{section}.init_args.{name}: must be >= 0 (0: linear head), got {value}")
-    max_epochs = config.get("trainer.max_epochs")
-    if max_epochs is not None and (max_epochs == 0 or max_epochs < -1):
-        raise ConfigError(f"trainer.max_epochs: must be >= 1 (or -1: no limit), got {max_epochs}")
-    if config.get("trainer.max_steps") == 0:
-        raise ConfigError("trainer.max_steps: must be >= 1 (or -1: no limit), got 0")
+            check_at_least(f"{section}.init_args.{name}", value, 0, "0: linear head")
+    check_limit("trainer.max_epochs", config.get("trainer.max_epochs"))
+    check_limit("trainer.max_steps", config.get("trainer.max_steps"))
 
 
 def _explicit_model_links(args: Any) -> dict[str, tuple[Any, str]]:
@@ -330,7 +337,9 @@ def main(args: ArgsType = None) -> None:
         user_error = find_user_error(err)
         if user_error is None:
             raise
-        print(f"lit-efficiency: error: {user_error}", file=sys.stderr)
+        # One write: the ranks of a distributed run share stderr, and a separate newline could be interleaved.
+        sys.stderr.write(f"lit-efficiency: error: {user_error}\n")
+        sys.stderr.flush()
         sys.exit(2)
     finally:
         finish_wandb_run()

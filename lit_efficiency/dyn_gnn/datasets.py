@@ -6,8 +6,11 @@ Where the data comes from, in order:
    ``$LIT_EFFICIENCY_DATA``, then ``../shared/data`` beside the checkout; see :mod:`lit_efficiency.core.paths`);
 2. a previous download in the cache ``cache_dir / <name> /`` (default ``$LIT_EFFICIENCY_CACHE/graphs`` or
    ``~/.cache/lit_efficiency/graphs``);
-3. the real source (SNAP, KONECT, the PyTorch Geometric Temporal repository on GitHub), downloaded with
-   ``urllib`` into that cache, only when 1 and 2 have nothing and ``download=True``.
+3. the real source (SNAP, KONECT, the PyTorch Geometric Temporal repository on GitHub), downloaded into that cache
+   over https only when 1 and 2 have nothing and ``download=True``; the payload must have the sha256 published in
+   :data:`DATASETS` (checked again on each use of the cached file), archives and gzip data are unpacked within a
+   size cap (:mod:`lit_efficiency.core.downloads`). The digests were taken from the copies in ``shared/data``,
+   which match SNAP's published counts; a source that changed its file is refused, never used.
 
 Parsing (all rows are checked; errors are one line naming ``file:line``): rows with the wrong number of
 columns, non-numeric or non-finite fields, non-integer or negative node ids, and node ids ``>= num_nodes``
@@ -41,13 +44,8 @@ and ``y`` = mentions received (float, for node regression). Pure PyTorch; no lig
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
-import shutil
-import tarfile
-import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -56,6 +54,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lit_efficiency.core.downloads import fetch_verified, gunzip_bounded, verify_file
 from lit_efficiency.core.errors import ConfigError, DataError
 from lit_efficiency.core.paths import ENV_DATA, resolve_data_root
 from lit_efficiency.dyn_gnn.graph import DynamicGraph, bucket_edges, coalesce_edges
@@ -102,6 +101,8 @@ class DatasetSpec:
     """Column 2 is a signed rating/outcome used as the edge label."""
     round_time: bool = False
     """Round timestamps to whole seconds before bucketing (chess: month stamps like ``885635999.999997``)."""
+    sha256: str = ""
+    """Published sha256 of the payload (gzip data unpacked), checked on every download and cached copy."""
     archive_member: str | None = None
     """Member to extract when the download is a ``.tar.bz2`` archive (KONECT)."""
 
@@ -112,6 +113,7 @@ DATASETS: dict[str, DatasetSpec] = {
         filename="soc-sign-bitcoinotc.csv.gz",
         url="https://snap.stanford.edu/data/soc-sign-bitcoinotc.csv.gz",
         download_name="soc-sign-bitcoinotc.csv.gz",
+        sha256="76bd9d8f1d3ff9a1813d9fc8e6902a0ee4d0a2f8c1003842dbc9ec79149ab60c",
         columns=("SOURCE", "TARGET", "RATING", "TIME"),
         sep=",",
         default_step_size=1_200_000.0,
@@ -122,6 +124,7 @@ DATASETS: dict[str, DatasetSpec] = {
         filename="soc-sign-bitcoinalpha.csv",
         url="https://snap.stanford.edu/data/soc-sign-bitcoinalpha.csv.gz",
         download_name="soc-sign-bitcoinalpha.csv.gz",
+        sha256="1b2a970f327d0ceba0c57bd5919670257cbe4cc0704e2ddac09abc4b08e2ca4d",
         columns=("SOURCE", "TARGET", "RATING", "TIME"),
         sep=",",
         default_step_size=1_200_000.0,
@@ -132,6 +135,7 @@ DATASETS: dict[str, DatasetSpec] = {
         filename="CollegeMsg.txt",
         url="https://snap.stanford.edu/data/CollegeMsg.txt.gz",
         download_name="CollegeMsg.txt.gz",
+        sha256="e00ba2415373dee52c00616065bcceaa4750e78de60d1855c76470600f10740f",
         columns=("SRC", "DST", "UNIXTS"),
         sep=None,
         default_step_size=190_080.0,
@@ -140,8 +144,9 @@ DATASETS: dict[str, DatasetSpec] = {
     "chess": DatasetSpec(
         name="chess",
         filename="out.chess.csv",
-        url="http://konect.cc/files/download.tsv.chess.tar.bz2",
+        url="https://konect.cc/files/download.tsv.chess.tar.bz2",
         download_name="out.chess.csv",
+        sha256="3548a96b424286dc067d94fbae261f511d32eb436e50318e0f611be6f8450179",
         columns=("FROM", "TO", "OUTCOME", "TIME"),
         sep=None,
         default_step_size=2_628_000.0,
@@ -154,6 +159,7 @@ DATASETS: dict[str, DatasetSpec] = {
         filename="twitter_tennis_rg17.json",
         url=_TENNIS_URL,
         download_name="twitter_tennis_rg17.json",
+        sha256="1f9c3501a96881bbc26c899483c3fce73f36081f2df29d91fcd33c6dc4edf9c8",
         columns=(),
         sep=None,
         default_step_size=1.0,
@@ -197,34 +203,14 @@ def _default_cache_dir() -> Path:
 
 
 def _download(spec: DatasetSpec, target: Path) -> None:
-    """Fetch ``spec.url`` into ``target`` (atomically: a temp file renamed at the end)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".download-", dir=target.parent)
-    tmp = Path(tmp_name)
+    """Fetch ``spec.url`` into ``target``: https only, checksum verified, atomic, bounded (:mod:`core.downloads`)."""
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(spec.url, timeout=120) as response:
-            shutil.copyfileobj(response, out)
-        if spec.archive_member is not None:
-            # KONECT serves a .tar.bz2 holding <name>/out.<name>: keep only that member.
-            extracted = tmp.with_suffix(".member")
-            with tarfile.open(tmp, "r:bz2") as archive:
-                member = archive.extractfile(spec.archive_member)
-                if member is None:
-                    raise DataError(f"{spec.url}: archive has no file {spec.archive_member}")
-                with member, open(extracted, "wb") as out:
-                    shutil.copyfileobj(member, out)
-            extracted.replace(target)
-        else:
-            tmp.replace(target)
-    except (OSError, EOFError, tarfile.TarError) as err:  # URLError is an OSError
-        reason = getattr(err, "reason", err)
+        fetch_verified(spec.url, target, spec.sha256, member=spec.archive_member)
+    except DataError as err:
         raise DataError(
-            f"could not download {spec.name} from {spec.url} ({reason}); put {spec.filename} in "
-            f"<data dir>/graphs/{spec.name}/ and pass data_dir or set ${ENV_DATA}"
-        ) from err
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp.with_suffix(".member").unlink(missing_ok=True)
+            f"could not download {spec.name}: {err}; put {spec.filename} in <data dir>/graphs/{spec.name}/ and pass "
+            f"data_dir or set ${ENV_DATA}"
+        ) from None
 
 
 def dataset_file(
@@ -254,7 +240,7 @@ def dataset_file(
     cache = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
     cached = cache / name / spec.download_name
     if cached.is_file():
-        return cached
+        return verify_file(cached, spec.sha256)
     if not download:
         where = local if local is not None else f"<data dir>/graphs/{name}/{spec.filename}"
         raise DataError(f"{name} not found: {where} (set ${ENV_DATA}, pass data_dir, or allow download)")
@@ -263,12 +249,7 @@ def dataset_file(
 
 
 def _read_text(path: Path) -> str:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as err:
-            raise DataError(f"{path}: corrupt gzip file ({err})") from err
+    raw = gunzip_bounded(path.read_bytes(), str(path))
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:

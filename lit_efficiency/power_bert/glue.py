@@ -6,7 +6,9 @@ Where the data comes from, per task (``source="auto"``):
    (``Folder`` is CoLA, SST-2, MRPC, QQP, STS-B, MNLI, QNLI, RTE or WNLI; MNLI has ``dev_matched.tsv``,
    ``dev_mismatched.tsv``, ``test_matched.tsv``, ``test_mismatched.tsv``). ``<glue>`` is ``glue_dir`` when given,
    else ``resolve_data_root(data_dir) / "glue"``;
-2. otherwise the HF hub (``datasets.load_dataset("nyu-mll/glue", config)``), the path for users with network.
+2. otherwise the HF hub (``datasets.load_dataset("nyu-mll/glue", config)``), the path for users with network: over
+   https only (an ``HF_ENDPOINT`` mirror must be ``https://``); the files' integrity is the ``datasets`` /
+   ``huggingface_hub`` client's (no sha256 table here, unlike the graph datasets of ``dyn_gnn/datasets.py``).
 
 IMDB (task ``"imdb"``) reads an ``aclImdb`` folder (``{train,test}/{pos,neg}/*.txt``): ``imdb_dir`` when given, else
 ``<data root>/aclImdb`` or ``<data root>/imdb/aclImdb``; otherwise the hub dataset ``stanfordnlp/imdb``.
@@ -37,6 +39,7 @@ import csv
 import io
 import logging
 import math
+import os
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -47,6 +50,8 @@ import lightning as L
 import torch
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
+from lit_efficiency.core.checks import check_at_least
+from lit_efficiency.core.downloads import require_https
 from lit_efficiency.core.errors import ConfigError, DataError
 from lit_efficiency.core.paths import ENV_DATA, require_file, resolve_data_root, resolve_pretrained
 from lit_efficiency.power_bert.tasks_table import (
@@ -343,6 +348,11 @@ class LengthSortedBatchSampler(BatchSampler):
             yield batch
 
 
+def _check_hub_endpoint() -> None:
+    """Hub downloads go over https only: ``HF_ENDPOINT`` (a mirror) must be an ``https://`` URL."""
+    require_https(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), "HF_ENDPOINT")
+
+
 class GLUEDataModule(L.LightningDataModule):
     """GLUE tasks (and IMDB) tokenised for BERT-style models.
 
@@ -400,12 +410,9 @@ class GLUEDataModule(L.LightningDataModule):
             ("train_limit", train_limit),
             ("eval_limit", eval_limit),
         ):
-            if value is not None and value < 1:
-                raise ConfigError(f"{name}: must be a positive integer or null, got {value}")
-        if max_seq_len is not None and max_seq_len < 4:
-            raise ConfigError(f"max_seq_len: must be at least 4, got {max_seq_len}")
-        if num_workers < 0:
-            raise ConfigError(f"num_workers: must be >= 0, got {num_workers}")
+            check_at_least(name, value, 1, "or null")
+        check_at_least("max_seq_len", max_seq_len, 4)
+        check_at_least("num_workers", num_workers, 0)
         self.tokenizer_name = tokenizer_name
         self.data_dir = data_dir
         self.glue_dir = glue_dir
@@ -498,6 +505,7 @@ class GLUEDataModule(L.LightningDataModule):
         import datasets
 
         info = TASK_INFO[self.task]
+        _check_hub_endpoint()
         try:
             ds = datasets.load_dataset(info.hub_path, info.hub_config, split=split)
         except Exception as exc:  # any hub/network/cache failure becomes one line for the CLI
@@ -553,6 +561,7 @@ class GLUEDataModule(L.LightningDataModule):
             import datasets
 
             info = TASK_INFO[self.task]
+            _check_hub_endpoint()
             try:
                 datasets.load_dataset(info.hub_path, info.hub_config)
             except Exception as exc:

@@ -36,6 +36,7 @@ from typing import Any, Literal
 import torch
 
 from lit_efficiency.core.checkpoint import EpochSeed, LastCheckpoint, SafeCheckpointIO, load_checked
+from lit_efficiency.core.checks import check_at_least, check_limit, check_positive
 from lit_efficiency.core.errors import ConfigError, OneLineErrors
 from lit_efficiency.core.lock import OutputLock
 from lit_efficiency.core.paths import atomic_write_text, ensure_output_dir, read_json_state, refuse_symlinks
@@ -293,26 +294,18 @@ def _validate_options(
     budget: float | None, lambda_grid: list[float], stages: dict[str, StageConfig], timing: TimingConfig
 ) -> None:
     """One-line errors for option values no stage would reject before training (checked before anything is written)."""
-    if budget is not None and not budget >= 0:
-        raise ConfigError(f"budget: the allowed metric loss in points must be >= 0, got {budget}")
+    check_at_least("budget", budget, 0, "the allowed metric loss, in points")
     if not lambda_grid or any(not m > 0 for m in lambda_grid):
         raise ConfigError(f"lambda_grid: needs positive multipliers of the reference LAMBDA, got {lambda_grid}")
     for name, stage in stages.items():
         for field in ("lr", "retention_lr"):
-            value = getattr(stage, field, None)
-            if value is not None and not value > 0:
-                raise ConfigError(f"{name}.{field}: must be > 0, got {value}")
-        if stage.epochs < 1:
-            raise ConfigError(f"{name}.epochs: must be >= 1, got {stage.epochs}")
-        if stage.max_steps == 0 or stage.max_steps < -1:
-            raise ConfigError(f"{name}.max_steps: must be >= 1 (or -1: no limit), got {stage.max_steps}")
-        if stage.patience is not None and stage.patience < 1:
-            raise ConfigError(f"{name}.patience: must be >= 1 or null, got {stage.patience}")
+            check_positive(f"{name}.{field}", getattr(stage, field, None))
+        check_at_least(f"{name}.epochs", stage.epochs, 1)
+        check_limit(f"{name}.max_steps", stage.max_steps)
+        check_at_least(f"{name}.patience", stage.patience, 1, "or null")
     for field, low in (("batch_size", 1), ("num_batches", 1), ("repeats", 1), ("warmup", 0), ("batch1_examples", 0)):
-        if getattr(timing, field) < low:
-            raise ConfigError(f"timing.{field}: must be >= {low}, got {getattr(timing, field)}")
-    if timing.threads is not None and timing.threads < 1:
-        raise ConfigError(f"timing.threads: must be >= 1 (or null: torch's default), got {timing.threads}")
+        check_at_least(f"timing.{field}", getattr(timing, field), low)
+    check_at_least("timing.threads", timing.threads, 1, "or null: torch's default")
     if timing.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("timing.device: cuda, but torch sees no CUDA device here (use auto or cpu)")
 

@@ -153,6 +153,7 @@ CASES = [
     ("dyn-max-epochs-zero", _nothing, [*DYN, "--trainer.max_epochs=0"], "trainer.max_epochs"),
     ("dyn-max-epochs-negative", _nothing, [*DYN, "--trainer.max_epochs=-5"], "trainer.max_epochs"),
     ("dyn-max-steps-zero", _nothing, [*DYN, "--trainer.max_steps=0"], "trainer.max_steps"),
+    ("dyn-max-steps-negative", _nothing, [*DYN, "--trainer.max_steps=-2"], "trainer.max_steps: must be >= 1"),
     # ConfigErrors raised inside the classes' __init__ (jsonargparse wraps them; the CLI unwraps)
     ("dyn-unknown-model", _nothing, [*DYN, "--model.init_args.model=foo"], "model.model"),
     ("dyn-pos-weight", _nothing, [*DYN, "--model.init_args.pos_weight=-1"], "pos_weight"),
@@ -185,6 +186,7 @@ CASES = [
     ("stage-padding", _nothing, [*STAGE, "--data.init_args.padding=weird"], "padding"),
     ("stage-model-path", _nothing, [*STAGE, "--model.init_args.model_name_or_path=./no/such"], "no/such"),
     ("stage-epochs-zero", _nothing, [*STAGE, "--trainer.max_epochs=0"], "trainer.max_epochs"),
+    ("stage-workers-negative", _nothing, [*STAGE, "--data.init_args.num_workers=-1"], "num_workers: must be >= 0"),
     # GLUE files (read in setup)
     (
         "glue-dev-cp1252",
@@ -209,6 +211,9 @@ CASES = [
     ("pipe-epochs-zero", _nothing, [*PIPE, "--retrain.epochs=0"], "retrain.epochs"),
     ("pipe-max-steps-zero", _nothing, [*PIPE, "--finetune.max_steps=0"], "finetune.max_steps"),
     ("pipe-timing-repeats", _nothing, [*PIPE, "--timing.repeats=0"], "timing.repeats"),
+    ("pipe-timing-threads", _nothing, [*PIPE, "--timing.threads=0"], "timing.threads: must be >= 1"),
+    ("pipe-budget-negative", _nothing, [*PIPE, "--budget=-0.5"], "budget: must be >= 0"),
+    ("pipe-patience-zero", _nothing, [*PIPE, "--retrain.patience=0"], "retrain.patience: must be >= 1 (or null)"),
     ("pipe-epochs-not-int", _nothing, [*PIPE, "--finetune.epochs=abc"], "finetune.epochs"),
     ("pipe-unknown-option", _nothing, [*PIPE, "--finetunex.lr=1"], "finetunex"),
     ("pipe-unknown-task", _nothing, [*PIPE, "--task=nope"], "nope"),
@@ -250,6 +255,25 @@ def test_bad_input_is_one_line_exit_2(setup, argv, expected, tmp_path, monkeypat
     after = _snapshot(tmp_path)
     assert {k: v for k, v in after.items() if k in before} == before, "a pre-existing file was changed"
     assert not (tmp_path / "pwned").exists(), "a checkpoint ran code"
+
+
+def test_value_checks_share_one_wording():
+    """The CLI, the pipeline and the GLUE data module word a bad value the same way (``core/checks.py``)."""
+    from lit_efficiency.core.checks import check_at_least, check_limit, check_positive
+    from lit_efficiency.core.errors import ConfigError
+
+    for check, args, message in (
+        (check_positive, ("x.lr", -1e-3), "x.lr: must be > 0, got -0.001"),
+        (check_positive, ("x.lr", float("nan")), "x.lr: must be > 0, got nan"),
+        (check_at_least, ("x.n", 0, 1, "or null"), "x.n: must be >= 1 (or null), got 0"),
+        (check_limit, ("x.max_epochs", 0), "x.max_epochs: must be >= 1 (or -1: no limit), got 0"),
+        (check_limit, ("x.max_epochs", -3), "x.max_epochs: must be >= 1 (or -1: no limit), got -3"),
+    ):
+        with pytest.raises(ConfigError) as exc:
+            check(*args)
+        assert str(exc.value) == message
+    for check, args in ((check_positive, ("a", None)), (check_limit, ("b", -1)), (check_at_least, ("c", True, 2))):
+        check(*args)  # unset, no limit, not a number: the parser's business
 
 
 def test_there_are_at_least_60_cases():

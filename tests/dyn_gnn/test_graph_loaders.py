@@ -1,19 +1,16 @@
-"""Real dynamic-graph loaders: counts against shared/data/README.md, formats, one-line errors, download path.
+"""Real dynamic-graph loaders: counts against shared/data/README.md, formats, one-line errors.
 
 Independent references: the published counts (README / SNAP), raw row and id counts taken here with plain
 Python (csv/gzip/json), the diff-encoding ratios measured by others (docs/dynamic_gnn.md §3), and the
-twitter-tennis JSON read directly. No network: the download path is exercised with ``file://`` URLs.
+twitter-tennis JSON read directly. The download path is tested in tests/core/test_downloads.py.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import functools
 import gzip
-import io
 import json
-import tarfile
 import time
 
 import pytest
@@ -21,8 +18,7 @@ import torch
 
 from lit_efficiency.core.errors import ConfigError, DataError
 from lit_efficiency.core.paths import resolve_data_root
-from lit_efficiency.dyn_gnn import datasets as graph_loaders
-from lit_efficiency.dyn_gnn.datasets import DATASETS, dataset_file, load_dataset, read_edge_events
+from lit_efficiency.dyn_gnn.datasets import DATASETS, load_dataset, read_edge_events
 
 _ROOT = resolve_data_root()
 
@@ -237,47 +233,4 @@ def test_unknown_dataset_lists_valid_names():
         load_dataset("bitcoin_otc", window=0)
 
 
-# ------------------------------------------------------------------------------------------ download path
-
-
-def test_download_into_cache_when_no_local_copy(tmp_path, monkeypatch):
-    source = tmp_path / "remote" / "CollegeMsg.txt.gz"
-    source.parent.mkdir()
-    source.write_bytes(gzip.compress(b"1 2 0\n2 3 190080\n3 1 190081\n"))
-    spec = dataclasses.replace(DATASETS["uci_messages"], url=source.as_uri())
-    monkeypatch.setitem(graph_loaders.DATASETS, "uci_messages", spec)
-    empty_root, cache = tmp_path / "data", tmp_path / "cache"
-    empty_root.mkdir()
-    with pytest.raises(DataError, match="uci_messages not found"):
-        load_dataset("uci_messages", data_dir=empty_root, cache_dir=cache, download=False)
-    g = load_dataset("uci_messages", data_dir=empty_root, cache_dir=cache)
-    assert (cache / "uci_messages" / "CollegeMsg.txt.gz").is_file()
-    assert g.num_nodes == 3 and g.num_snapshots == 2 and g.num_edges == 3
-    source.unlink()  # the second load must use the cache, not the source
-    assert load_dataset("uci_messages", data_dir=empty_root, cache_dir=cache) == g
-
-
-def test_download_extracts_konect_archive(tmp_path, monkeypatch):
-    payload = b"% asym multisigned\n1 2 1\t0\n2 3 -1\t2628000\n"
-    archive = tmp_path / "download.tsv.chess.tar.bz2"
-    with tarfile.open(archive, "w:bz2") as tar:
-        info = tarfile.TarInfo("chess/out.chess")
-        info.size = len(payload)
-        tar.addfile(info, io.BytesIO(payload))
-    spec = dataclasses.replace(DATASETS["chess"], url=archive.as_uri())
-    monkeypatch.setitem(graph_loaders.DATASETS, "chess", spec)
-    (tmp_path / "data").mkdir()
-    path = dataset_file("chess", data_dir=tmp_path / "data", cache_dir=tmp_path / "cache")
-    assert path.read_bytes() == payload
-    g = load_dataset("chess", data_dir=tmp_path / "data", cache_dir=tmp_path / "cache")
-    assert g.num_snapshots == 2 and [lb.tolist() for lb in g.edge_labels] == [[1], [-1]]
-
-
-def test_failed_download_is_one_line(tmp_path, monkeypatch):
-    spec = dataclasses.replace(DATASETS["bitcoin_otc"], url=(tmp_path / "missing.gz").as_uri())
-    monkeypatch.setitem(graph_loaders.DATASETS, "bitcoin_otc", spec)
-    (tmp_path / "data").mkdir()
-    with pytest.raises(DataError, match="could not download bitcoin_otc") as info:
-        load_dataset("bitcoin_otc", data_dir=tmp_path / "data", cache_dir=tmp_path / "cache")
-    assert "\n" not in str(info.value)
-    assert not list((tmp_path / "cache").rglob("*.gz"))  # no partial file left behind
+# The download path (https only, published sha256, bounded unpacking) is tested in tests/core/test_downloads.py.
