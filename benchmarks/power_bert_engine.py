@@ -10,6 +10,9 @@ median and IQR), on real GLUE dev text:
 * ``ours_compiled_static`` / ``ours_compiled_dynamic``: the same after ``compile_for_inference()``
   (``torch.compile``, inductor, static shapes), for the tasks in ``--compile-tasks``; dynamic padding only at
   batch > 1 (at batch 1 every example has its own length, so every example would compile its own graph);
+* ``ours_compiled_bucketed`` / ``onnxruntime_bucketed`` (batch 1 only): every example padded to its length rounded
+  up to a multiple of ``--bucket`` (one compiled graph or ONNX export per bucket), compared with HF at the exact
+  length (``hf_sdpa_dynamic``), the extra padding counting against us;
 * ``onnxruntime_static``: the static-shape ONNX export (:mod:`lit_efficiency.power_bert.export`) in
   ``onnxruntime``, for the tasks in ``--onnx-tasks`` (one export per shape, so static padding only).
 
@@ -48,7 +51,7 @@ from lit_efficiency.core.timing import compare, interleaved
 from lit_efficiency.power_bert.export import INPUT_NAMES, export_onnx, onnx_session
 from lit_efficiency.power_bert.glue import read_glue_split
 from lit_efficiency.power_bert.model import PowerBertForSequenceClassification
-from lit_efficiency.power_bert.speed import flop_ideal
+from lit_efficiency.power_bert.speed import batches_flops, flop_ideal
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -100,6 +103,29 @@ def run_hf(model: torch.nn.Module, batches: list[Batch]) -> Callable[[], None]:
     return call
 
 
+def bucket_batches(tokenizer, groups: list[list[tuple[str, str | None]]], max_len: int, bucket: int) -> list[Batch]:
+    """Each group padded to its longest sequence rounded up to a multiple of ``bucket`` (at most ``max_len``).
+
+    A static-shape model (compiled graph, ONNX export) then needs one shape per bucket instead of one per length.
+    """
+    out = []
+    for group in groups:
+        longest = encode(tokenizer, group, max_len, static=False)["input_ids"].shape[1]
+        out.append(encode(tokenizer, group, min(max_len, -(-longest // bucket) * bucket), static=True))
+    return out
+
+
+def run_onnx_by_length(sessions: dict[int, Any], batches: list[Batch]) -> Callable[[], None]:
+    """Each batch in the ``onnxruntime`` session exported for its length."""
+    feeds = [(sessions[b["input_ids"].shape[1]], {name: b[name].numpy() for name in INPUT_NAMES}) for b in batches]
+
+    def call() -> None:
+        for session, feed in feeds:
+            session.run(["logits"], feed)
+
+    return call
+
+
 def run_onnx(session, batches: list[Batch]) -> Callable[[], None]:
     feeds = [{name: batch[name].numpy() for name in INPUT_NAMES} for batch in batches]
 
@@ -143,6 +169,15 @@ def time_setting(
     if task in args.onnx_tasks:
         path = export_onnx(ours, tmp / f"{task}_b{batch_size}_t{threads}.onnx", batch_size, n)
         fns["onnxruntime_static"] = run_onnx(onnx_session(path, threads=threads), static)
+    bucketed = bucket_batches(models["tokenizer"], groups, n, args.bucket) if batch_size == 1 and args.bucket else []
+    if bucketed and task in args.compile_tasks:
+        fns["ours_compiled_bucketed"] = run_torch(compiled, bucketed)
+    if bucketed and task in args.onnx_tasks:
+        lengths = sorted({b["input_ids"].shape[1] for b in bucketed})
+        paths = {k: export_onnx(ours, tmp / f"{task}_b1_l{k}_t{threads}.onnx", 1, k) for k in lengths}
+        fns["onnxruntime_bucketed"] = run_onnx_by_length(
+            {k: onnx_session(v, threads) for k, v in paths.items()}, bucketed
+        )
     timings = interleaved(fns, repeats=args.repeats, warmup=args.warmup)
     ideal_static = flop_ideal(ours.config, retention, static)
     ideal_dyn = flop_ideal(ours.config, retention, dynamic)
@@ -158,12 +193,16 @@ def time_setting(
         "mean_dynamic_length": round(sum(b["input_ids"].numel() for b in dynamic) / len(pairs), 1),
         "vs_hf": {},
     }
+    ideals = {"static": ideal_static, "dynamic": ideal_dyn}
+    if bucketed:  # against HF at exact lengths: the bucket's extra padding counts against us
+        ideals["bucketed"] = batches_flops(ours.config, None, dynamic) / batches_flops(ours.config, retention, bucketed)
+        result["ideal_bucketed_vs_hf_dynamic"] = round(ideals["bucketed"], 3)
     for name in fns:
         if name.startswith("hf_"):
             continue
-        padding = "dynamic" if name.endswith("dynamic") else "static"
+        padding = "static" if name.endswith("static") else "dynamic"
         cmp = compare(timings[f"hf_sdpa_{padding}"], timings[name])
-        ideal = ideal_dyn if padding == "dynamic" else ideal_static
+        ideal = ideals[name.rsplit("_", 1)[1]]
         result["vs_hf"][name] = {
             "speedup": round(cmp["speedup"], 3),
             "speedup_range": [round(x, 3) for x in cmp["speedup_range"]],
@@ -183,6 +222,9 @@ def main() -> None:
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 0], help="torch threads; 0: all cores")
     parser.add_argument("--compile-tasks", nargs="*", default=list(TASKS), choices=TASKS)
     parser.add_argument("--onnx-tasks", nargs="*", default=list(TASKS), choices=TASKS)
+    parser.add_argument(
+        "--bucket", type=int, default=32, help="batch 1: pad to a multiple of this (0: no bucketed rows)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "power_bert_engine.json")
     parser.add_argument("--merge", action="store_true", help="keep the other settings already in --out")
     args = parser.parse_args()
@@ -210,6 +252,7 @@ def main() -> None:
             "machine_busy: the 1-minute load average exceeded the benchmark's own threads by more than 0.5 "
             "(other jobs shared the CPU) before or after some setting"
         ),
+        "machine_busy": bool(old.get("machine_busy", False)),
         "tasks": old.get("tasks", {}),
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -226,7 +269,7 @@ def main() -> None:
                     entry[key] = time_setting(task, batch_size, examples, threads, args, models, Path(tmp))
                     print(task, key, json.dumps(entry[key]["vs_hf"]), flush=True)
                     busy = max(entry[key]["load_average_1min_before_after"]) > threads + 0.5
-                    report["machine_busy"] = bool(report.get("machine_busy")) or busy
+                    report["machine_busy"] = report["machine_busy"] or busy
                     args.out.write_text(json.dumps(report, indent=2) + "\n")  # partial results survive
     print(f"wrote {args.out}")
 
