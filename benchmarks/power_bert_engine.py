@@ -237,7 +237,7 @@ def main() -> None:
     parser.add_argument("--compile-tasks", nargs="*", default=list(TASKS), choices=TASKS)
     parser.add_argument("--onnx-tasks", nargs="*", default=list(TASKS), choices=TASKS)
     parser.add_argument(
-        "--bucket", type=int, default=32, help="batch 1: pad to a multiple of this (0: no bucketed rows)"
+        "--bucket", type=int, default=16, help="batch 1: pad to a multiple of this (0: no bucketed rows)"
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "power_bert_engine.json")
     parser.add_argument("--merge", action="store_true", help="keep the other settings already in --out")
