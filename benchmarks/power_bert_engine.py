@@ -7,21 +7,28 @@ median and IQR), on real GLUE dev text:
 * ``hf_sdpa_static`` / ``hf_sdpa_dynamic``: ``transformers`` ``BertForSequenceClassification`` with SDPA,
   padded to N / to the longest sequence of the batch (batch 1: no padding at all);
 * ``ours_eager_static`` / ``ours_eager_dynamic``: :class:`PowerBertForSequenceClassification` in hard mode;
-* ``ours_compiled_static``: the same after ``compile_for_inference()`` (``torch.compile``, inductor, static
-  shapes), for the tasks in ``--compile-tasks`` (each shape compiles for minutes on a busy 2-core machine);
-* ``onnxruntime_static``: the ONNX export (:mod:`lit_efficiency.power_bert.export`) in ``onnxruntime``, for the
-  tasks in ``--onnx-tasks``.
+* ``ours_compiled_static`` / ``ours_compiled_dynamic``: the same after ``compile_for_inference()``
+  (``torch.compile``, inductor, static shapes), for the tasks in ``--compile-tasks``; dynamic padding only at
+  batch > 1 (at batch 1 every example has its own length, so every example would compile its own graph);
+* ``ours_compiled_bucketed`` / ``onnxruntime_bucketed`` (batch 1 only): every example padded to its length rounded
+  up to a multiple of ``--bucket`` (one compiled graph or ONNX export per bucket), compared with HF at the exact
+  length (``hf_sdpa_dynamic``), the extra padding counting against us, and with ``hf_compiled_bucketed`` (HF
+  compiled the same way, at the same bucketed lengths) as the fair compiled reference;
+* ``onnxruntime_static``: the static-shape ONNX export (:mod:`lit_efficiency.power_bert.export`) in
+  ``onnxruntime``, for the tasks in ``--onnx-tasks`` (one export per shape, so static padding only).
 
 at batch 128 (one batch of dev examples) and batch 1 (``--batch1-examples`` dev examples one at a time). Speedups
 are against HF SDPA at the same padding; ``pct_of_ideal`` divides each by the FLOP-ideal
-(:func:`~lit_efficiency.power_bert.model.ideal_speedup`; for dynamic padding the FLOPs of the actual lengths).
+(:func:`~lit_efficiency.power_bert.speed.flop_ideal`, the same function as the pipeline's timing table: each batch
+at the length it runs at).
 The encoder weights are the pretrained MiniLM (no GLUE fine-tuning: the time does not depend on the values, only
-the kept tokens do, and those follow the same attention pattern). Everything runs on ``--threads`` torch threads
-(onnxruntime gets as many intra-op threads).
+the kept tokens do, and those follow the same attention pattern). Every setting runs once per ``--threads`` value (torch
+threads, 0 meaning all cores; onnxruntime gets as many intra-op threads). The 1-minute load average is recorded
+before and after each setting and ``machine_busy`` is set when other jobs shared the CPU.
 
 Usage::
 
-    python benchmarks/power_bert_engine.py [--tasks cola mrpc rte sst2 stsb] [--repeats 5] [--machine-busy]
+    python benchmarks/power_bert_engine.py [--tasks cola mrpc rte sst2 stsb] [--threads 1 0] [--repeats 5] [--merge]
 
 writes ``benchmarks/results/power_bert_engine.json``.
 """
@@ -31,6 +38,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import tempfile
 from collections.abc import Callable
@@ -43,7 +51,8 @@ from lit_efficiency.core.paths import resolve_data_root, resolve_pretrained
 from lit_efficiency.core.timing import compare, interleaved
 from lit_efficiency.power_bert.export import INPUT_NAMES, export_onnx, onnx_session
 from lit_efficiency.power_bert.glue import read_glue_split
-from lit_efficiency.power_bert.model import PowerBertForSequenceClassification, flops_per_example, ideal_speedup
+from lit_efficiency.power_bert.model import PowerBertForSequenceClassification
+from lit_efficiency.power_bert.speed import batches_flops, flop_ideal
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -95,6 +104,29 @@ def run_hf(model: torch.nn.Module, batches: list[Batch]) -> Callable[[], None]:
     return call
 
 
+def bucket_batches(tokenizer, groups: list[list[tuple[str, str | None]]], max_len: int, bucket: int) -> list[Batch]:
+    """Each group padded to its longest sequence rounded up to a multiple of ``bucket`` (at most ``max_len``).
+
+    A static-shape model (compiled graph, ONNX export) then needs one shape per bucket instead of one per length.
+    """
+    out = []
+    for group in groups:
+        longest = encode(tokenizer, group, max_len, static=False)["input_ids"].shape[1]
+        out.append(encode(tokenizer, group, min(max_len, -(-longest // bucket) * bucket), static=True))
+    return out
+
+
+def run_onnx_by_length(sessions: dict[int, Any], batches: list[Batch]) -> Callable[[], None]:
+    """Each batch in the ``onnxruntime`` session exported for its length."""
+    feeds = [(sessions[b["input_ids"].shape[1]], {name: b[name].numpy() for name in INPUT_NAMES}) for b in batches]
+
+    def call() -> None:
+        for session, feed in feeds:
+            session.run(["logits"], feed)
+
+    return call
+
+
 def run_onnx(session, batches: list[Batch]) -> Callable[[], None]:
     feeds = [{name: batch[name].numpy() for name in INPUT_NAMES} for batch in batches]
 
@@ -105,18 +137,17 @@ def run_onnx(session, batches: list[Batch]) -> Callable[[], None]:
     return call
 
 
-def dynamic_ideal(config, retention: list[int], batches: list[Batch]) -> float:
-    """FLOP-ideal speedup over the padded lengths the dynamic batches actually run at."""
-    shapes = [tuple(b["input_ids"].shape) for b in batches]
-    full = sum(rows * flops_per_example(config, None, length) for rows, length in shapes)
-    pruned = sum(rows * flops_per_example(config, retention, length) for rows, length in shapes)
-    return full / pruned
-
-
 def time_setting(
-    task: str, batch_size: int, examples: int, args: argparse.Namespace, models: dict[str, Any], tmp: Path
+    task: str,
+    batch_size: int,
+    examples: int,
+    threads: int,
+    args: argparse.Namespace,
+    models: dict[str, Any],
+    tmp: Path,
 ) -> dict[str, Any]:
-    """All candidates of one task at one batch size."""
+    """All candidates of one task at one batch size on ``threads`` threads."""
+    load_before = os.getloadavg()[0]
     retention, n = committed_retention(task)
     pairs = dev_texts(task, examples)
     groups = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
@@ -132,15 +163,31 @@ def time_setting(
         "ours_eager_dynamic": run_torch(ours, dynamic),
     }
     if task in args.compile_tasks:
-        fns["ours_compiled_static"] = run_torch(copy.deepcopy(ours).compile_for_inference(), static)
+        compiled = copy.deepcopy(ours).compile_for_inference()
+        fns["ours_compiled_static"] = run_torch(compiled, static)
+        if batch_size > 1:  # at batch 1 every example has its own length: one compilation each
+            fns["ours_compiled_dynamic"] = run_torch(compiled, dynamic)
     if task in args.onnx_tasks:
-        path = export_onnx(ours, tmp / f"{task}_b{batch_size}.onnx", batch_size, n)
-        fns["onnxruntime_static"] = run_onnx(onnx_session(path, threads=args.threads), static)
+        path = export_onnx(ours, tmp / f"{task}_b{batch_size}_t{threads}.onnx", batch_size, n)
+        fns["onnxruntime_static"] = run_onnx(onnx_session(path, threads=threads), static)
+    bucketed = bucket_batches(models["tokenizer"], groups, n, args.bucket) if batch_size == 1 and args.bucket else []
+    if bucketed and task in args.compile_tasks:
+        fns["ours_compiled_bucketed"] = run_torch(compiled, bucketed)
+        hf_compiled = torch.compile(copy.deepcopy(models["hf"]), dynamic=False)  # the fair compiled reference
+        fns["hf_compiled_bucketed"] = run_hf(hf_compiled, bucketed)
+    if bucketed and task in args.onnx_tasks:
+        lengths = sorted({b["input_ids"].shape[1] for b in bucketed})
+        paths = {k: export_onnx(ours, tmp / f"{task}_b1_l{k}_t{threads}.onnx", 1, k) for k in lengths}
+        fns["onnxruntime_bucketed"] = run_onnx_by_length(
+            {k: onnx_session(v, threads) for k, v in paths.items()}, bucketed
+        )
     timings = interleaved(fns, repeats=args.repeats, warmup=args.warmup)
-    ideal_static = ideal_speedup(ours.config, retention, n)
-    ideal_dyn = dynamic_ideal(ours.config, retention, dynamic)
+    ideal_static = flop_ideal(ours.config, retention, static)
+    ideal_dyn = flop_ideal(ours.config, retention, dynamic)
     result: dict[str, Any] = {
         "batch_size": batch_size,
+        "threads": threads,
+        "load_average_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "examples": len(pairs),
         "ms": timings,
         "ms_per_example": {k: round(v["median_ms"] / len(pairs), 4) for k, v in timings.items()},
@@ -149,19 +196,34 @@ def time_setting(
         "mean_dynamic_length": round(sum(b["input_ids"].numel() for b in dynamic) / len(pairs), 1),
         "vs_hf": {},
     }
+    ideals = {"static": ideal_static, "dynamic": ideal_dyn}
+    if bucketed:  # against HF at exact lengths: the bucket's extra padding counts against us
+        ideals["bucketed"] = batches_flops(ours.config, None, dynamic) / batches_flops(ours.config, retention, bucketed)
+        result["ideal_bucketed_vs_hf_dynamic"] = round(ideals["bucketed"], 3)
     for name in fns:
         if name.startswith("hf_"):
             continue
-        padding = "dynamic" if name.endswith("dynamic") else "static"
-        cmp = compare(timings[f"hf_sdpa_{padding}"], timings[name])
-        ideal = ideal_dyn if padding == "dynamic" else ideal_static
-        result["vs_hf"][name] = {
-            "speedup": round(cmp["speedup"], 3),
-            "speedup_range": [round(x, 3) for x in cmp["speedup_range"]],
-            "within_noise": cmp["within_noise"],
-            "pct_of_ideal": round(100 * cmp["speedup"] / ideal, 1),
+        padding = "static" if name.endswith("static") else "dynamic"
+        result["vs_hf"][name] = _versus(timings[f"hf_sdpa_{padding}"], timings[name], ideals[name.rsplit("_", 1)[1]])
+    if "hf_compiled_bucketed" in timings:  # compiled against compiled, both at the bucketed lengths
+        ideal = flop_ideal(ours.config, retention, bucketed)
+        result["vs_hf_compiled_bucketed"] = {
+            name: _versus(timings["hf_compiled_bucketed"], timings[name], ideal)
+            for name in ("ours_compiled_bucketed", "onnxruntime_bucketed")
+            if name in timings
         }
     return result
+
+
+def _versus(reference: dict[str, float], candidate: dict[str, float], ideal: float) -> dict[str, Any]:
+    """Speedup of ``candidate`` over ``reference`` (median, quartile range, noise flag) and its share of ``ideal``."""
+    cmp = compare(reference, candidate)
+    return {
+        "speedup": round(cmp["speedup"], 3),
+        "speedup_range": [round(x, 3) for x in cmp["speedup_range"]],
+        "within_noise": cmp["within_noise"],
+        "pct_of_ideal": round(100 * cmp["speedup"] / ideal, 1),
+    }
 
 
 def main() -> None:
@@ -171,48 +233,58 @@ def main() -> None:
     parser.add_argument("--batch1-examples", type=int, default=32, help="dev examples timed one by one at batch 1")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--compile-tasks", nargs="*", default=["sst2", "rte"], choices=TASKS)
-    parser.add_argument("--onnx-tasks", nargs="*", default=["sst2", "rte"], choices=TASKS)
-    parser.add_argument("--machine-busy", action="store_true", help="note that other jobs shared the CPU")
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 0], help="torch threads; 0: all cores")
+    parser.add_argument("--compile-tasks", nargs="*", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--onnx-tasks", nargs="*", default=list(TASKS), choices=TASKS)
+    parser.add_argument(
+        "--bucket", type=int, default=16, help="batch 1: pad to a multiple of this (0: no bucketed rows)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "power_bert_engine.json")
-    parser.add_argument("--merge", action="store_true", help="keep the other tasks already in --out")
+    parser.add_argument("--merge", action="store_true", help="keep the other settings already in --out")
     args = parser.parse_args()
 
     import transformers
 
-    torch.set_num_threads(args.threads)
     path = resolve_pretrained(MODEL)
     hf_config = transformers.AutoConfig.from_pretrained(path, num_labels=2)
     hf_config._attn_implementation = "sdpa"
     hf = transformers.BertForSequenceClassification.from_pretrained(path, config=hf_config).eval()
     models = {"path": path, "hf": hf, "tokenizer": transformers.AutoTokenizer.from_pretrained(path)}
+    old = json.loads(args.out.read_text()) if args.merge and args.out.is_file() else {}
     report: dict[str, Any] = {
-        "machine_busy": bool(args.machine_busy),
         "device": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "threads": args.threads,
         "model": MODEL,
         "repeats": args.repeats,
         "warmup": args.warmup,
         "protocol": (
             "interleaved rounds (rotating order) after warm-up; median and IQR ms per candidate call; batch 128: one "
             f"batch of dev examples; batch 1: {args.batch1_examples} dev examples one at a time; speedups vs HF "
-            "BertForSequenceClassification (SDPA) at the same padding; pct_of_ideal = speedup / FLOP-ideal"
+            "BertForSequenceClassification (SDPA) at the same padding; pct_of_ideal = speedup / FLOP-ideal; "
+            "machine_busy: the 1-minute load average exceeded the benchmark's own threads by more than 0.5 "
+            "(other jobs shared the CPU) before or after some setting"
         ),
-        "tasks": json.loads(args.out.read_text())["tasks"] if args.merge and args.out.is_file() else {},
+        "machine_busy": bool(old.get("machine_busy", False)),
+        "tasks": old.get("tasks", {}),
     }
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:
             retention, n = committed_retention(task)
-            entry: dict[str, Any] = {"retention": retention, "max_seq_len": n, "repeats": args.repeats}
-            for batch_size in args.batch_sizes:
-                examples = batch_size if batch_size > 1 else args.batch1_examples
-                entry[f"batch_{batch_size}"] = time_setting(task, batch_size, examples, args, models, Path(tmp))
-                print(task, batch_size, json.dumps(entry[f"batch_{batch_size}"]["vs_hf"]), flush=True)
-            report["tasks"][task] = entry
-            args.out.write_text(json.dumps(report, indent=2) + "\n")  # partial results survive an interruption
+            entry = report["tasks"].setdefault(task, {})
+            entry.update({"retention": retention, "max_seq_len": n})
+            for threads in args.threads:
+                threads = threads or os.cpu_count() or 1
+                torch.set_num_threads(threads)
+                for batch_size in args.batch_sizes:
+                    examples = batch_size if batch_size > 1 else args.batch1_examples
+                    key = f"threads_{threads}_batch_{batch_size}"
+                    entry[key] = time_setting(task, batch_size, examples, threads, args, models, Path(tmp))
+                    print(task, key, json.dumps(entry[key]["vs_hf"]), flush=True)
+                    busy = max(entry[key]["load_average_1min_before_after"]) > threads + 0.5
+                    report["machine_busy"] = report["machine_busy"] or busy
+                    args.out.write_text(json.dumps(report, indent=2) + "\n")  # partial results survive
     print(f"wrote {args.out}")
 
 

@@ -123,8 +123,9 @@ class LitEfficiencyCLI(LightningCLI):
         super()._add_subcommands(parser, **kwargs)
         for name in PIPELINES:
             listed = LightningArgumentParser(description=f"see: lit-efficiency {name} --help")
+            commands = "".join(f"; {p} {c} --help" for p, c in PIPELINE_COMMANDS if p == name)
             parser._subcommands_action.add_subcommand(
-                name, listed, help=f"pipeline (see: lit-efficiency {name} --help)"
+                name, listed, help=f"pipeline (see: lit-efficiency {name} --help{commands})"
             )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

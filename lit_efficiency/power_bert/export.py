@@ -7,7 +7,7 @@ outside Python: ``onnxruntime`` for ONNX (checked against PyTorch right after wr
 
 Command line (``lit-efficiency power-bert export DIR ...``)::
 
-    lit-efficiency power-bert export runs/sst2/model --format onnx --batch-size 1 --seq-len 64
+    lit-efficiency power-bert export runs/sst2/model --format onnx --batch_size 1 --seq_len 64
 
 writes ``DIR/onnx/model_b1_l64.onnx`` (or ``DIR/export/model_b1_l64.pt2`` with ``--format torch``); the inputs are
 ``input_ids``, ``attention_mask`` and ``token_type_ids`` (int64, ``(batch, seq_len)``), the output ``logits``.
@@ -16,14 +16,16 @@ ONNX needs the ``onnx`` extra (``pip install 'lit-efficiency[onnx]'``: ``onnx``,
 
 from __future__ import annotations
 
-import argparse
 import logging
+import warnings
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.core.deprecation import REMOVED_IN, LitEfficiencyDeprecationWarning
+from lit_efficiency.core.errors import ConfigError, OneLineErrors
 from lit_efficiency.power_bert.model import PowerBertForSequenceClassification
 
 log = logging.getLogger(__name__)
@@ -56,10 +58,10 @@ def example_inputs(model: PowerBertForSequenceClassification, batch_size: int, s
 
 def _check_shape(model: PowerBertForSequenceClassification, batch_size: int, seq_len: int) -> None:
     if batch_size < 1 or seq_len < 1:
-        raise ConfigError(f"--batch-size {batch_size} / --seq-len {seq_len}: both must be >= 1")
+        raise ConfigError(f"--batch_size {batch_size} / --seq_len {seq_len}: both must be >= 1")
     limit = int(model.config.max_position_embeddings)
     if seq_len > limit:
-        raise ConfigError(f"--seq-len {seq_len} exceeds the model's max_position_embeddings={limit}")
+        raise ConfigError(f"--seq_len {seq_len} exceeds the model's max_position_embeddings={limit}")
 
 
 def export_program(
@@ -145,17 +147,51 @@ def export_folder(folder: Path, fmt: str, batch_size: int, seq_len: int | None, 
     return output
 
 
+#: Option spellings of the first release (argparse style), accepted with a deprecation warning.
+DEPRECATED_OPTIONS = {"--batch-size": "--batch_size", "--seq-len": "--seq_len"}
+
+
+def _current_spelling(argv: list[str]) -> list[str]:
+    """``argv`` with :data:`DEPRECATED_OPTIONS` renamed (``--batch-size 3`` and ``--batch-size=3`` alike)."""
+    out = []
+    for token in argv:
+        name, sep, value = token.partition("=")
+        if name in DEPRECATED_OPTIONS:
+            warnings.warn(
+                f"{name} is deprecated, use {DEPRECATED_OPTIONS[name]} (removed in lit_efficiency {REMOVED_IN})",
+                LitEfficiencyDeprecationWarning,
+                stacklevel=3,
+            )
+            token = DEPRECATED_OPTIONS[name] + sep + value
+        out.append(token)
+    return out
+
+
 def main(argv: list[str]) -> None:
-    """``lit-efficiency power-bert export DIR [--format onnx|torch] [--batch-size B] [--seq-len L] [--output F]``."""
-    parser = argparse.ArgumentParser(
+    """``lit-efficiency power-bert export DIR [--format onnx|torch] [--batch_size B] [--seq_len L] [--output F]``.
+
+    Parsed by ``jsonargparse`` like every other command (``--config`` YAML, ``--print_config``, one-line errors).
+    """
+    from jsonargparse import ActionConfigFile, ArgumentParser
+    from jsonargparse.typing import PositiveInt
+
+    class _Parser(OneLineErrors, ArgumentParser):
+        """Parse errors as one line."""
+
+    parser = _Parser(
         prog="lit-efficiency power-bert export",
         description="Export a saved PoWER-BERT classifier as a static-shape ONNX model or torch.export program.",
+        exit_on_error=True,
     )
-    parser.add_argument("folder", type=Path, help="folder written by the pipeline (its model/ subfolder)")
-    parser.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (checked in onnxruntime) or torch")
-    parser.add_argument("--batch-size", type=int, default=1, help="static batch size (default 1)")
-    parser.add_argument("--seq-len", type=int, default=None, help="static padded length (default: the model's N)")
-    parser.add_argument("--output", type=Path, default=None, help="file to write (default: inside the folder)")
-    args = parser.parse_args(argv)
-    path = export_folder(args.folder, args.format, args.batch_size, args.seq_len, args.output)
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML config; repeat to compose")
+    parser.add_argument("folder", type=str, help="the model folder a pipeline run shipped (<output_dir>/model)")
+    parser.add_argument(
+        "--format", type=Literal["onnx", "torch"], default="onnx", help="onnx (checked in onnxruntime) or torch"
+    )
+    parser.add_argument("--batch_size", type=PositiveInt, default=1, help="static batch size")
+    parser.add_argument("--seq_len", type=PositiveInt | None, default=None, help="static padded length (default: N)")
+    parser.add_argument("--output", type=str | None, default=None, help="file to write (default: inside the folder)")
+    cfg = parser.parse_args(_current_spelling(argv))
+    output = Path(cfg.output) if cfg.output is not None else None
+    path = export_folder(Path(cfg.folder), cfg.format, cfg.batch_size, cfg.seq_len, output)
     print(f"wrote {path}")

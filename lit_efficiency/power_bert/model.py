@@ -88,9 +88,11 @@ def significance_score(probs: Tensor, key_mask: Tensor, mask_padded_queries: boo
         - key_mask: ``(B, L)``
         - output: ``(B, L)``, same dtype as ``probs``
     """
+    bsz, heads, seq_len, _ = probs.shape
     real = (key_mask != 0).to(probs.dtype)
-    columns, diagonal = _score_terms(probs, 0, query_weights(real, probs.shape[1], mask_padded_queries))
-    return (columns - diagonal) * real
+    weight = _pair_weights(query_weights(real, heads, mask_padded_queries), heads)
+    columns, diagonal = _score_terms(probs.reshape(bsz * heads, seq_len, seq_len), weight, 0)
+    return _head_average(columns, diagonal, real)
 
 
 def query_weights(real: Tensor, heads: int, mask_padded_queries: bool) -> Tensor:
@@ -103,24 +105,35 @@ def query_weights(real: Tensor, heads: int, mask_padded_queries: bool) -> Tensor
     return (real if mask_padded_queries else torch.ones_like(real)) / heads
 
 
-def _score_terms(probs: Tensor, start: int, weight: Tensor) -> tuple[Tensor, Tensor]:
-    """Weighted column sums and self-attention terms of the query rows ``start .. start + Lq - 1``.
+def _pair_weights(weight: Tensor, heads: int) -> Tensor:
+    """Query-row weights repeated for every head: ``(B, L)`` -> ``(B * H, 1, L)`` (one row per batch-head pair)."""
+    bsz, seq_len = weight.shape
+    return weight[:, None, None, :].expand(bsz, heads, 1, seq_len).reshape(bsz * heads, 1, seq_len)
+
+
+def _score_terms(probs: Tensor, weight: Tensor, start: int) -> tuple[Tensor, Tensor]:
+    """Weighted column sums and weighted self-attention terms of the query rows ``start .. start + Lq - 1``.
 
     Shapes:
-        - probs: ``(B, H, Lq, L)`` (query rows ``start ..`` of the full matrix); weight: ``(B, L)`` per query row
-        - output: column sums ``(B, L)`` and self-attention terms ``(B, L)`` (zero outside the block's rows)
+        - probs: ``(P, Lq, L)``, query rows ``start ..`` of ``P`` batch-head pairs; weight: ``(P, 1, L)``
+        - output: column sums ``(P, L)`` and self-attention terms ``(P, Lq)`` of the block's rows
     """
-    bsz, heads, rows, seq_len = probs.shape
-    weight = weight[:, None, start : start + rows].expand(bsz, heads, rows)  # (B, H, Lq)
-    columns = torch.bmm(weight.reshape(bsz, 1, heads * rows), probs.reshape(bsz, heads * rows, seq_len))[:, 0]
-    self_terms = probs[..., start : start + rows].diagonal(dim1=-2, dim2=-1)  # (B, H, Lq): A[b, h, q, q]
-    diagonal = torch.zeros_like(columns)
-    diagonal[:, start : start + rows] = (self_terms * weight).sum(dim=1)
+    rows = probs.shape[1]
+    weight = weight[:, :, start : start + rows]  # (P, 1, Lq)
+    columns = torch.bmm(weight, probs)[:, 0]
+    diagonal = probs[:, :, start : start + rows].diagonal(dim1=-2, dim2=-1) * weight[:, 0]
     return columns, diagonal
 
 
-#: Upper bound on the elements of one block of probabilities in :func:`significance_score_qk` (16 MiB in fp32).
-SCORE_BLOCK_ELEMENTS = 1 << 22
+def _head_average(columns: Tensor, diagonal: Tensor, real: Tensor) -> Tensor:
+    """Score from per-pair terms: ``(B * H, L)`` column sums and self terms -> ``(B, L)``, 0 at padded keys."""
+    bsz, seq_len = real.shape
+    return (columns - diagonal).view(bsz, -1, seq_len).sum(dim=1) * real
+
+
+#: Upper bound on the elements of one block of probabilities in :func:`significance_score_qk`: 1 MiB in fp32, so
+#: a block stays in a core's L2 cache between the matmul that writes it, the softmax and the column sum.
+SCORE_BLOCK_ELEMENTS = 1 << 18
 
 
 @torch.no_grad()
@@ -130,11 +143,12 @@ def significance_score_qk(
     r""":func:`significance_score` from ``Q`` and ``K``, without materialising all ``(B, H, L, L)`` probabilities.
 
     On CUDA with Triton installed, a fused kernel computes it without writing any probabilities
-    (:func:`~lit_efficiency.power_bert.kernels.score_terms_triton`). Elsewhere query rows are processed in blocks
-    of at most :data:`SCORE_BLOCK_ELEMENTS` probabilities: each block's scores ``Q_blk K^T / sqrt(d) + bias`` are
-    normalised by their row log-sum-exp (a softmax over complete rows), and only the head-averaged column sums and
-    the self-attention terms of the block are kept. The score selects tokens and ranks them, so it carries no
-    gradient.
+    (:func:`~lit_efficiency.power_bert.kernels.score_terms_triton`). Elsewhere the batch-head pairs (and, for very
+    long sequences, the query rows) are processed in blocks of at most :data:`SCORE_BLOCK_ELEMENTS` probabilities:
+    each block's scores ``Q_blk K^T / sqrt(d) + bias`` come from one ``baddbmm`` and are normalised by a softmax
+    over complete rows; only the weighted column sums and the self-attention terms of the block are kept. Blocks
+    small enough for the cache make the matmul, softmax and column sum one trip to memory. The score selects
+    tokens and ranks them, so it carries no gradient.
 
     Shapes:
         - query, key: ``(B, H, L, d)``; bias: ``(B, 1, 1, L)`` additive mask; key_mask: ``(B, L)``
@@ -149,16 +163,24 @@ def significance_score_qk(
         if kernels.triton_available():
             columns, diagonal = kernels.score_terms_triton(query, key, bias, weight)
             return ((columns - diagonal) * real).to(query.dtype)
-    block = max(1, min(seq_len, SCORE_BLOCK_ELEMENTS // max(1, bsz * heads * seq_len)))
-    key_t = key.transpose(-1, -2) * (1.0 / math.sqrt(head_dim))
-    columns = torch.zeros(bsz, seq_len, dtype=query.dtype, device=query.device)
-    diagonal = torch.zeros_like(columns)
-    for start in range(0, seq_len, block):
-        probs = torch.softmax(torch.matmul(query[:, :, start : start + block], key_t) + bias, dim=-1)
-        col, diag = _score_terms(probs, start, weight)
-        columns += col
-        diagonal += diag
-    return (columns - diagonal) * real
+    pairs = bsz * heads
+    rows = min(seq_len, max(1, SCORE_BLOCK_ELEMENTS // seq_len))
+    pairs_per_block = max(1, SCORE_BLOCK_ELEMENTS // (rows * seq_len))
+    scale = 1.0 / math.sqrt(head_dim)
+    query = query.reshape(pairs, seq_len, head_dim)
+    key_t = key.reshape(pairs, seq_len, head_dim).transpose(-1, -2)
+    bias = bias.expand(bsz, heads, 1, seq_len).reshape(pairs, 1, seq_len)
+    weight = _pair_weights(weight, heads)
+    columns = torch.zeros(pairs, seq_len, dtype=query.dtype, device=query.device)
+    diagonal = torch.empty_like(columns)
+    for p in range(0, pairs, pairs_per_block):
+        block = slice(p, p + pairs_per_block)
+        for start in range(0, seq_len, rows):
+            scores = torch.baddbmm(bias[block], query[block, start : start + rows], key_t[block], alpha=scale)
+            col, diag = _score_terms(torch.softmax(scores, dim=-1), weight[block], start)
+            columns[block] += col
+            diagonal[block, start : start + rows] = diag
+    return _head_average(columns, diagonal, real)
 
 
 def select_tokens(sig: Tensor, mask: Tensor, keep: int) -> Tensor:

@@ -126,6 +126,7 @@ class TimingConfig:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         threads: CPU threads for timing (None: torch's default).
         hf_baseline: also time ``transformers`` with SDPA attention (same weights as the baseline).
+        compile: also time the shipped model compiled for static shapes (``torch.compile``), static padding.
     """
 
     batch_size: int = 128
@@ -136,6 +137,7 @@ class TimingConfig:
     device: Device = "auto"
     threads: int | None = None
     hf_baseline: bool = True
+    compile: bool = False
 
 
 @dataclass
@@ -308,6 +310,8 @@ def _validate_options(
     check_at_least("timing.threads", timing.threads, 1, "or null: torch's default")
     if timing.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("timing.device: cuda, but torch sees no CUDA device here (use auto or cpu)")
+    if timing.compile and timing.warmup < 1:
+        raise ConfigError("timing.warmup: must be >= 1 with timing.compile (each batch size compiles in its warm-up)")
 
 
 def _check_trainer(cfg: TrainerConfig) -> None:
@@ -338,15 +342,15 @@ def _time_all(
     device: torch.device, retention: list[int],
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
     """Time ``models`` at every batch size of ``features`` (static and dynamic padding); per-batch ms and rows."""
-    from lit_efficiency.power_bert.speed import comparisons, make_workloads, time_models
+    from lit_efficiency.power_bert.speed import STATIC_ONLY, comparisons, make_workloads, time_models
 
     config = models["baseline"].config
     results: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     for batch_size, examples in features.items():
         workloads = make_workloads(examples, batch_size, pad_id, max_seq_len)
-        ms = time_models(models, workloads, device, timing.warmup, timing.repeats)
-        flops = {f"{m}/{p}": w.flops(config, retention if m == "power_bert" else None)
+        ms = time_models(models, workloads, device, timing.warmup, timing.repeats, static_only=STATIC_ONLY)
+        flops = {f"{m}/{p}": w.flops(config, retention if m.startswith("power_bert") else None)
                  for m in models for p, w in workloads.items()}  # fmt: skip
         results[f"batch_{batch_size}"] = {"examples": len(examples), "ms_per_batch": ms, "flops": flops}
         rows += comparisons(ms, flops, batch_size)
@@ -420,7 +424,7 @@ def run(
     from lit_efficiency.power_bert.model import ideal_speedup
     from lit_efficiency.power_bert.plots import PLOTS, write_plots
     from lit_efficiency.power_bert.retention import save_retention
-    from lit_efficiency.power_bert.speed import find_row, hf_sdpa_model, logits_of, make_workloads
+    from lit_efficiency.power_bert.speed import compiled_twin, find_row, hf_sdpa_model, logits_of, make_workloads
     from lit_efficiency.power_bert.task import PowerBertFinetune, PowerBertRetrain
     from lit_efficiency.power_bert.tasks_table import TASK_DEFAULTS, canonical_task
 
@@ -526,6 +530,9 @@ def run(
     models = {"baseline": baseline, "power_bert": pruned}
     if timing.hf_baseline:
         models["hf_sdpa"] = hf_sdpa_model(str(out / "finetune" / "model"))
+    compiled_diff = None
+    if timing.compile:
+        models["power_bert_compiled"], compiled_diff = compiled_twin(pruned.to(device), static.to(device).batches[0])
     timings, rows = _time_all(models, features, pad_id, max_seq_len, timing, device, retention)
     hf_diff = None
     if timing.hf_baseline:
@@ -632,6 +639,9 @@ def run(
         report["hf_sdpa_dynamic_ms"] = ms("hf_sdpa/dynamic")
         report["speedup_vs_hf_sdpa_dynamic"] = speedup("power_bert/dynamic", "hf_sdpa/dynamic")
         report["hf_sdpa_max_abs_logit_diff"] = hf_diff
+    if timing.compile:
+        report["power_bert_compiled_ms"] = ms("power_bert_compiled/static")
+        report["compiled_max_abs_logit_diff"] = compiled_diff
 
     # Ship: the retrained model (HF folder + tokenizer + retention), the report and its plots.
     refuse_symlinks(out / "model", out / "report.json", *(out / name for name in PLOTS))

@@ -3,20 +3,23 @@
 Three models with the same weights are timed side by side: ``baseline`` (our encoder without elimination, the
 fine-tuned model at full retention), ``power_bert`` (the retrained model with hard Extract) and ``hf_sdpa``
 (``transformers`` ``AutoModelForSequenceClassification`` with SDPA attention loaded from the baseline's folder, what
-users run today). Each runs the same examples padded two ways: ``static`` (every batch padded to ``N``, the paper's
-setting) and ``dynamic`` (length-sorted batches padded to their longest example). All six (model, padding) candidates
+users run today); with ``--timing.compile`` also ``power_bert_compiled`` (the same model after
+``compile_for_inference``, static padding only: a compiled graph fixes the input shape). Each runs the same examples
+padded two ways: ``static`` (every batch padded to ``N``, the paper's setting) and ``dynamic`` (length-sorted batches
+padded to their longest example). All (model, padding) candidates
 of one batch size are timed in one :func:`~lit_efficiency.core.timing.interleaved` call (warm-up, rotating order),
 so drift and busy neighbours fall on all of them alike; each is summarised by median and quartiles.
 
 Every comparison of a PoWER-BERT candidate with a reference carries the measured speedup, its quartile range,
 ``within_noise`` (the medians differ by less than the spread) and the FLOP-ideal speedup of the same two workloads
-(:func:`~lit_efficiency.power_bert.model.flops_per_example` at each batch's real padded length), so the share of the
-ideal reached is visible.
+(:func:`flop_ideal`: :func:`~lit_efficiency.power_bert.model.flops_per_example` at each batch's real padded length),
+so the share of the ideal reached is visible.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import copy
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +33,10 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 PADDINGS = ("static", "dynamic")
 #: Candidates compared with PoWER-BERT, in report order.
 REFERENCES = ("baseline", "hf_sdpa")
+#: The shipped model, eager and (with ``--timing.compile``) compiled for static shapes.
+CANDIDATES = ("power_bert", "power_bert_compiled")
+#: Candidates timed on static padding only (a compiled graph fixes the input shape).
+STATIC_ONLY = ("power_bert_compiled",)
 _MS_FIELDS = ("median_ms", "q1_ms", "q3_ms", "iqr_ms", "min_ms", "max_ms")
 
 
@@ -50,9 +57,23 @@ class Workload:
         return Workload(self.padding, [{k: v.to(device) for k, v in b.items()} for b in self.batches])
 
     def flops(self, config: Any, retention: Sequence[int] | None) -> int:
-        """Encoder FLOPs of the whole workload: each batch at its own padded length."""
-        return sum(b["input_ids"].shape[0] * flops_per_example(config, retention, b["input_ids"].shape[1])
-                   for b in self.batches)  # fmt: skip
+        """Encoder FLOPs of the whole workload (:func:`batches_flops`)."""
+        return batches_flops(config, retention, self.batches)
+
+
+def batches_flops(config: Any, retention: Sequence[int] | None, batches: Sequence[Mapping[str, Tensor]]) -> int:
+    """Encoder FLOPs of running ``batches``: each batch at its own padded length (``flops_per_example``)."""
+    return sum(b["input_ids"].shape[0] * flops_per_example(config, retention, b["input_ids"].shape[1])
+               for b in batches)  # fmt: skip
+
+
+def flop_ideal(config: Any, retention: Sequence[int], batches: Sequence[Mapping[str, Tensor]]) -> float:
+    """FLOP-proportional speedup of ``retention`` over the unpruned encoder on the same ``batches``.
+
+    The one definition of the ideal: the pipeline's timing table and ``benchmarks/power_bert_engine.py`` both use
+    it (static padding: every batch at ``N``; dynamic padding: each batch at its longest example).
+    """
+    return batches_flops(config, None, batches) / batches_flops(config, retention, batches)
 
 
 def make_workloads(
@@ -93,6 +114,18 @@ def logits_of(model: nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
     return model(**{k: batch[k] for k in MODEL_INPUTS}).logits
 
 
+def compiled_twin(model: nn.Module, batch: Mapping[str, Tensor], backend: str = "inductor") -> tuple[nn.Module, float]:
+    """A compiled copy of ``model`` for static shapes and its largest logit difference from eager on ``batch``.
+
+    The copy goes through ``compile_for_inference`` (eval mode, ``torch.compile``, one graph per input shape) and
+    is compiled here, on ``batch``, so that no timed call includes the compilation.
+    """
+    compiled = copy.deepcopy(model).compile_for_inference(backend=backend)
+    with torch.inference_mode():
+        diff = float((logits_of(compiled, batch) - logits_of(model.eval(), batch)).abs().max())
+    return compiled, diff
+
+
 def _runner(model: nn.Module, workload: Workload) -> Callable[[], None]:
     def run() -> None:
         with torch.inference_mode():
@@ -113,6 +146,7 @@ def time_models(
     warmup: int,
     repeats: int,
     clock: Callable[[], float] | None = None,
+    static_only: Collection[str] = (),
 ) -> dict[str, dict[str, float]]:
     """Time every (model, workload) pair interleaved; milliseconds per batch, keyed ``"<model>/<padding>"``.
 
@@ -123,9 +157,11 @@ def time_models(
         warmup: untimed calls of each candidate first.
         repeats: timed rounds (each runs every candidate once, in rotating order).
         clock: a replacement clock (seconds) for tests; default ``time.perf_counter``.
+        static_only: models timed on the ``static`` workload only (compiled graphs: one per input shape).
     """
     moved = {name: w.to(device) for name, w in workloads.items()}
-    fns = {f"{m}/{p}": _runner(model.to(device).eval(), moved[p]) for m, model in models.items() for p in moved}
+    fns = {f"{m}/{p}": _runner(model.to(device).eval(), moved[p])
+           for m, model in models.items() for p in moved if p == "static" or m not in static_only}  # fmt: skip
     extra = {"clock": clock} if clock is not None else {}
     stats = interleaved(fns, device, repeats=repeats, warmup=warmup, **extra)
     return {name: _per_batch(s, len(moved[name.split("/")[1]].batches)) for name, s in stats.items()}
@@ -134,7 +170,7 @@ def time_models(
 def comparisons(
     ms: Mapping[str, Mapping[str, float]], flops: Mapping[str, int], batch_size: int
 ) -> list[dict[str, Any]]:
-    """PoWER-BERT (each padding) against every reference candidate that was timed.
+    """PoWER-BERT (eager and compiled, each padding) against every reference candidate that was timed.
 
     Args:
         ms: :func:`time_models` output.
@@ -146,8 +182,7 @@ def comparisons(
         "percent_of_ideal"}``.
     """
     rows = []
-    for padding in PADDINGS:
-        candidate = f"power_bert/{padding}"
+    for candidate in (f"{c}/{p}" for c in CANDIDATES for p in PADDINGS):
         for reference in (f"{r}/{p}" for r in REFERENCES for p in PADDINGS):
             if candidate not in ms or reference not in ms:
                 continue
@@ -179,7 +214,7 @@ def format_rows(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         low, high = r["speedup_range"]
         flag = "  WARNING: spread exceeds the difference" if r["within_noise"] else ""
         lines.append(
-            f"b={r['batch_size']:<4} {r['candidate']:<19} vs {r['reference']:<17} {r['speedup']:5.2f}x "
+            f"b={r['batch_size']:<4} {r['candidate']:<26} vs {r['reference']:<17} {r['speedup']:5.2f}x "
             f"[{low:.2f}-{high:.2f}]  ideal {r['flop_ideal']:5.2f}x ({r['percent_of_ideal']:3.0f}%){flag}"
         )
     return lines
