@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from lit_efficiency.core.progress import progress_bar
+
 
 def synchronize(device: torch.device | str | None) -> None:
     """Wait for queued kernels on ``device`` (no-op on CPU)."""
@@ -85,23 +87,29 @@ def interleaved(
     repeats: int = 10,
     warmup: int = 3,
     clock: Callable[[], float] = time.perf_counter,
+    progress: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Time candidates alternately; returns :func:`summarize` of each candidate's milliseconds.
 
     After ``warmup`` untimed calls of each, every round runs each candidate once, starting from a rotating
     position, so clock boosts, thermal drift, a busy neighbour and allocator state fall evenly on all of them.
+    ``progress``: a bar with ETA over (warm-up + rounds) x candidates on a terminal (see
+    :func:`~lit_efficiency.core.progress.progress_bar`).
     """
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
     names = list(fns)
-    for name in names:
-        for _ in range(warmup):
-            fns[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            times[name].append(time_once(fns[name], device, clock))
+    with progress_bar((warmup + repeats) * len(names), "timing", progress, unit="call") as bar:
+        for name in names:
+            for _ in range(warmup):
+                fns[name]()
+                bar.update()
+        for r in range(repeats):
+            shift = r % len(names)
+            for name in names[shift:] + names[:shift]:
+                times[name].append(time_once(fns[name], device, clock))
+                bar.update()
     return {name: summarize(values) for name, values in times.items()}
 
 

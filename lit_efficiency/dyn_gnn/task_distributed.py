@@ -251,7 +251,7 @@ class DistributedDynGNNTask(DynGNNTask):
         self._train_state = detach_state(state)
         local = local_sum / max(num_targets, 1)
         total = self._global_sum(local.detach())
-        self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=True, batch_size=1)
+        self.log_train_loss(total)
         return local * self._world + self._touch_all_parameters()
 
     # ------------------------------------------------------------------ evaluation
@@ -262,7 +262,7 @@ class DistributedDynGNNTask(DynGNNTask):
         if num_targets == 0:
             return
         loss = self._global_sum(local_sum.detach()) / num_targets
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=num_targets)
+        self.add_eval_loss(loss, num_targets)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         self.update_eval_metrics(metrics, outputs, batch.num_nodes)
         self._eval_any = True

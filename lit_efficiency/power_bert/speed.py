@@ -113,6 +113,7 @@ def time_models(
     warmup: int,
     repeats: int,
     clock: Callable[[], float] | None = None,
+    progress: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Time every (model, workload) pair interleaved; milliseconds per batch, keyed ``"<model>/<padding>"``.
 
@@ -123,11 +124,12 @@ def time_models(
         warmup: untimed calls of each candidate first.
         repeats: timed rounds (each runs every candidate once, in rotating order).
         clock: a replacement clock (seconds) for tests; default ``time.perf_counter``.
+        progress: show a progress bar with ETA on a terminal.
     """
     moved = {name: w.to(device) for name, w in workloads.items()}
     fns = {f"{m}/{p}": _runner(model.to(device).eval(), moved[p]) for m, model in models.items() for p in moved}
     extra = {"clock": clock} if clock is not None else {}
-    stats = interleaved(fns, device, repeats=repeats, warmup=warmup, **extra)
+    stats = interleaved(fns, device, repeats=repeats, warmup=warmup, progress=progress, **extra)
     return {name: _per_batch(s, len(moved[name.split("/")[1]].batches)) for name, s in stats.items()}
 
 
