@@ -658,7 +658,8 @@ def run(
         from lit_efficiency.core.loggers import log_pipeline_report
 
         artifacts = {"model": out / "model", "retention": out / "model" / "retention.json"}
-        log_pipeline_report(trainer.wandb_project, out, report, config, artifacts)
+        images = {f"plots/{Path(name).stem}": out / name for name in report["plots"]}
+        log_pipeline_report(trainer.wandb_project, out, report, config, artifacts, images)
     print(format_report(report))
     print(f"[power-bert] outputs: {out}/report.json, plots: {', '.join(report['plots'])}, model: {out}/model")
     return report

@@ -9,7 +9,8 @@ of one batch size are timed in one :func:`~lit_efficiency.core.timing.interleave
 so drift and busy neighbours fall on all of them alike; each is summarised by median and quartiles.
 
 Every comparison of a PoWER-BERT candidate with a reference carries the measured speedup, its quartile range,
-``within_noise`` (the medians differ by less than the spread) and the FLOP-ideal speedup of the same two workloads
+``within_noise`` (neither the medians differ by more than the spread nor a sign test over the paired rounds finds a
+difference; see :func:`~lit_efficiency.core.timing.compare`) and the FLOP-ideal speedup of the same two workloads
 (:func:`~lit_efficiency.power_bert.model.flops_per_example` at each batch's real padded length), so the share of the
 ideal reached is visible.
 """
@@ -102,8 +103,9 @@ def _runner(model: nn.Module, workload: Workload) -> Callable[[], None]:
     return run
 
 
-def _per_batch(summary: Mapping[str, float], num_batches: int) -> dict[str, float]:
-    return {k: (v / num_batches if k in _MS_FIELDS else v) for k, v in summary.items()}
+def _per_batch(summary: Mapping[str, Any], num_batches: int) -> dict[str, Any]:
+    per_batch = {k: (v / num_batches if k in _MS_FIELDS else v) for k, v in summary.items()}
+    return {**per_batch, "rounds_ms": [v / num_batches for v in summary["rounds_ms"]]}
 
 
 def time_models(
@@ -180,8 +182,9 @@ def format_rows(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     for r in rows:
         low, high = r["speedup_range"]
         flag = "  WARNING: spread exceeds the difference" if r["within_noise"] else ""
+        won = f"  faster in {r['rounds_won'][0]}/{r['rounds_won'][1]} rounds" if "rounds_won" in r else ""
         lines.append(
             f"b={r['batch_size']:<4} {r['candidate']:<19} vs {r['reference']:<17} {r['speedup']:5.2f}x "
-            f"[{low:.2f}-{high:.2f}]  ideal {r['flop_ideal']:5.2f}x ({r['percent_of_ideal']:3.0f}%){flag}"
+            f"[{low:.2f}-{high:.2f}]  ideal {r['flop_ideal']:5.2f}x ({r['percent_of_ideal']:3.0f}%){won}{flag}"
         )
     return lines
