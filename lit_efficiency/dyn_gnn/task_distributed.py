@@ -46,6 +46,7 @@ to resume. Set the strategy's ``timeout`` to the same value so DDP's all-reduce 
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -301,7 +302,11 @@ class DistributedDynGNNTask(DynGNNTask):
         self._eval_any = False
         if self._eval_updated:
             self._gather_metric_states(self.val_metrics if stage == "val" else self.test_metrics)
-        super()._eval_epoch_end(stage)
+        with warnings.catch_warnings():
+            # A rank whose snapshots had no target now holds the other ranks' states, which torchmetrics does not
+            # count as updates: its "compute before update" warning is wrong here.
+            warnings.filterwarnings("ignore", message=r"The ``compute`` method of metric \w+ was called before")
+            super()._eval_epoch_end(stage)
 
     @override
     def on_validation_epoch_start(self) -> None:
