@@ -31,6 +31,8 @@ demo: $(STAMP)
 	@echo "  $(DEMO_DIR)/power_bert/report.json     PoWER-BERT vs baseline: metric, retention, speedups"
 	@echo "  $(DEMO_DIR)/power_bert/model/          the shipped PoWER-BERT model (HF folder + tokenizer)"
 	@echo "  $(DEMO_DIR)/power_bert/retention.json  word vectors kept per layer"
+	@echo "  $(DEMO_DIR)/power_bert/tradeoff.png    held-out metric vs measured (and FLOP-ideal) speedup"
+	@echo "  $(DEMO_DIR)/power_bert/retention.png   word vectors kept per layer, as a bar chart"
 	@echo "  $$(ls -d $(DEMO_DIR)/dyn_gnn/csv/version_* | tail -1)/  dynamic-GNN metrics.csv (train/h2d_*, val/map), config.yaml, checkpoints/"
 
 # Everything except GPU tests (slow and distributed included). pytest exit 5 = no test collected = failure.

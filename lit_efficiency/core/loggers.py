@@ -166,11 +166,18 @@ def pipeline_run_info(output_dir: Path, stage: str, label: str | None = None) ->
 
 
 def log_pipeline_report(
-    project: str, output_dir: Path, report: dict[str, Any], config: dict[str, Any], artifacts: dict[str, Path]
+    project: str,
+    output_dir: Path,
+    report: dict[str, Any],
+    config: dict[str, Any],
+    artifacts: dict[str, Path],
+    images: dict[str, Path],
 ) -> None:
     """The pipeline's last run (``job_type`` ``report``, same group as the stages): the report in the summary, the
-    pipeline config, a retention-per-layer bar chart, and ``artifacts`` (``{type: file or folder}``: the shipped
-    model, the retention file) as wandb artifacts. Offline by itself, as :class:`WandbLogger`."""
+    pipeline config, the retention per layer as a table, ``images`` (``{key: PNG}``: the pipeline's own figures, the
+    retention bar chart among them, logged as they are rather than drawn a second time) and ``artifacts``
+    (``{type: file or folder}``: the shipped model, the retention file) as wandb artifacts. Offline by itself, as
+    :class:`WandbLogger`."""
     import wandb
 
     info = pipeline_run_info(output_dir, "report")
@@ -181,8 +188,7 @@ def log_pipeline_report(
         kept = wandb.Table(
             columns=["layer", "tokens kept"], data=[[i + 1, n] for i, n in enumerate(report["retention"])]
         )
-        title = f"{report['task']}: word vectors kept per layer (of {report['max_seq_len']})"
-        run.log({"retention_per_layer": wandb.plot.bar(kept, "layer", "tokens kept", title=title)})
+        run.log({"retention_per_layer": kept, **{key: wandb.Image(str(png)) for key, png in images.items()}})
         for kind, path in artifacts.items():
             artifact = wandb.Artifact(f"{info['name']}-{kind}", type=kind)
             artifact.add_dir(str(path)) if Path(path).is_dir() else artifact.add_file(str(path))

@@ -49,6 +49,15 @@ class Recorder(Generic[E]):
         with self._lock:
             return len(self._events)
 
+    def __getstate__(self) -> dict[str, list[E]]:
+        """Picklable (DDP's ``spawn`` start method pickles the modules that own recorders): events, not the lock."""
+        with self._lock:
+            return {"events": list(self._events)}
+
+    def __setstate__(self, state: dict[str, list[E]]) -> None:
+        self._events = list(state["events"])
+        self._lock = threading.Lock()
+
 
 @dataclass(frozen=True)
 class TransferEvent:

@@ -5,12 +5,15 @@ On CUDA, kernels are asynchronous: a timer must synchronise (or use events) or i
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+
+from lit_efficiency.core.progress import progress_bar
 
 
 def synchronize(device: torch.device | str | None) -> None:
@@ -85,36 +88,68 @@ def interleaved(
     repeats: int = 10,
     warmup: int = 3,
     clock: Callable[[], float] = time.perf_counter,
+    progress: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Time candidates alternately; returns :func:`summarize` of each candidate's milliseconds.
+    """Time candidates alternately; returns :func:`summarize` of each candidate's milliseconds and, as
+    ``rounds_ms``, its time in every round (round ``r`` of every candidate ran back to back: paired samples).
 
     After ``warmup`` untimed calls of each, every round runs each candidate once, starting from a rotating
     position, so clock boosts, thermal drift, a busy neighbour and allocator state fall evenly on all of them.
+    ``progress``: a bar with ETA over (warm-up + rounds) x candidates on a terminal (see
+    :func:`~lit_efficiency.core.progress.progress_bar`).
     """
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
     names = list(fns)
-    for name in names:
-        for _ in range(warmup):
-            fns[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            times[name].append(time_once(fns[name], device, clock))
-    return {name: summarize(values) for name, values in times.items()}
+    with progress_bar((warmup + repeats) * len(names), "timing", progress, unit="call") as bar:
+        for name in names:
+            for _ in range(warmup):
+                fns[name]()
+                bar.update()
+        for r in range(repeats):
+            shift = r % len(names)
+            for name in names[shift:] + names[:shift]:
+                times[name].append(time_once(fns[name], device, clock))
+                bar.update()
+    return {name: {**summarize(values), "rounds_ms": [round(v, 4) for v in values]} for name, values in times.items()}
 
 
-def compare(baseline: Mapping[str, float], candidate: Mapping[str, float]) -> dict[str, Any]:
+def sign_test_rounds(n: int, alpha: float = 0.05) -> int | None:
+    """Fewest rounds out of ``n`` that one candidate must win for a one-sided sign test at level ``alpha``.
+
+    Under "neither is faster" each round is a fair coin; ``k`` wins are significant when ``P(X >= k) <= alpha`` for
+    ``X ~ Binomial(n, 1/2)``. None when even ``n`` wins of ``n`` are not (``n < 5`` at 5 %).
+    """
+    tail = 0.0
+    for k in range(n, -1, -1):
+        tail += math.comb(n, k) / 2**n
+        if tail > alpha:
+            return k + 1 if k < n else None
+    return 0
+
+
+def compare(baseline: Mapping[str, Any], candidate: Mapping[str, Any]) -> dict[str, Any]:
     """Speedup of ``candidate`` over ``baseline`` (two :func:`summarize` dicts) and whether noise could explain it.
 
     ``speedup`` is the ratio of medians; ``speedup_range`` the ratios at the quartiles (slowest baseline quartile
-    over fastest candidate quartile and the reverse). ``within_noise`` is True when the medians differ by less than
-    the larger IQR: the spread exceeds the difference, and the speedup should not be trusted.
+    over fastest candidate quartile and the reverse). The difference is real when the medians differ by more than
+    the larger IQR or, for timings of one :func:`interleaved` call (``rounds_ms``, paired by round), when one side
+    won enough rounds for a sign test at 5 % (:func:`sign_test_rounds`): a busy machine widens both IQRs, while a
+    consistent speedup still wins round after round. ``within_noise`` is True when neither shows a difference: the
+    speedup should not be trusted. ``rounds_won`` (paired timings only): rounds the candidate was faster, of all.
     """
     difference = abs(baseline["median_ms"] - candidate["median_ms"])
-    return {
+    within_noise = difference < max(baseline["iqr_ms"], candidate["iqr_ms"])
+    out: dict[str, Any] = {
         "speedup": baseline["median_ms"] / candidate["median_ms"],
         "speedup_range": [baseline["q1_ms"] / candidate["q3_ms"], baseline["q3_ms"] / candidate["q1_ms"]],
-        "within_noise": difference < max(baseline["iqr_ms"], candidate["iqr_ms"]),
     }
+    rounds_b, rounds_c = baseline.get("rounds_ms"), candidate.get("rounds_ms")
+    if rounds_b and rounds_c and len(rounds_b) == len(rounds_c):
+        won = sum(b > c for b, c in zip(rounds_b, rounds_c, strict=True))
+        lost = sum(b < c for b, c in zip(rounds_b, rounds_c, strict=True))
+        needed = sign_test_rounds(len(rounds_b))
+        within_noise = within_noise and (needed is None or max(won, lost) < needed)
+        out["rounds_won"] = [won, len(rounds_b)]
+    return {**out, "within_noise": within_noise}

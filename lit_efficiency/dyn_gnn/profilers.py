@@ -8,8 +8,8 @@
 
 Recorders (:class:`~lit_efficiency.core.recorders.Recorder`) are owned by the module that records and read here,
 never found through a global. Keys are ``{stage}/{name}`` (``train/h2d_ms``, ``val/alltoall_bytes``, ...); both
-callbacks log per step and per epoch to every logger (``self.log``, so CSV and wandb alike) and print a summary at
-the end of fit on rank zero.
+callbacks log them per step (``{key}_step``) and per epoch (``{key}_epoch``, averaged over DDP ranks once per epoch) to
+every logger (``self.log``, so CSV and wandb alike) and print a summary at the end of fit on rank zero.
 """
 
 from __future__ import annotations
@@ -41,11 +41,42 @@ class _PerStageLogger(L.Callback):
     """Drains its recorders after every train / validation / test batch, logging under that stage's prefix.
 
     Evaluation events are logged apart from training ones; otherwise they would be drained into the next training
-    step's figures.
+    step's figures. Each figure is logged per step as ``{stage}/{name}_step`` (this rank, not synchronised) and per
+    epoch as ``{stage}/{name}_epoch``: this rank's sum over the epoch, averaged over the DDP ranks once at the epoch's
+    end (one reduction per epoch instead of one per step; one process: its own sum).
     """
 
-    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+    #: Recorder attribute read on the data module or the LightningModule.
+    recorder_name = ""
+
+    def __init__(self) -> None:
+        self._epoch: dict[str, float] = {}
+
+    def _metrics(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> dict[str, float] | None:
+        """The figures of the step that just ended (None: nothing to log)."""
         raise NotImplementedError
+
+    def _epoch_names(self, stage: str) -> tuple[str, ...]:
+        """The figures logged per epoch: the same on every rank, so that each rank joins the same reductions."""
+        raise NotImplementedError
+
+    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        metrics = self._metrics(trainer, pl_module, stage)
+        for name, value in (metrics or {}).items():
+            pl_module.log(f"{stage}/{name}_step", value, on_step=True, on_epoch=False, batch_size=1)
+            self._epoch[f"{stage}/{name}"] = self._epoch.get(f"{stage}/{name}", 0.0) + value
+
+    def _active(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        """Whether there is anything to log per epoch (the recorder exists)."""
+        return _owned_recorder(self.recorder_name, trainer, pl_module) is not None
+
+    def _log_epoch(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._active(trainer, pl_module):
+            for name in self._epoch_names(stage):
+                total = self._epoch.get(f"{stage}/{name}", 0.0)
+                pl_module.log(f"{stage}/{name}_epoch", total, on_step=False, on_epoch=True, batch_size=1,
+                              sync_dist=True)  # fmt: skip
+        self._epoch = {k: v for k, v in self._epoch.items() if not k.startswith(f"{stage}/")}
 
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -59,6 +90,18 @@ class _PerStageLogger(L.Callback):
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._log(trainer, pl_module, "test")
 
+    @override
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._log_epoch(trainer, pl_module, "train")
+
+    @override
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self._log_epoch(trainer, pl_module, "val")
+
+    @override
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        self._log_epoch(trainer, pl_module, "test")
+
 
 class TransferProfiler(_PerStageLogger):
     """Log host-to-device transfer figures recorded by the DataModule.
@@ -69,7 +112,10 @@ class TransferProfiler(_PerStageLogger):
     with ``stage`` ``train``, ``val`` or ``test``. Per epoch: the sums. At the end of fit a summary line is printed.
     """
 
+    recorder_name = "transfer_recorder"
+
     def __init__(self) -> None:
+        super().__init__()
         self.totals = {"h2d_ms": 0.0, "rebuild_ms": 0.0, "h2d_bytes": 0.0, "full_bytes": 0.0}
         self._fit_start = time.perf_counter()
 
@@ -77,17 +123,20 @@ class TransferProfiler(_PerStageLogger):
     def on_fit_start(self, trainer, pl_module) -> None:
         self._fit_start = time.perf_counter()
 
-    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        recorder = _owned_recorder("transfer_recorder", trainer, pl_module)
+    def _metrics(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> dict[str, float] | None:
+        recorder = _owned_recorder(self.recorder_name, trainer, pl_module)
         events: list[TransferEvent] = recorder.drain() if recorder is not None else []
         if not events:
-            return
+            return None
         metrics = transfer_metrics(events)
         for key, value in metrics.items():
             self.totals[key] += value
-            pl_module.log(f"{stage}/{key}", value, on_step=True, on_epoch=True, reduce_fx="sum", batch_size=1)
         ratio = metrics["full_bytes"] / max(metrics["h2d_bytes"], 1.0)
         pl_module.log(f"{stage}/h2d_ratio_to_full", ratio, on_step=True, on_epoch=False, batch_size=1)
+        return metrics
+
+    def _epoch_names(self, stage: str) -> tuple[str, ...]:
+        return tuple(self.totals)
 
     def summary(self) -> str:
         t = self.totals
@@ -155,7 +204,10 @@ class CommProfiler(_PerStageLogger):
     at fit start, unless one was configured on the strategy (then all-reduce is not timed and a warning says so).
     """
 
+    recorder_name = "comm_recorder"
+
     def __init__(self) -> None:
+        super().__init__()
         self.allreduce: Recorder[CommEvent] = Recorder()
         self.totals: dict[str, float] = {}
 
@@ -171,15 +223,22 @@ class CommProfiler(_PerStageLogger):
             return
         model.register_comm_hook(AllReduceTimer(self.allreduce, group=model.process_group), AllReduceTimer.hook)
 
-    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        alltoall = _owned_recorder("comm_recorder", trainer, pl_module)
+    def _metrics(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> dict[str, float] | None:
+        alltoall = _owned_recorder(self.recorder_name, trainer, pl_module)
         metrics = comm_metrics(alltoall.drain() if alltoall is not None else [], "alltoall")
         if stage == "train":
             metrics.update(comm_metrics(self.allreduce.drain(), "allreduce"))
         for name, value in metrics.items():
             key = f"{stage}/{name}"
             self.totals[key] = self.totals.get(key, 0.0) + value
-            pl_module.log(key, value, on_step=True, on_epoch=True, reduce_fx="sum", batch_size=1)
+        return metrics
+
+    def _active(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        return True  # the all-reduce recorder is the callback's own; without a comm_recorder all-to-alls are 0
+
+    def _epoch_names(self, stage: str) -> tuple[str, ...]:
+        kinds = ("alltoall", "allreduce") if stage == "train" else ("alltoall",)
+        return tuple(name for kind in kinds for name in comm_metrics([], kind))
 
     @override
     def on_fit_end(self, trainer, pl_module) -> None:

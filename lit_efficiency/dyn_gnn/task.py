@@ -35,6 +35,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 from typing_extensions import override
 
 from lit_efficiency.core.errors import ConfigError
@@ -125,6 +126,10 @@ class DynGNNTask(L.LightningModule):
         self.head: nn.Module | None = None
         self._train_state: Any = None
         self._eval_state: Any = None
+        # Epoch means reduced across DDP ranks once per epoch (the metric's own sync), never per step.
+        self.train_loss = MeanMetric()
+        self._eval_loss_sum: Tensor | float = 0.0
+        self._eval_loss_count = 0
         if num_nodes is not None and num_features is not None and task is not None:
             self._build(num_nodes, num_features, task)
 
@@ -242,8 +247,13 @@ class DynGNNTask(L.LightningModule):
         state = None if batch.t0 == 0 else self._train_state
         _, loss, state = self._block(batch, state)
         self._train_state = detach_state(state)  # truncated BPTT: no gradient into the previous block
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=1)
+        self.log_train_loss(loss)
         return loss
+
+    def log_train_loss(self, loss: Tensor) -> None:
+        """``train/loss_step`` (this step) and ``train/loss_epoch`` (the epoch's mean, over every rank under DDP)."""
+        self.train_loss(loss.detach())
+        self.log("train/loss", self.train_loss, prog_bar=True, on_step=True, on_epoch=True)
 
     @override
     def on_train_epoch_start(self) -> None:
@@ -256,7 +266,7 @@ class DynGNNTask(L.LightningModule):
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         if not outputs:
             return
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(outputs))
+        self.add_eval_loss(loss, len(outputs))
         self.update_eval_metrics(metrics, outputs, batch.num_nodes)
         self._eval_updated = True
 
@@ -277,24 +287,37 @@ class DynGNNTask(L.LightningModule):
                 for name, pred in (target.baselines or {}).items():
                     baselines[name].update(pred, target.label.float())
 
+    def add_eval_loss(self, loss: Tensor, count: int) -> None:
+        """Add a block's mean loss over ``count`` targets to the epoch's ``{stage}/loss``."""
+        self._eval_loss_sum = self._eval_loss_sum + loss.detach() * count
+        self._eval_loss_count += count
+
     def _eval_epoch_end(self, stage: str) -> None:
+        # Logged once per epoch with sync_dist: the loss is the target-weighted mean over ranks; the metrics are
+        # already synced on compute (identical on every rank), so their mean over ranks is the same value.
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         baselines = getattr(self, f"{stage}_baselines", {})
         if getattr(self, "_eval_updated", False):
+            count = self._eval_loss_count
+            loss = self._eval_loss_sum / max(count, 1)
+            self.log(f"{stage}/loss", loss, batch_size=count, sync_dist=True)
             values = metrics.compute()
-            self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val")
+            self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val", sync_dist=True)
             for name, base in baselines.items():
-                self.log_dict({f"{stage}/{name}_{k}": v for k, v in base.compute().items()})
+                self.log_dict({f"{stage}/{name}_{k}": v for k, v in base.compute().items()}, sync_dist=True)
         metrics.reset()
         for base in baselines.values():
             base.reset()
-        self._eval_updated = False
+        self._reset_eval_epoch()
+
+    def _reset_eval_epoch(self) -> None:
         self._eval_state = None
+        self._eval_updated = False
+        self._eval_loss_sum, self._eval_loss_count = 0.0, 0
 
     @override
     def on_validation_epoch_start(self) -> None:
-        self._eval_state = None
-        self._eval_updated = False
+        self._reset_eval_epoch()
 
     @override
     def validation_step(self, batch: SnapshotBatch, batch_idx: int) -> None:
@@ -306,8 +329,7 @@ class DynGNNTask(L.LightningModule):
 
     @override
     def on_test_epoch_start(self) -> None:
-        self._eval_state = None
-        self._eval_updated = False
+        self._reset_eval_epoch()
 
     @override
     def test_step(self, batch: SnapshotBatch, batch_idx: int) -> None:

@@ -46,6 +46,7 @@ to resume. Set the strategy's ``timeout`` to the same value so DDP's all-reduce 
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -251,7 +252,7 @@ class DistributedDynGNNTask(DynGNNTask):
         self._train_state = detach_state(state)
         local = local_sum / max(num_targets, 1)
         total = self._global_sum(local.detach())
-        self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=True, batch_size=1)
+        self.log_train_loss(total)
         return local * self._world + self._touch_all_parameters()
 
     # ------------------------------------------------------------------ evaluation
@@ -262,7 +263,7 @@ class DistributedDynGNNTask(DynGNNTask):
         if num_targets == 0:
             return
         loss = self._global_sum(local_sum.detach()) / num_targets
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=num_targets)
+        self.add_eval_loss(loss, num_targets)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         self.update_eval_metrics(metrics, outputs, batch.num_nodes)
         self._eval_any = True
@@ -301,7 +302,11 @@ class DistributedDynGNNTask(DynGNNTask):
         self._eval_any = False
         if self._eval_updated:
             self._gather_metric_states(self.val_metrics if stage == "val" else self.test_metrics)
-        super()._eval_epoch_end(stage)
+        with warnings.catch_warnings():
+            # A rank whose snapshots had no target now holds the other ranks' states, which torchmetrics does not
+            # count as updates: its "compute before update" warning is wrong here.
+            warnings.filterwarnings("ignore", message=r"The ``compute`` method of metric \w+ was called before")
+            super()._eval_epoch_end(stage)
 
     @override
     def on_validation_epoch_start(self) -> None:

@@ -69,6 +69,8 @@ Split = Literal["train", "dev", "test"]
 
 #: Fraction of the official IMDB train split held out (seeded) as the dev split.
 IMDB_DEV_FRACTION = 0.1
+#: Examples tokenised per call (one progress-bar step each).
+TOKENISE_CHUNK = 1000
 
 
 @dataclass(frozen=True)
@@ -428,6 +430,7 @@ class GLUEDataModule(L.LightningDataModule):
         self.seed = seed
         self.num_workers = num_workers
         self.tokenizer = None
+        self.show_progress = True  # tokenisation bar on a terminal; off too when the attached Trainer has no bar
         self.datasets: dict[str, Any] = {}  # split -> datasets.Dataset of tokenised examples
         self._raw: dict[str, Columns] = {}  # IMDB's official train split, read once for train + dev
         self._hub_reason = ""  # why the hub is used (for error messages)
@@ -590,16 +593,26 @@ class GLUEDataModule(L.LightningDataModule):
     def _tokenise(self, columns: Columns, split: Split) -> Any:
         import datasets
 
-        encoded = self.tokenizer(
-            columns["text_a"],
-            columns.get("text_b"),
-            truncation=True,
-            max_length=self.max_seq_len,
-            padding=False,
-            return_token_type_ids=True,
-            return_attention_mask=False,
-        )
-        data: dict[str, list] = {"input_ids": encoded["input_ids"], "token_type_ids": encoded["token_type_ids"]}
+        from lit_efficiency.core.progress import progress_bar, trainer_wants_progress
+
+        text_a, text_b = columns["text_a"], columns.get("text_b")
+        data: dict[str, list] = {"input_ids": [], "token_type_ids": []}
+        enabled = self.show_progress and trainer_wants_progress(self.trainer)
+        with progress_bar(len(text_a), f"tokenising {split}", enabled, unit="ex") as bar:
+            for start in range(0, len(text_a), TOKENISE_CHUNK):
+                part = slice(start, start + TOKENISE_CHUNK)
+                encoded = self.tokenizer(
+                    text_a[part],
+                    text_b[part] if text_b is not None else None,
+                    truncation=True,
+                    max_length=self.max_seq_len,
+                    padding=False,
+                    return_token_type_ids=True,
+                    return_attention_mask=False,
+                )
+                for key in data:
+                    data[key] += encoded[key]
+                bar.update(len(encoded["input_ids"]))
         if "label" in columns and (split != "test" or self.task == "imdb"):
             data["labels"] = columns["label"]
         data["idx"] = columns["idx"]

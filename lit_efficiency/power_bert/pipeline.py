@@ -339,7 +339,7 @@ def evaluate(module, datamodule, accelerator: str, split: Literal["val", "test"]
 
 def _time_all(
     models: dict[str, Any], features: dict[int, list], pad_id: int, max_seq_len: int, timing: TimingConfig,
-    device: torch.device, retention: list[int],
+    device: torch.device, retention: list[int], show_progress: bool,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
     """Time ``models`` at every batch size of ``features`` (static and dynamic padding); per-batch ms and rows."""
     from lit_efficiency.power_bert.speed import STATIC_ONLY, comparisons, make_workloads, time_models
@@ -349,7 +349,9 @@ def _time_all(
     rows: list[dict[str, Any]] = []
     for batch_size, examples in features.items():
         workloads = make_workloads(examples, batch_size, pad_id, max_seq_len)
-        ms = time_models(models, workloads, device, timing.warmup, timing.repeats, static_only=STATIC_ONLY)
+        ms = time_models(
+            models, workloads, device, timing.warmup, timing.repeats, static_only=STATIC_ONLY, progress=show_progress
+        )
         flops = {f"{m}/{p}": w.flops(config, retention if m.startswith("power_bert") else None)
                  for m in models for p, w in workloads.items()}  # fmt: skip
         results[f"batch_{batch_size}"] = {"examples": len(examples), "ms_per_batch": ms, "flops": flops}
@@ -457,7 +459,9 @@ def run(
 
     def datamodule(**over: Any) -> HeldOutGLUEDataModule:
         kwargs = {**asdict(data), "task": task, "tokenizer_name": model, "seed": seed, **over}
-        return HeldOutGLUEDataModule(**kwargs)
+        built = HeldOutGLUEDataModule(**kwargs)
+        built.show_progress = trainer.enable_progress_bar  # the tokenisation bar follows the stages' bars
+        return built
 
     # Resolve N once and give the same value to data and model (their hparams must agree for the loggers).
     max_seq_len = data.max_seq_len or TASK_DEFAULTS[task].max_seq_len
@@ -521,7 +525,7 @@ def run(
     if budget is not None:
         models = {c["name"]: m.model for c, m in zip(candidates, modules, strict=True)}
         chosen, reasons = _choose_within_budget(candidates, models, baseline, static, heldout_baseline, budget,
-                                                timing, device)  # fmt: skip
+                                                timing, device, trainer.enable_progress_bar)  # fmt: skip
     pick = candidates[chosen]
     pruned_module = modules[chosen]
     pruned, retention = pruned_module.model, pick["retention"]
@@ -533,7 +537,8 @@ def run(
     compiled_diff = None
     if timing.compile:
         models["power_bert_compiled"], compiled_diff = compiled_twin(pruned.to(device), static.to(device).batches[0])
-    timings, rows = _time_all(models, features, pad_id, max_seq_len, timing, device, retention)
+    timings, rows = _time_all(models, features, pad_id, max_seq_len, timing, device, retention,
+                              trainer.enable_progress_bar)  # fmt: skip
     hf_diff = None
     if timing.hf_baseline:
         with torch.inference_mode():
@@ -658,7 +663,8 @@ def run(
         from lit_efficiency.core.loggers import log_pipeline_report
 
         artifacts = {"model": out / "model", "retention": out / "model" / "retention.json"}
-        log_pipeline_report(trainer.wandb_project, out, report, config, artifacts)
+        images = {f"plots/{Path(name).stem}": out / name for name in report["plots"]}
+        log_pipeline_report(trainer.wandb_project, out, report, config, artifacts, images)
     print(format_report(report))
     print(f"[power-bert] outputs: {out}/report.json, plots: {', '.join(report['plots'])}, model: {out}/model")
     return report
@@ -673,7 +679,7 @@ def _stages(record: dict[str, Any], flag: Literal["resumed", "reused"]) -> list[
 
 def _choose_within_budget(
     candidates: list[dict[str, Any]], models: dict[str, Any], baseline: Any, static: Any, heldout_baseline: float,
-    budget: float, timing: TimingConfig, device: torch.device,
+    budget: float, timing: TimingConfig, device: torch.device, show_progress: bool,
 ) -> tuple[int, list[str]]:  # fmt: skip
     """Time every candidate against the baseline (static padding, interleaved); pick the fastest within budget.
 
@@ -683,7 +689,8 @@ def _choose_within_budget(
     from lit_efficiency.power_bert.guards import choose_candidate
     from lit_efficiency.power_bert.speed import time_models
 
-    ms = time_models({"baseline": baseline, **models}, {"static": static}, device, timing.warmup, timing.repeats)
+    ms = time_models({"baseline": baseline, **models}, {"static": static}, device, timing.warmup, timing.repeats,
+                     progress=show_progress)  # fmt: skip
     for c in candidates:
         c["timing_static"] = ms[f"{c['name']}/static"]
         c["ms"] = c["timing_static"]["median_ms"]

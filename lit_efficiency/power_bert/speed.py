@@ -11,7 +11,8 @@ of one batch size are timed in one :func:`~lit_efficiency.core.timing.interleave
 so drift and busy neighbours fall on all of them alike; each is summarised by median and quartiles.
 
 Every comparison of a PoWER-BERT candidate with a reference carries the measured speedup, its quartile range,
-``within_noise`` (the medians differ by less than the spread) and the FLOP-ideal speedup of the same two workloads
+``within_noise`` (neither the medians differ by more than the spread nor a sign test over the paired rounds finds a
+difference; see :func:`~lit_efficiency.core.timing.compare`) and the FLOP-ideal speedup of the same two workloads
 (:func:`flop_ideal`: :func:`~lit_efficiency.power_bert.model.flops_per_example` at each batch's real padded length),
 so the share of the ideal reached is visible.
 """
@@ -135,8 +136,9 @@ def _runner(model: nn.Module, workload: Workload) -> Callable[[], None]:
     return run
 
 
-def _per_batch(summary: Mapping[str, float], num_batches: int) -> dict[str, float]:
-    return {k: (v / num_batches if k in _MS_FIELDS else v) for k, v in summary.items()}
+def _per_batch(summary: Mapping[str, Any], num_batches: int) -> dict[str, Any]:
+    per_batch = {k: (v / num_batches if k in _MS_FIELDS else v) for k, v in summary.items()}
+    return {**per_batch, "rounds_ms": [v / num_batches for v in summary["rounds_ms"]]}
 
 
 def time_models(
@@ -147,6 +149,7 @@ def time_models(
     repeats: int,
     clock: Callable[[], float] | None = None,
     static_only: Collection[str] = (),
+    progress: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Time every (model, workload) pair interleaved; milliseconds per batch, keyed ``"<model>/<padding>"``.
 
@@ -158,12 +161,13 @@ def time_models(
         repeats: timed rounds (each runs every candidate once, in rotating order).
         clock: a replacement clock (seconds) for tests; default ``time.perf_counter``.
         static_only: models timed on the ``static`` workload only (compiled graphs: one per input shape).
+        progress: show a progress bar with ETA on a terminal.
     """
     moved = {name: w.to(device) for name, w in workloads.items()}
     fns = {f"{m}/{p}": _runner(model.to(device).eval(), moved[p])
            for m, model in models.items() for p in moved if p == "static" or m not in static_only}  # fmt: skip
     extra = {"clock": clock} if clock is not None else {}
-    stats = interleaved(fns, device, repeats=repeats, warmup=warmup, **extra)
+    stats = interleaved(fns, device, repeats=repeats, warmup=warmup, progress=progress, **extra)
     return {name: _per_batch(s, len(moved[name.split("/")[1]].batches)) for name, s in stats.items()}
 
 
@@ -213,8 +217,9 @@ def format_rows(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     for r in rows:
         low, high = r["speedup_range"]
         flag = "  WARNING: spread exceeds the difference" if r["within_noise"] else ""
+        won = f"  faster in {r['rounds_won'][0]}/{r['rounds_won'][1]} rounds" if "rounds_won" in r else ""
         lines.append(
             f"b={r['batch_size']:<4} {r['candidate']:<26} vs {r['reference']:<17} {r['speedup']:5.2f}x "
-            f"[{low:.2f}-{high:.2f}]  ideal {r['flop_ideal']:5.2f}x ({r['percent_of_ideal']:3.0f}%){flag}"
+            f"[{low:.2f}-{high:.2f}]  ideal {r['flop_ideal']:5.2f}x ({r['percent_of_ideal']:3.0f}%){won}{flag}"
         )
     return lines

@@ -46,3 +46,46 @@ def test_compare_flags_a_difference_smaller_than_the_spread():
     vague = timing.compare(base, noisy)
     assert vague["speedup"] == pytest.approx(10 / 9) and vague["within_noise"]
     assert vague["speedup_range"] == pytest.approx([10 / 12, 10 / 8])
+
+
+def test_sign_test_thresholds_by_hand():
+    # P(X >= k) for X ~ Binomial(n, 1/2): n=10: 9 wins -> 11/1024 = 0.011 <= 0.05, 8 wins -> 56/1024 = 0.055 > 0.05.
+    assert timing.sign_test_rounds(10) == 9
+    assert timing.sign_test_rounds(5) == 5  # 1/32 = 0.031
+    assert timing.sign_test_rounds(8) == 7  # 9/256 = 0.035; 6 wins: 37/256 = 0.14
+    assert timing.sign_test_rounds(4) is None  # even 4 of 4 (1/16 = 0.0625) is not significant
+
+
+def _paired(rounds_ms):
+    return {**timing.summarize(rounds_ms), "rounds_ms": rounds_ms}
+
+
+def test_paired_rounds_show_a_consistent_speedup_on_a_busy_machine():
+    # A neighbour slows whole rounds (both candidates alike): the IQRs overlap the difference, yet the candidate
+    # wins every round.
+    load = [1.0, 3.0, 1.2, 2.5, 1.1, 2.8, 1.0, 3.2, 1.3, 2.9]
+    base = _paired([10.0 * x for x in load])
+    fast = _paired([7.0 * x for x in load])
+    unpaired = timing.compare(timing.summarize(base["rounds_ms"]), timing.summarize(fast["rounds_ms"]))
+    assert unpaired["within_noise"]  # the IQR rule alone cannot tell
+    paired = timing.compare(base, fast)
+    assert not paired["within_noise"] and paired["rounds_won"] == [10, 10]
+    assert paired["speedup"] == pytest.approx(10 / 7)
+    # 8 of 10 rounds is not enough at 5 %: still within noise.
+    mixed = _paired([7.0 * x for x in load[:8]] + [10.5 * x for x in load[8:]])
+    assert timing.compare(base, mixed)["rounds_won"] == [8, 10] and timing.compare(base, mixed)["within_noise"]
+
+
+def test_interleaved_returns_the_paired_rounds():
+    now = {"t": 0.0}
+
+    def cost(ms):
+        def fn():
+            now["t"] += ms * 1e-3
+
+        return fn
+
+    stats = timing.interleaved({"a": cost(2.0), "b": cost(1.0)}, "cpu", repeats=5, warmup=0, clock=lambda: now["t"])
+    assert stats["a"]["rounds_ms"] == pytest.approx([2.0] * 5) and stats["b"]["rounds_ms"] == pytest.approx([1.0] * 5)
+    row = timing.compare(stats["a"], stats["b"])
+    assert row["rounds_won"] == [5, 5] and not row["within_noise"]

@@ -1,4 +1,4 @@
-"""The power-bert pipeline on wandb: one run per stage, a report run with the report, chart and artifacts."""
+"""The power-bert pipeline on wandb: one run per stage, a report run with the report, PNG charts and artifacts."""
 
 from pathlib import Path
 
@@ -28,4 +28,9 @@ def test_pipeline_logs_one_run_per_stage_and_a_report(tmp_path, monkeypatch):
     kinds = {kind: files for name, kind, files in report.artifacts}
     assert {"model.safetensors", "config.json", "retention.json"} <= set(kinds["model"])
     assert kinds["retention"] == ["retention.json"]
-    assert "retention_per_layer_table.table.json" in kinds["run_table"]
+    assert "retention_per_layer.table.json" in kinds["run_table"]
+    # The pipeline's own PNGs (retention bar chart, trade-off) as images, byte for byte: not a second drawing.
+    assert {"plots/retention._type", "plots/tradeoff._type"} <= report.history_keys
+    for name in ("retention", "tradeoff"):
+        (logged,) = Path("out/wandb").glob(f"offline-run-*/files/media/images/plots/{name}_*.png")
+        assert logged.read_bytes() == Path(f"out/{name}.png").read_bytes()
