@@ -33,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 CONFIG = ROOT / "conf" / "dyn_gnn" / "scale_1b.yaml"
+ENCODE_LINE = re.compile(r"encode: (\d+) snapshots, (\d+) edges, (\d+) nodes in ([\d.]+) s; host store ([\d.]+) MiB")
 
 
 def cli_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
@@ -55,7 +56,7 @@ def parse(lines: list[tuple[float, str]], start: float) -> dict:
     out: dict = {"encode_s": None, "epoch_s": None, "h2d_ms": None, "rebuild_ms": None, "peak_rss_gb": None}
     t_encoded = None
     for t, line in lines:
-        if m := re.search(r"encode: (\d+) snapshots, (\d+) edges, (\d+) nodes in ([\d.]+) s; host store ([\d.]+) MiB", line):
+        if m := ENCODE_LINE.search(line):
             out.update(num_snapshots=int(m[1]), edges_total=int(m[2]), num_nodes=int(m[3]), encode_s=float(m[4]))
             out["host_store_mb"] = round(float(m[5]) * 1.048576, 1)
             t_encoded = t
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         rc = proc.wait()
     load = os.getloadavg()[0]
     result = {
-        "command": "lit-efficiency fit --config conf/dyn_gnn/scale_1b.yaml " + " ".join(cmd[cmd.index(str(CONFIG)) + 1 :]),
+        "command": " ".join(["lit-efficiency fit --config conf/dyn_gnn/scale_1b.yaml", *cmd[cmd.index(str(CONFIG)) + 1 :]]),
         "returncode": rc,
         "devices": args.devices,
         "device": "cpu",

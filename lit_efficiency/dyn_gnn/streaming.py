@@ -42,7 +42,6 @@ from tqdm import tqdm
 from typing_extensions import override
 
 from lit_efficiency.core.errors import ConfigError
-
 from lit_efficiency.core.recorders import TransferEvent
 from lit_efficiency.core.timing import Timer
 from lit_efficiency.dyn_gnn.adjacency import gcn_norm_adj_t, key_dtype, transpose_keys
@@ -353,9 +352,9 @@ def stream_store(dm: StreamingSnapshotDataModule) -> StreamingStore:
         num_nodes=n,
     )
     dm.hparams.update({"num_nodes": n, "num_snapshots": len(counts)})
-    full, host = sum(full_nbytes), store.host_bytes()
+    full, host, seconds = sum(full_nbytes), store.host_bytes(), time.perf_counter() - start
     rank_zero_info(
-        f"encode: {len(counts)} snapshots, {sum(counts)} edges, {n} nodes in {time.perf_counter() - start:.1f} s; host store "
+        f"encode: {len(counts)} snapshots, {sum(counts)} edges, {n} nodes in {seconds:.1f} s; host store "
         f"{host / 2**20:.1f} MiB ({full / max(host, 1):.2f}x smaller than full snapshots)"
     )
     return store
