@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         rc = proc.wait()
     load = os.getloadavg()[0]
     result = {
-        "command": " ".join(["lit-efficiency fit --config conf/dyn_gnn/scale_1b.yaml", *cmd[cmd.index(str(CONFIG)) + 1 :]]),
+        "command": " ".join(["lit-efficiency fit --config", *cmd[cmd.index(str(CONFIG)) :]]),
         "returncode": rc,
         "devices": args.devices,
         "device": "cpu",
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
         "load_average_1min_at_end": round(load, 2),
         **parse(lines, start),
     }
-    result["command"] = result["command"].replace(str(ROOT) + os.sep, "")
+    result["command"] = result["command"].replace(str(ROOT) + os.sep, "")  # repository-relative paths
     result["peak_rss_note"] = "time -v: maximum RSS of one process (with devices > 1: the largest rank's)"
     out = Path(args.out_dir) / f"{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
