@@ -1,8 +1,8 @@
 """Scale run through the CLI: ``lit-efficiency fit --config conf/dyn_gnn/scale_1b.yaml`` (1e9 edges), measured.
 
 The script launches the CLI under ``/usr/bin/time -v`` (peak RSS of the process; with ``--devices 2`` the largest
-rank's), streams its output to a log (``outputs/scale/<name>.log``: the progress bars of the encoding and the epoch
-are there), timestamps the lines as they arrive and writes ``benchmarks/results/<name>.json`` with:
+rank's), streams its output to a log (``outputs/scale/<name>-<time>/cli.log``: the progress bars of the encoding
+and the epoch are there), timestamps the lines as they arrive and writes ``benchmarks/results/<name>.json`` with:
 
 - ``wall_s`` (the whole command), ``encode_s`` (the data module's encoding pass, from its ``encode:`` line),
   ``epoch_s`` (from that line to the trainer's ``Trainer.fit stopped`` line: model setup, the epoch, the
@@ -72,26 +72,29 @@ def parse(lines: list[tuple[float, str]], start: float) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--name", default="scale", help="results/<name>.json and outputs/scale/<name>.log")
+    p.add_argument("--name", default="scale", help="results/<name>.json and outputs/scale/<name>-<time>/")
     p.add_argument("--num-nodes", type=int, default=None, help="default: the config's (1M)")
     p.add_argument("--num-snapshots", type=int, default=None, help="default: the config's (100)")
     p.add_argument("--edges", type=int, default=None, help="edges per snapshot; default: the config's (10M)")
     p.add_argument("--devices", type=int, default=1, help="> 1: DDP over gloo, snapshot-partitioned + streamed")
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
-    log_dir = ROOT / "outputs" / "scale"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    cmd = cli_command(args, log_dir / args.name)
+    run_dir = ROOT / "outputs" / "scale" / f"{args.name}-{time.strftime('%Y%m%d-%H%M%S')}"  # a new run every time
+    run_dir.mkdir(parents=True)
+    cmd = cli_command(args, run_dir)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     lines: list[tuple[float, str]] = []
     start = time.perf_counter()
-    with (log_dir / f"{args.name}.log").open("w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with (run_dir / "cli.log").open("w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append((time.perf_counter(), line))
-            log.write(line)
+        pending = ""
+        while chunk := os.read(proc.stdout.fileno(), 1 << 16).decode(errors="replace"):
+            log.write(chunk)  # as it comes: the progress bars redraw with carriage returns, not newlines
             log.flush()
+            *done, pending = (pending + chunk).split("\n")
+            lines += [(time.perf_counter(), line) for line in done]
+        lines.append((time.perf_counter(), pending))
         rc = proc.wait()
     load = os.getloadavg()[0]
     result = {
