@@ -10,6 +10,9 @@ and the epoch are there), timestamps the lines as they arrive and writes ``bench
 - ``h2d_ms`` / ``rebuild_ms`` from the :class:`~lit_efficiency.dyn_gnn.profilers.TransferProfiler` summary line;
 - ``peak_rss_gb`` (``Maximum resident set size`` of ``time -v``), ``host_store_mb`` and the sizes.
 
+A run still going (or cut off) is recorded with ``--partial RUN_DIR --pid PID``: ``status: running``, the last
+state of both progress bars (done / total, elapsed, ETA) and the peak RSS so far (``VmHWM`` of the CLI process).
+
 ``benchmarks/plots.py`` draws ``scale_breakdown.png`` from ``scale.json``. Runs::
 
     python benchmarks/scale.py                                     # the 1e9-edge run (about an hour on 2 busy cores)
@@ -70,6 +73,24 @@ def parse(lines: list[tuple[float, str]], start: float) -> dict:
     return out
 
 
+BAR = re.compile(r"(encode snapshots|Epoch 0): +(\d+)%\|[^|]*\| (\d+)/(\d+) \[([\d:]+)<([\d:?]+)")
+
+
+def partial(run_dir: Path, pid: int | None) -> dict:
+    """Figures of a run not finished yet: the last state of each progress bar, the peak RSS so far."""
+    text = (run_dir / "cli.log").read_text(errors="replace")
+    out: dict = {"status": "running", "log": str(run_dir.relative_to(ROOT) / "cli.log")}
+    for name, _, done, total, elapsed, eta in BAR.findall(text):
+        key = "encode" if name.startswith("encode") else "epoch"
+        out[key] = {"done": int(done), "total": int(total), "elapsed": elapsed, "eta": eta}
+    out.update({k: v for k, v in parse([(0.0, line) for line in text.split("\n")], 0.0).items() if v is not None})
+    out.pop("wall_s", None)
+    if pid is not None:
+        status = Path(f"/proc/{pid}/status").read_text()
+        out["peak_rss_gb_so_far"] = round(int(re.search(r"VmHWM:\s+(\d+) kB", status)[1]) / 2**20, 3)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--name", default="scale", help="results/<name>.json and outputs/scale/<name>-<time>/")
@@ -78,7 +99,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--edges", type=int, default=None, help="edges per snapshot; default: the config's (10M)")
     p.add_argument("--devices", type=int, default=1, help="> 1: DDP over gloo, snapshot-partitioned + streamed")
     p.add_argument("--out-dir", default=str(RESULTS))
+    p.add_argument("--partial", type=Path, default=None, help="record the state of this unfinished run folder")
+    p.add_argument("--pid", type=int, default=None, help="with --partial: the CLI process (peak RSS so far)")
     args = p.parse_args(argv)
+    out = Path(args.out_dir) / f"{args.name}.json"
+    if args.partial is not None:
+        result = partial(args.partial.resolve(), args.pid)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return result
     run_dir = ROOT / "outputs" / "scale" / f"{args.name}-{time.strftime('%Y%m%d-%H%M%S')}"  # a new run every time
     run_dir.mkdir(parents=True)
     cmd = cli_command(args, run_dir)
@@ -109,7 +138,6 @@ def main(argv: list[str] | None = None) -> dict:
     }
     result["command"] = result["command"].replace(str(ROOT) + os.sep, "")  # repository-relative paths
     result["peak_rss_note"] = "time -v: maximum RSS of one process (with devices > 1: the largest rank's)"
-    out = Path(args.out_dir) / f"{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
