@@ -79,7 +79,9 @@ BAR = re.compile(r"(encode snapshots|Epoch 0): +(\d+)%\|[^|]*\| (\d+)/(\d+) \[([
 def partial(run_dir: Path, pid: int | None) -> dict:
     """Figures of a run not finished yet: the last state of each progress bar, the peak RSS so far."""
     text = (run_dir / "cli.log").read_text(errors="replace")
-    out: dict = {"status": "running", "log": str(run_dir.relative_to(ROOT) / "cli.log")}
+    load = os.getloadavg()[0]
+    out: dict = {"status": "running", "log": str(run_dir.relative_to(ROOT) / "cli.log"), "device": "cpu"}
+    out.update(machine_busy=load > 1.0, load_average_1min=round(load, 2), recorded_at=time.strftime("%H:%M:%S"))
     for name, _, done, total, elapsed, eta in BAR.findall(text):
         key = "encode" if name.startswith("encode") else "epoch"
         out[key] = {"done": int(done), "total": int(total), "elapsed": elapsed, "eta": eta}
