@@ -1,195 +1,149 @@
-"""Scale run: one training epoch of GCN+LSTM (WD-GCN) link prediction over a synthetic dynamic graph with >= 1e9
-edges summed over its snapshots, on one CPU machine, the graph held on the host diff-encoded.
+"""Scale run through the CLI: ``lit-efficiency fit --config conf/dyn_gnn/scale_1b.yaml`` (1e9 edges), measured.
 
-Phase 1 (encode): :func:`~lit_efficiency.dyn_gnn.synthetic.iter_synthetic_snapshots` streams the churn-model snapshots
-(``N`` vertices, ``E`` edges each, a fraction ``churn`` replaced per step) and
-:func:`~lit_efficiency.dyn_gnn.streaming.encode_stream` keeps only snapshot 0 full and the diffs of the others (int64
-keys: ``N * N > 2**31``). For every snapshot a fixed-size sample of its edges is kept as link-prediction positives.
+The script launches the CLI under ``/usr/bin/time -v`` (peak RSS of the process; with ``--devices 2`` the largest
+rank's), streams its output to a log (``outputs/scale/<name>-<time>/cli.log``: the progress bars of the encoding
+and the epoch are there), timestamps the lines as they arrive and writes ``benchmarks/results/<name>.json`` with:
 
-Phase 2 (one epoch, truncated BPTT over blocks of ``--block`` snapshots): per snapshot the diff is applied to the
-previous keys ("device" = CPU here), the checksum verified, CSR + GCN normalisation rebuilt from the degrees
-(:func:`~lit_efficiency.dyn_gnn.streaming.rebuild_adjacency` of the directed snapshot: ``adj_t``, keys transposed),
-then :func:`~lit_efficiency.dyn_gnn.nn.bounded_forward` with per-snapshot spatial checkpoints and a vertex-chunked,
-checkpointed LSTM. Embeddings at ``t`` score the sampled positives of ``t + 1`` and as many uniform random pairs
-(negatives); BCE loss, Adam step per block. No node features: a learnable ``N x hidden`` embedding.
+- ``wall_s`` (the whole command), ``encode_s`` (the data module's encoding pass, from its ``encode:`` line),
+  ``epoch_s`` (from that line to the trainer's ``Trainer.fit stopped`` line: model setup, the epoch, the
+  checkpoint);
+- ``h2d_ms`` / ``rebuild_ms`` from the :class:`~lit_efficiency.dyn_gnn.profilers.TransferProfiler` summary line;
+- ``peak_rss_gb`` (``Maximum resident set size`` of ``time -v``), ``host_store_mb`` and the sizes.
 
-Run (about 25 min on 2 cores)::
+A run still going (or cut off) is recorded with ``--partial RUN_DIR --pid PID``: ``status: running``, the last
+state of both progress bars (done / total, elapsed, ETA) and the peak RSS so far (``VmHWM`` of the CLI process).
 
-    python benchmarks/scale.py                      # N=1M, T=100, E=10M, churn 5%: 1e9 edges
-    python benchmarks/scale.py --num-nodes 2000 --num-snapshots 6 --edges 20000 --out /tmp/s.json   # quick
+``benchmarks/plots.py`` draws ``scale_breakdown.png`` from ``scale.json``. Runs::
+
+    python benchmarks/scale.py                                     # the 1e9-edge run (about an hour on 2 busy cores)
+    python benchmarks/scale.py --name scale_tiny --num-nodes 2000 --num-snapshots 6 --edges 20000   # seconds
+    python benchmarks/scale.py --name scale_ddp2 --devices 2 --num-snapshots 12                    # gloo, 2 ranks
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
-import resource
+import re
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lit_efficiency.core.timing import Timer  # noqa: E402
-from lit_efficiency.dyn_gnn.adjacency import split_key  # noqa: E402
-from lit_efficiency.dyn_gnn.codec import decode_snapshot  # noqa: E402
-from lit_efficiency.dyn_gnn.nn import (  # noqa: E402
-    WDGCN,
-    LinkPredictor,
-    bounded_forward,  # noqa: E402
-    detach_state,
-)
-from lit_efficiency.dyn_gnn.streaming import encode_stream, rebuild_adjacency, ship_item  # noqa: E402
-from lit_efficiency.dyn_gnn.synthetic import iter_synthetic_snapshots  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+CONFIG = ROOT / "conf" / "dyn_gnn" / "scale_1b.yaml"
+ENCODE_LINE = re.compile(r"encode: (\d+) snapshots, (\d+) edges, (\d+) nodes in ([\d.]+) s; host store ([\d.]+) MiB")
 
 
-def peak_rss_gb() -> float:
-    """Peak resident set size of this process in GiB (``ru_maxrss`` is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+def cli_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
+    """The ``lit-efficiency fit`` command (under ``time -v``) with the size and device overrides."""
+    cmd = [sys.executable, "-m", "lit_efficiency", "fit", "--config", str(CONFIG)]
+    sizes = {"num_nodes": args.num_nodes, "num_snapshots": args.num_snapshots, "edges_per_snapshot": args.edges}
+    cmd += [f"--data.init_args.{k}={v}" for k, v in sizes.items() if v is not None]
+    cmd += [f"--trainer.default_root_dir={run_dir}", f"--trainer.devices={args.devices}"]
+    if args.devices > 1:
+        cmd += [
+            "--trainer.strategy=ddp",
+            "--model.class_path=lit_efficiency.dyn_gnn.task_distributed.DistributedDynGNNTask",
+            "--data.init_args.partitioner=snapshot",
+        ]
+    return [shutil.which("time") or "/usr/bin/time", "-v", *cmd]
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Encode the graph, train one epoch, return the figures (also written to ``args.out`` as the run goes)."""
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    n, num_t = args.num_nodes, args.num_snapshots
-    device = torch.device(args.device)
-    result: dict = {
-        "status": "encoding",
-        "num_nodes": n,
-        "num_snapshots": num_t,
-        "edges_per_snapshot": args.edges,
-        "churn": args.churn,
-        "hidden_dim": args.hidden,
-        "block_size": args.block,
-        "temporal_chunk_size": args.temporal_chunk,
-        "targets_per_snapshot": args.targets,
-        "torch_threads": args.threads,
-        "device": str(device),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
-        "torch": torch.__version__,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+def parse(lines: list[tuple[float, str]], start: float) -> dict:
+    """Figures from the timestamped output lines (``None`` where a line is missing)."""
+    out: dict = {"encode_s": None, "epoch_s": None, "h2d_ms": None, "rebuild_ms": None, "peak_rss_gb": None}
+    t_encoded = None
+    for t, line in lines:
+        if m := ENCODE_LINE.search(line):
+            out.update(num_snapshots=int(m[1]), edges_total=int(m[2]), num_nodes=int(m[3]), encode_s=float(m[4]))
+            out["host_store_mb"] = round(float(m[5]) * 1.048576, 1)
+            t_encoded = t
+        if "`Trainer.fit` stopped" in line and t_encoded is not None:
+            out["epoch_s"] = round(t - t_encoded, 1)
+        if m := re.search(r"h2d ([\d.]+) ms, rebuild ([\d.]+) ms", line):
+            out.update(h2d_ms=float(m[1]), rebuild_ms=float(m[2]))
+        if m := re.search(r"Maximum resident set size \(kbytes\): (\d+)", line):
+            out["peak_rss_gb"] = round(int(m[1]) / 2**20, 3)
+    out["wall_s"] = round(lines[-1][0] - start, 1) if lines else None
+    return out
 
-    def save() -> None:
-        result["peak_rss_gb"] = round(peak_rss_gb(), 3)
-        out.write_text(json.dumps(result, indent=2) + "\n")
 
-    # ---------------------------------------------------------------- phase 1: encode on the fly
-    gen = torch.Generator().manual_seed(args.seed + 1)
-    positives: list[torch.Tensor] = []
-    edges_total = 0
-    start = time.perf_counter()
+BAR = re.compile(r"(encode snapshots|Epoch 0): +(\d+)%\|[^|]*\| (\d+)/(\d+) \[([\d:]+)<([\d:?]+)")
 
-    def on_snapshot(t: int, keys: torch.Tensor, weights: torch.Tensor | None) -> None:
-        nonlocal edges_total
-        edges_total += keys.numel()
-        pick = torch.randint(keys.numel(), (min(args.targets, keys.numel()),), generator=gen)
-        positives.append(keys[pick].clone())
-        if t % args.log_every == 0 or t == num_t - 1:
-            print(
-                f"encode t={t} edges_total={edges_total:.3e} {time.perf_counter() - start:.0f}s "
-                f"rss={peak_rss_gb():.2f}GiB",
-                flush=True,
-            )
 
-    snaps = ((s.edge_index, None) for s in iter_synthetic_snapshots(n, num_t, args.edges, args.churn, seed=args.seed))
-    encoded = encode_stream(snaps, n, on_snapshot=on_snapshot)
-    result.update(
-        encode_s=round(time.perf_counter() - start, 1),
-        edges_total=edges_total,
-        host_bytes=encoded.encoded_bytes(),
-        full_bytes=encoded.full_bytes(),
-        host_bytes_ratio=round(encoded.full_bytes() / encoded.encoded_bytes(), 3),
-        kinds={k: encoded.kinds.count(k) for k in ("full", "diff")},
-        status="training",
-    )
-    save()
-
-    # ---------------------------------------------------------------- phase 2: one epoch
-    net = WDGCN(0, hidden_dim=args.hidden, out_dim=args.hidden, num_layers=1, num_nodes=n).to(device)
-    head = LinkPredictor(args.hidden, 0).to(device)
-    opt = torch.optim.Adam([*net.parameters(), *head.parameters()], lr=args.lr)
-    state = None
-    keys = None
-    h2d_ms = rebuild_ms = 0.0
-    losses = []
-    start = time.perf_counter()
-    for t0 in range(0, num_t - 1, args.block):
-        t1 = min(t0 + args.block, num_t - 1)
-        adjs = []
-        for t in range(t0, t1):
-            with Timer(device) as h2d:
-                shipped = ship_item(encoded.items[t], device)
-            with Timer(device) as rebuild:
-                keys, _ = decode_snapshot(keys, None, shipped, device, verify=True)
-                adjs.append(rebuild_adjacency(keys, None, n, directed=True))
-            h2d_ms += h2d.ms
-            rebuild_ms += rebuild.ms
-        z, state = bounded_forward(
-            net,
-            None,
-            adjs,
-            state,
-            spatial_block_size=1,
-            checkpoint_spatial=True,
-            temporal_chunk_size=args.temporal_chunk,
-            checkpoint_temporal=True,
-        )
-        block_losses = []
-        for s, t in enumerate(range(t0, t1)):
-            pos = positives[t + 1].to(device)
-            pos_ei = torch.stack(split_key(pos, n))
-            neg_ei = torch.randint(n, (2, pos.numel()), device=device)
-            ei = torch.cat([pos_ei, neg_ei], 1)
-            label = torch.cat([torch.ones(pos.numel()), torch.zeros(pos.numel())]).to(device)
-            block_losses.append(F.binary_cross_entropy_with_logits(head(z[s], ei), label))
-        loss = torch.stack(block_losses).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        state = detach_state(state)
-        del z, adjs
-        losses.append(round(loss.item(), 5))
-        elapsed = time.perf_counter() - start
-        print(f"train t={t0}..{t1 - 1} loss={loss.item():.4f} {elapsed:.0f}s rss={peak_rss_gb():.2f}GiB", flush=True)
-        result.update(
-            epoch_s=round(elapsed, 1),
-            snapshots_done=t1,
-            losses=losses,
-            h2d_ms=round(h2d_ms, 1),
-            rebuild_ms=round(rebuild_ms, 1),
-        )
-        save()
-    result["status"] = "done"
-    result["edges_epoch_inputs"] = sum(encoded.num_edges[: num_t - 1])  # the last snapshot only supplies targets
-    result["wall_s"] = round(result["encode_s"] + result["epoch_s"], 1)
-    save()
-    return result
+def partial(run_dir: Path, pid: int | None) -> dict:
+    """Figures of a run not finished yet: the last state of each progress bar, the peak RSS so far."""
+    text = (run_dir / "cli.log").read_text(errors="replace")
+    load = os.getloadavg()[0]
+    out: dict = {"status": "running", "log": str(run_dir.relative_to(ROOT) / "cli.log"), "device": "cpu"}
+    out.update(machine_busy=load > 1.0, load_average_1min=round(load, 2), recorded_at=time.strftime("%H:%M:%S"))
+    for name, _, done, total, elapsed, eta in BAR.findall(text):
+        key = "encode" if name.startswith("encode") else "epoch"
+        out[key] = {"done": int(done), "total": int(total), "elapsed": elapsed, "eta": eta}
+    out.update({k: v for k, v in parse([(0.0, line) for line in text.split("\n")], 0.0).items() if v is not None})
+    out.pop("wall_s", None)
+    if pid is not None:
+        status = Path(f"/proc/{pid}/status").read_text()
+        out["peak_rss_gb_so_far"] = round(int(re.search(r"VmHWM:\s+(\d+) kB", status)[1]) / 2**20, 3)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--num-nodes", type=int, default=1_000_000)
-    p.add_argument("--num-snapshots", type=int, default=100)
-    p.add_argument("--edges", type=int, default=10_000_000, help="edges per snapshot")
-    p.add_argument("--churn", type=float, default=0.05)
-    p.add_argument("--hidden", type=int, default=8)
-    p.add_argument("--block", type=int, default=5, help="snapshots per training step (truncated BPTT)")
-    p.add_argument("--temporal-chunk", type=int, default=262_144, help="vertices per LSTM chunk")
-    p.add_argument("--targets", type=int, default=20_000, help="sampled positive edges per snapshot")
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--log-every", type=int, default=5)
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "scale.json"))
-    return run(p.parse_args(argv))
+    p.add_argument("--name", default="scale", help="results/<name>.json and outputs/scale/<name>-<time>/")
+    p.add_argument("--num-nodes", type=int, default=None, help="default: the config's (1M)")
+    p.add_argument("--num-snapshots", type=int, default=None, help="default: the config's (100)")
+    p.add_argument("--edges", type=int, default=None, help="edges per snapshot; default: the config's (10M)")
+    p.add_argument("--devices", type=int, default=1, help="> 1: DDP over gloo, snapshot-partitioned + streamed")
+    p.add_argument("--out-dir", default=str(RESULTS))
+    p.add_argument("--partial", type=Path, default=None, help="record the state of this unfinished run folder")
+    p.add_argument("--pid", type=int, default=None, help="with --partial: the CLI process (peak RSS so far)")
+    args = p.parse_args(argv)
+    out = Path(args.out_dir) / f"{args.name}.json"
+    if args.partial is not None:
+        result = partial(args.partial.resolve(), args.pid)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return result
+    run_dir = ROOT / "outputs" / "scale" / f"{args.name}-{time.strftime('%Y%m%d-%H%M%S')}"  # a new run every time
+    run_dir.mkdir(parents=True)
+    cmd = cli_command(args, run_dir)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    lines: list[tuple[float, str]] = []
+    start = time.perf_counter()
+    with (run_dir / "cli.log").open("w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert proc.stdout is not None
+        pending = ""
+        while chunk := os.read(proc.stdout.fileno(), 1 << 16).decode(errors="replace"):
+            log.write(chunk)  # as it comes: the progress bars redraw with carriage returns, not newlines
+            log.flush()
+            *done, pending = (pending + chunk).split("\n")
+            lines += [(time.perf_counter(), line) for line in done]
+        lines.append((time.perf_counter(), pending))
+        rc = proc.wait()
+    load = os.getloadavg()[0]
+    result = {
+        "command": " ".join(["lit-efficiency fit --config", *cmd[cmd.index(str(CONFIG)) :]]),
+        "returncode": rc,
+        "devices": args.devices,
+        "device": "cpu",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS={env['OMP_NUM_THREADS']}",
+        "machine_busy": load > 1.0,
+        "load_average_1min_at_end": round(load, 2),
+        **parse(lines, start),
+    }
+    result["command"] = result["command"].replace(str(ROOT) + os.sep, "")  # repository-relative paths
+    result["peak_rss_note"] = "time -v: maximum RSS of one process (with devices > 1: the largest rank's)"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ TaskName = Literal["link_prediction", "edge_sign", "node_regression"]
 Storage = Literal["resident", "streamed"]
 Partitioner = Literal["none", "snapshot"]
 REAL_DATASETS = ("bitcoin_otc", "bitcoin_alpha", "uci_messages", "chess", "twitter_tennis")
-SYNTHETIC_DATASETS = ("synthetic", "synthetic_churn")
+SYNTHETIC_DATASETS = ("synthetic", "synthetic_churn", "synthetic_stream")
 
 
 class SnapshotTarget(NamedTuple):
@@ -837,7 +837,8 @@ class SnapshotDataModule(DynamicGraphDataModule):
     Args:
         dataset: a real dataset (``bitcoin_otc``, ``bitcoin_alpha``, ``uci_messages``, ``chess``, ``twitter_tennis``:
             :class:`~lit_efficiency.dyn_gnn.sources.DatasetSource`), ``synthetic``
-            (:class:`~lit_efficiency.dyn_gnn.sources.SyntheticSource`) or ``synthetic_churn``
+            (:class:`~lit_efficiency.dyn_gnn.sources.SyntheticSource`), ``synthetic_stream`` (the churn model read one
+            snapshot at a time: :class:`~lit_efficiency.dyn_gnn.synthetic.StreamingChurnSource`) or ``synthetic_churn``
             (:class:`~lit_efficiency.dyn_gnn.sources.SyntheticChurnSource`). Ignored when ``source`` is given.
         data_dir: real data: data root holding ``graphs/<dataset>/``.
         num_steps: real data: number of equal-width time steps.
@@ -880,6 +881,10 @@ class SnapshotDataModule(DynamicGraphDataModule):
                 source = SyntheticSource(num_communities=num_communities, **synthetic)
             elif dataset == "synthetic_churn":
                 source = SyntheticChurnSource(**synthetic)
+            elif dataset == "synthetic_stream":  # generated and encoded one snapshot at a time (streamed storage)
+                from lit_efficiency.dyn_gnn.synthetic import StreamingChurnSource
+
+                source = StreamingChurnSource(**synthetic)
             elif dataset in REAL_DATASETS:
                 source = DatasetSource(dataset, data_dir=data_dir, num_steps=num_steps, step_size=step_size)
             else:

@@ -30,12 +30,18 @@ Only the adjacencies are streamed this way; node features and targets of the blo
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import time
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
+from tqdm import tqdm
 from typing_extensions import override
 
+from lit_efficiency.core.errors import ConfigError
 from lit_efficiency.core.recorders import TransferEvent
 from lit_efficiency.core.timing import Timer
 from lit_efficiency.dyn_gnn.adjacency import gcn_norm_adj_t, key_dtype, transpose_keys
@@ -46,11 +52,13 @@ from lit_efficiency.dyn_gnn.codec import (
     SnapshotDiff,
     _canonical_keys,
     _check_weights,
+    decode_block,
     decode_snapshot,
     encode_stream,
     snapshot_checksum,
 )
 from lit_efficiency.dyn_gnn.datamodule import SnapshotBatch, SnapshotDataModule, SnapshotStore
+from lit_efficiency.dyn_gnn.graph import DynamicGraph
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from lit_efficiency.dyn_gnn.datamodule import DynamicGraphDataModule
@@ -64,6 +72,7 @@ __all__ = [
     "rebuild_adjacency",
     "rebuild_block",
     "ship",
+    "stream_store",
     "ship_item",
 ]
 
@@ -123,43 +132,44 @@ StreamingBatch = SnapshotBatch
 
 
 def encode_items(
-    snaps: list[tuple[Tensor, Tensor | None] | None], num_nodes: int, transfer: Transfer
+    snaps: Iterable[tuple[Tensor, Tensor | None] | None], num_nodes: int, transfer: Transfer
 ) -> tuple[list[Item | None], list[int], EncodedGraph | None]:
     """Host items of the model snapshots (``None`` entries: snapshots this rank does not hold).
 
-    ``transfer="diff"`` encodes every contiguous run of held snapshots adaptively (:func:`encode_stream`; the run's
-    first item is full), ``"full"`` keeps one :class:`FullSnapshot` each.
+    ``snaps`` is consumed once, in order, and may be a generator: a snapshot is encoded as soon as it arrives, so only
+    the current and previous snapshots' keys are ever in memory. ``transfer="diff"`` encodes every contiguous run of
+    held snapshots adaptively (:func:`encode_stream`; the run's first item is full), ``"full"`` keeps one
+    :class:`FullSnapshot` each.
 
     Returns:
         ``(items, full bytes of each snapshot (0 where not held), the EncodedGraph when one run covers all)``.
     """
-    items: list[Item | None] = [None] * len(snaps)
-    full_nbytes = [0] * len(snaps)
-    held = [t for t, s in enumerate(snaps) if s is not None]
-    encoded: EncodedGraph | None = None
-    if transfer == "diff":
-        runs: list[list[int]] = []
-        for t in held:
-            if runs and runs[-1][-1] == t - 1:
-                runs[-1].append(t)
-            else:
-                runs.append([t])
-        for run in runs:
-            graph = encode_stream([snaps[t] for t in run], num_nodes)  # type: ignore[misc]
-            for t, item, nbytes in zip(run, graph.items, graph.full_nbytes, strict=True):
-                items[t] = dataclasses.replace(item, t=t)
-                full_nbytes[t] = nbytes
-            if len(run) == len(snaps):
-                encoded = graph
-        return items, full_nbytes, encoded
-    kd = key_dtype(num_nodes)
-    for t in held:
-        ei, w = snaps[t]  # type: ignore[misc]
-        keys = _canonical_keys(ei.detach().cpu(), num_nodes, t)
-        w = _check_weights(w, keys.numel(), t, None)
-        items[t] = FullSnapshot(t, num_nodes, keys.numel(), keys.to(kd), w, int(snapshot_checksum(keys, w)))
-        full_nbytes[t] = items[t].nbytes  # type: ignore[union-attr]
-    return items, full_nbytes, None
+    items: list[Item | None] = []
+    full_nbytes: list[int] = []
+    runs: list[EncodedGraph] = []
+    for held, run in itertools.groupby(snaps, key=lambda snap: snap is not None):
+        start = len(items)
+        if not held:
+            for _ in run:
+                items.append(None)
+                full_nbytes.append(0)
+        elif transfer == "diff":
+            graph = encode_stream(run, num_nodes)  # type: ignore[arg-type]
+            items += [dataclasses.replace(item, t=start + item.t) for item in graph.items]
+            full_nbytes += graph.full_nbytes
+            runs.append(graph)
+        else:
+            for snap in run:
+                items.append(_full_item(len(items), snap, num_nodes))  # type: ignore[arg-type]
+                full_nbytes.append(items[-1].nbytes)  # type: ignore[union-attr]
+    encoded = runs[0] if len(runs) == 1 and len(runs[0].items) == len(items) else None
+    return items, full_nbytes, encoded
+
+
+def _full_item(t: int, snap: tuple[Tensor, Tensor | None], num_nodes: int) -> FullSnapshot:
+    keys = _canonical_keys(snap[0].detach().cpu(), num_nodes, t)
+    w = _check_weights(snap[1], keys.numel(), t, None)
+    return FullSnapshot(t, num_nodes, keys.numel(), keys.to(key_dtype(num_nodes)), w, int(snapshot_checksum(keys, w)))
 
 
 class StreamingStore(SnapshotStore):
@@ -257,29 +267,132 @@ def rebuild_block(dm: DynamicGraphDataModule, batch: SnapshotBatch, device: torc
                 h2d_bytes += keys.numel() * keys.element_size()
                 h2d_bytes += 0 if weights is None else weights.numel() * weights.element_size()
         items = _device_items(dm, batch, device)
-    adjs = []
     directed = not dm.hparams.undirected
     with Timer(device) as rebuild:
-        keys = None if prev is None else prev[0]
-        weights = None if prev is None else prev[1]
-        for item in items:
-            keys, weights = decode_snapshot(keys, weights, item, device, verify=dm.verify)
-            adjs.append(rebuild_adjacency(keys, weights, n, directed))
-    if keys is not None:
-        dm._last = (batch.t0 + len(items) - 1, keys, weights)
+        decoded, check = decode_block(*(prev or (None, None)), items, device, verify=dm.verify)
+        check.raise_if_failed()  # one host synchronisation per block
+        adjs = [rebuild_adjacency(keys, weights, n, directed) for keys, weights in decoded]
+    if decoded:
+        dm._last = (batch.t0 + len(items) - 1, *decoded[-1])
     dm.transfer_recorder.record(TransferEvent(h2d.ms, rebuild.ms, int(h2d_bytes), int(full_bytes)))
     _prefetch_next(dm, batch, device)
     return dataclasses.replace(batch, adjs=adjs, items=[])
 
 
+def _target_sample(edges: Tensor, cap: int | None, seed: int, t: int) -> Tensor:
+    """At most ``cap`` of the canonical ``edges`` (uniform, seeded by ``(seed, t)``), still in canonical order."""
+    if cap is None or edges.shape[1] <= cap:
+        return edges
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + 52_361 + t)
+    return edges[:, torch.unique(torch.randint(edges.shape[1], (cap,), generator=gen))]
+
+
+def stream_store(dm: StreamingSnapshotDataModule) -> StreamingStore:
+    """Build the store of a streaming source in one pass, never holding more than two snapshots.
+
+    Each raw snapshot from ``dm.source.iter_snapshots()`` is turned into the model's input (symmetrised as
+    configured), encoded at once (:func:`encode_items`), and its target edges kept (at most
+    ``dm.target_edges_per_snapshot`` of them); a snapshot-partitioned rank encodes only the snapshots it holds and
+    keeps only the targets it reads. A progress bar with ETA runs on rank 0 when the trainer shows one.
+
+    Raises:
+        ConfigError: a task other than ``link_prediction``, an edge-life window or node features (the streaming
+            path has none of them).
+    """
+    if getattr(dm.source, "num_node_features", 0):
+        raise ConfigError(f"data.num_node_features: {dm.source.name} streams no node features; set it to 0")
+    if dm.task != "link_prediction":
+        raise ConfigError(f"data.task: {dm.source.name} streams link_prediction only, got {dm.task!r}")
+    if dm.window != 1:
+        raise ConfigError(f"data.window: {dm.source.name} streams raw snapshots (window 1), got {dm.window}")
+    hp = dm.hparams
+    counts = list(dm.source.edge_counts(1))
+    dm._check_horizon(len(counts))
+    skip = dm._empty_targets(counts)
+    keep: set[int] | None = None
+    if dm.partitioned:
+        dm.edge_counts = counts
+        dm.plans = dm.make_plans(counts, skip)
+        dm.owned = dm._owned_snapshots()
+        if dm.world_size > 1:
+            keep = set(dm.owned)
+    needed = None if keep is None else dm._needed_raw(keep, len(counts))
+    n = dm.source.num_nodes
+    targets: list[Tensor] = []
+    show = dm._trainer_attr("progress_bar_callback") is not None and dm.rank == 0
+    bar = tqdm(total=len(counts), desc="encode snapshots", unit="snapshot", disable=not show, dynamic_ncols=True)
+
+    def model_inputs() -> Iterator[tuple[Tensor, Tensor | None] | None]:
+        for t, snap in enumerate(dm.source.iter_snapshots()):
+            edges = snap.edge_index
+            if needed is None or t in needed:
+                targets.append(_target_sample(edges[:, edges[0] != edges[1]], dm.target_edges_per_snapshot, hp.seed, t))
+            else:
+                targets.append(edges.new_zeros((2, 0)))
+            bar.update()
+            one = DynamicGraph(num_nodes=n, edge_indices=[edges], edge_weights=[snap.edge_weight])
+            yield dm.model_snapshots(one)[0] if keep is None or t in keep else None
+
+    start = time.perf_counter()
+    with bar:
+        items, full_nbytes, dm.encoded = encode_items(model_inputs(), n, dm.transfer)
+    if dm.pin_memory and torch.cuda.is_available():
+        items = [None if item is None else item.pin_memory() for item in items]
+    store = StreamingStore(
+        items,
+        full_nbytes,
+        x=None,
+        target_edges=targets,
+        target_signs=None,
+        y=None,
+        task=dm.task,
+        num_negatives=hp.num_negatives,
+        eval_num_negatives=hp.eval_num_negatives or hp.num_negatives,
+        seed=hp.seed,
+        skip=skip,
+        num_nodes=n,
+    )
+    dm.hparams.update({"num_nodes": n, "num_snapshots": len(counts)})
+    full, host, seconds = sum(full_nbytes), store.host_bytes(), time.perf_counter() - start
+    rank_zero_info(
+        f"encode: {len(counts)} snapshots, {sum(counts)} edges, {n} nodes in {seconds:.1f} s; host store "
+        f"{host / 2**20:.1f} MiB ({full / max(host, 1):.2f}x smaller than full snapshots)"
+    )
+    return store
+
+
 class StreamingSnapshotDataModule(SnapshotDataModule):
     """:class:`~lit_efficiency.dyn_gnn.datamodule.SnapshotDataModule` with ``storage="streamed"``.
 
+    With a streaming source (``dataset: synthetic_stream``, :class:`~lit_efficiency.dyn_gnn.synthetic.
+    StreamingChurnSource`) the graph is never materialised: ``setup`` generates, encodes and samples the targets
+    of one snapshot at a time (:func:`stream_store`), so host memory is the diff-encoded store plus the targets.
+    Training negatives are then rejected against the kept target edges only (a negative may, with probability about
+    ``E / N^2``, be an edge that was not kept).
+
     Args:
         *args: :class:`~lit_efficiency.dyn_gnn.datamodule.SnapshotDataModule` arguments.
+        target_edges_per_snapshot: streaming source: keep at most this many target edges of every snapshot (a
+            uniform sample; ``None``: all of them).
         **kwargs: its arguments (``dataset`` or ``source``, ``transfer``, ``partitioner``, ``window``, ...).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, target_edges_per_snapshot: int | None = None, **kwargs: Any) -> None:
         kwargs["storage"] = "streamed"
         super().__init__(*args, **kwargs)
+        if target_edges_per_snapshot is not None and target_edges_per_snapshot < 1:
+            raise ConfigError(f"data.target_edges_per_snapshot must be >= 1 or null, got {target_edges_per_snapshot}")
+        if target_edges_per_snapshot is not None and not getattr(self.source, "streams_snapshots", False):
+            raise ConfigError(
+                f"data.target_edges_per_snapshot needs a streaming source (dataset: synthetic_stream); "
+                f"{self.source.name} is loaded whole"
+            )
+        self.target_edges_per_snapshot = target_edges_per_snapshot
+
+    @override
+    def setup(self, stage: str | None = None) -> None:
+        """Stream a streaming source into the encoded store (:func:`stream_store`); otherwise the base ``setup``."""
+        if self.store is None and getattr(self.source, "streams_snapshots", False):
+            self.store = stream_store(self)
+        else:
+            super().setup(stage)

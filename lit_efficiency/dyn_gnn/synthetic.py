@@ -16,6 +16,10 @@ does). Everything is drawn from one ``torch.Generator`` seeded with ``seed``, so
 and the streaming generator keeps only the last ``w`` raw edge sets: memory ``O(w * E)``, independent of the
 number of snapshots (so it can emit more edges in total than fit in memory).
 
+**Streaming source** (:class:`StreamingChurnSource`): the churn model as a data-module source that is never
+materialised: :class:`~lit_efficiency.dyn_gnn.streaming.StreamingSnapshotDataModule` reads it snapshot by snapshot
+and encodes it as it goes (the billion-edge configuration ``conf/dyn_gnn/scale_1b.yaml``).
+
 **Learnable signal** (:func:`synthetic_link_graph`): planted communities plus persistence; see its docstring.
 """
 
@@ -31,9 +35,11 @@ from torch import Tensor
 from lit_efficiency.core.errors import ConfigError
 from lit_efficiency.dyn_gnn.adjacency import edge_key, match_sorted, split_key
 from lit_efficiency.dyn_gnn.graph import DynamicGraph
+from lit_efficiency.dyn_gnn.sources import SyntheticChurnSource
 
 __all__ = [
     "EdgeSnapshot",
+    "StreamingChurnSource",
     "iter_synthetic_snapshots",
     "power_law_weights",
     "synthetic_dynamic_graph",
@@ -227,6 +233,57 @@ def synthetic_dynamic_graph(
         x=x,
         name=f"synthetic(N={num_nodes}, T={num_snapshots}, E={edges_per_snapshot}, churn={churn}, w={window})",
     ).validate()
+
+
+class StreamingChurnSource(SyntheticChurnSource):
+    """The churn model as a *streaming* source: its snapshots are read one at a time, never as a whole graph.
+
+    Same graph (same seed, same snapshots) as :class:`~lit_efficiency.dyn_gnn.sources.SyntheticChurnSource`, which
+    it extends with :meth:`iter_snapshots` and with edge counts known without generating anything (every raw step
+    has exactly ``edges_per_snapshot`` edges). A streamed data module with this source holds only the diff-encoded
+    model snapshots and a capped sample of target edges (see
+    :class:`~lit_efficiency.dyn_gnn.streaming.StreamingSnapshotDataModule`); :meth:`load` still builds the whole
+    graph for the other storages.
+
+    Args:
+        num_nodes: ``N``.
+        num_snapshots: ``T``.
+        edges_per_snapshot: ``E``, distinct edges per step.
+        churn: fraction of edges replaced per step.
+        num_node_features: static node features when loaded whole; the streamed path has none and needs 0 (the
+            model then learns node embeddings).
+        power_law: degree-tail exponent.
+        seed: seed.
+    """
+
+    streams_snapshots = True
+
+    def __init__(
+        self,
+        num_nodes: int = 200,
+        num_snapshots: int = 12,
+        edges_per_snapshot: int = 800,
+        churn: float = 0.3,
+        num_node_features: int = 8,
+        power_law: float = 2.1,
+        seed: int = 0,
+    ) -> None:
+        _check_args(num_nodes, num_snapshots, edges_per_snapshot, churn, 1)
+        super().__init__(num_nodes, num_snapshots, edges_per_snapshot, churn, num_node_features, power_law, seed)
+
+    @property
+    def name(self) -> str:
+        return "synthetic_stream"
+
+    def edge_counts(self, window: int) -> list[int]:
+        """Edges of every model snapshot; for ``window=1`` from the model (``E`` each), not by generating."""
+        if window == 1:
+            return [self.edges_per_snapshot] * self.num_snapshots
+        return super().edge_counts(window)
+
+    def iter_snapshots(self) -> Iterator[EdgeSnapshot]:
+        """The raw snapshots (``window=1``), generated one at a time in order."""
+        return self._stream(1)
 
 
 def synthetic_link_graph(

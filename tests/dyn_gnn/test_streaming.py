@@ -253,3 +253,30 @@ def test_cuda_streaming_with_prefetch_matches_cpu():
             torch.testing.assert_close(x.to_dense(), y.to_dense().cpu())
     events = gpu.transfer_recorder.drain()
     assert len(events) == len(blocks) and all(e.h2d_bytes < e.full_bytes for e in events[1:])
+
+
+def test_rebuild_checks_once_per_block(monkeypatch):
+    """A block is decoded by one ``decode_block`` and checked by one synchronisation, however many snapshots."""
+    import lit_efficiency.dyn_gnn.streaming as streaming
+    from lit_efficiency.dyn_gnn.codec import BlockCheck
+
+    calls = {"decode": [], "check": 0}
+    real_decode, real_check = streaming.decode_block, BlockCheck.raise_if_failed
+
+    def decode(*args, **kwargs):
+        calls["decode"].append(len(args[2]))
+        return real_decode(*args, **kwargs)
+
+    def check(self):
+        calls["check"] += 1
+        return real_check(self)
+
+    monkeypatch.setattr(streaming, "decode_block", decode)
+    monkeypatch.setattr(BlockCheck, "raise_if_failed", check)
+    dm = StreamingSnapshotDataModule(**{**STREAMING_GRAPH, "block_size": 3})
+    dm.setup("fit")
+    blocks = list(dm.train_dataloader())
+    for batch in blocks:
+        dm.transfer_batch_to_device(batch, torch.device("cpu"), 0)
+    assert calls["decode"] == [len(b.items) for b in blocks] and max(calls["decode"]) == 3
+    assert calls["check"] == len(blocks)
