@@ -18,6 +18,7 @@ Run::
     python benchmarks/dyngnn_quality.py            # writes benchmarks/results/dyngnn_quality.json
     python benchmarks/dyngnn_quality.py --epochs 5 --datasets uci_messages --models wdgcn   # quick look
     python benchmarks/dyngnn_quality.py --epochs 40 --models evolvegcn-o evolvegcn-h --merge   # redo some rows
+    python benchmarks/dyngnn_quality.py --table    # the README's markdown table, from the JSON (no training)
 """
 
 from __future__ import annotations
@@ -287,6 +288,42 @@ def main(
     return records
 
 
+NAMES = {
+    "bitcoin_otc": "Bitcoin-OTC",
+    "bitcoin_alpha": "Bitcoin-Alpha",
+    "uci_messages": "UCI messages",
+    "wdgcn": "WD-GCN",
+    "cdgcn": "CD-GCN",
+    "tmgcn": "TM-GCN",
+    "evolvegcn-o": "EvolveGCN-O",
+    "evolvegcn-h": "EvolveGCN-H",
+}
+#: EvolveGCN's own link-prediction MAP / MRR (Pareja et al., AAAI 2020, "Performance of link prediction" table).
+PAPER = {
+    ("bitcoin_otc", "evolvegcn-o"): "0.0028 / 0.0968",
+    ("bitcoin_otc", "evolvegcn-h"): "0.0026 / 0.0690",
+    ("bitcoin_alpha", "evolvegcn-o"): "0.0036 / 0.1185",
+    ("bitcoin_alpha", "evolvegcn-h"): "0.0049 / 0.1104",
+    ("uci_messages", "evolvegcn-o"): "0.0270 / 0.1379",
+    ("uci_messages", "evolvegcn-h"): "0.0126 / 0.0899",
+}
+
+
+def markdown_table(records: list[dict]) -> str:
+    """The README's results table: one row per (dataset, model) record."""
+    lines = [
+        "| dataset | model | test MAP | test MRR | test AUC | best val MAP | epoch (s) | EvolveGCN paper MAP / MRR |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        key = (r["dataset"], r["model"])
+        lines.append(
+            f"| {NAMES.get(r['dataset'], r['dataset'])} | {NAMES.get(r['model'], r['model'])} | {r['map']:.3f} | "
+            f"{r['mrr']:.3f} | {r['auc']:.3f} | {r['val_map']:.3f} | {r['epoch_s']:.2f} | {PAPER.get(key, '-')} |"
+        )
+    return "\n".join(lines)
+
+
 def _merged(previous: list[dict], new: list[dict]) -> list[dict]:
     """``previous`` with each record of the same (dataset, model) as a ``new`` one replaced; other new ones appended."""
     fresh = {(r["dataset"], r["model"]): r for r in new}
@@ -308,7 +345,11 @@ if __name__ == "__main__":
         "--speed", action="store_true", help="only time epochs against the naive loop (epoch_speed.json)"
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs per candidate with --speed")
+    parser.add_argument("--table", action="store_true", help="print the markdown table of --output and exit")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(args.output.read_text())))
+        raise SystemExit(0)
     if args.speed:
         torch.set_num_threads(args.threads)
         warnings.filterwarnings("ignore")

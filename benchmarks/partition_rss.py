@@ -10,9 +10,9 @@ rank, with ``P = 1`` as the single-process reference; ``data_share`` is a rank's
 
 * ``churn``: :class:`~lit_efficiency.dyn_gnn.sources.SyntheticChurnSource`, generated snapshot by snapshot, so a
   rank never holds the snapshots of other ranks;
-* ``edge_list``: the same graph written to a CSV file and read with
-  :class:`~lit_efficiency.dyn_gnn.sources.EdgeListSource` (the file is parsed whole by every rank, then only the rank's
-  snapshots are built).
+* ``edge_list``: the same graph written to a CSV file sorted by time and read with
+  :class:`~lit_efficiency.dyn_gnn.sources.EdgeListSource`, chunk by chunk: every rank validates the whole file but
+  keeps only the rows of its snapshots, and stops reading past the last of them (``rows_read`` is reported).
 
 The model is not trained (its activations scale with the block a rank holds as well, see ``memory.py``). The CPU is
 shared with other jobs while this runs: figures are single measurements (memory, not time, so little noise).
@@ -74,7 +74,10 @@ def child(args: argparse.Namespace) -> dict:
             batches += 1
     held = sum(1 for a in (getattr(dm.store, "items", None) or dm.store.adjs) if a is not None)
     peak = _rss_mb()
-    return {"peak_rss_mb": round(peak, 1), "data_mb": round(peak - base, 1), "held_snapshots": held, "batches": batches}
+    out = {"peak_rss_mb": round(peak, 1), "data_mb": round(peak - base, 1), "held_snapshots": held, "batches": batches}
+    if args.source == "edge_list":
+        out["rows_read"] = dm.source.rows_read
+    return out
 
 
 def write_csv(args: argparse.Namespace) -> None:

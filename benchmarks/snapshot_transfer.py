@@ -1,7 +1,8 @@
 """Bytes and time of shipping snapshots full versus diff-encoded, on every shared dataset and a synthetic churn graph.
 
 For each graph (the five shared datasets with window 1 and with a 10-step edge-life window; a synthetic 5%-churn
-graph) the snapshots' canonical keys (unweighted, as the model's default input) are encoded with
+graph; the same churn graph *weighted*, every weight redrawn at every step) the snapshots' canonical keys
+(unweighted, as the model's default input, except the weighted row) are encoded with
 :func:`~lit_efficiency.dyn_gnn.streaming.encode_stream` and, per record:
 
 * ``full_bytes`` / ``diff_bytes``: bytes shipped when every snapshot goes full / with the adaptive encoding (also the
@@ -9,7 +10,9 @@ graph) the snapshots' canonical keys (unweighted, as the model's default input) 
   ratio from entry counts alone (:func:`~lit_efficiency.dyn_gnn.codec.theoretical_bytes_ratio` per snapshot,
   adaptive choice, headers ignored); ``entries_ratio``: full entries over diff entries (the figure of
   ``docs/dynamic_gnn.md``: 5.1x chess, 6.6x twitter-tennis windowed).
-* ``exact``: every snapshot decoded on the device equals the original keys (and its checksum verifies).
+* ``exact``: every snapshot decoded on the device equals the original keys and weights (and its checksum verifies).
+* weighted row: ``dense_weight_items`` diffs ship the snapshot's weights whole (no positions) because every weight
+  changed; without that mode the weighted row shipped as many bytes as full snapshots (1.00x).
 * ``full_ms``: ship every snapshot's keys to the device; ``diff_ms``: ship the encoded items and rebuild the keys on
   the device (position-based deletion, merge of added keys); ``time_ratio = full_ms / diff_ms``; both medians of
   ``--repeats`` passes after a warm-up, CUDA-synchronised (:class:`~lit_efficiency.core.timing.Timer`), from pinned
@@ -21,12 +24,15 @@ Run::
     python benchmarks/snapshot_transfer.py                          # writes benchmarks/results/snapshot_transfer.json
     python benchmarks/snapshot_transfer.py --synthetic-edges 32000000 --datasets none \\
         --out benchmarks/results/snapshot_transfer_gpu.json        # the GPU target (N = 4M, 32M edges, 5% churn)
+    python benchmarks/snapshot_transfer.py --datasets none --synthetic-edges 0 --weighted-edges 200000 --append
+                                                                    # the weighted row, added to the JSON
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -58,17 +64,23 @@ DATASETS = ("bitcoin_otc", "bitcoin_alpha", "uci_messages", "chess", "twitter_te
 def theory_ratio(encoded: EncodedGraph, header: int = 0) -> float:
     """``sum_t full_t / sum_t min(full_t, diff_t)`` from entry counts alone, plus ``header`` bytes per item.
 
-    ``diff_t`` comes from :func:`theoretical_bytes_ratio` for snapshots shipped as diffs; a snapshot shipped full
-    (the first one, or one whose diff was not smaller) counts its full bytes.
+    ``diff_t`` comes from :func:`theoretical_bytes_ratio` for snapshots shipped as diffs (with dense weights:
+    ``D b_p + A b_k + E b_w``); a snapshot shipped full (the first one, or one whose diff was not smaller) counts its
+    full bytes.
     """
     b_k = torch.empty((), dtype=key_dtype(encoded.num_nodes)).element_size()
+    b_w = 4 if encoded.weighted else 0
     full_total = diff_total = 0.0
     for item in encoded.items:
-        full_t = item.num_edges * b_k + header
+        full_t = item.num_edges * (b_k + b_w) + header
         full_total += full_t
-        if isinstance(item, SnapshotDiff):
+        if isinstance(item, SnapshotDiff) and item.weights is not None:
+            b_p = item.deleted_pos.element_size()
+            diff_total += item.deleted_pos.numel() * b_p + item.added_keys.numel() * b_k + item.num_edges * b_w + header
+        elif isinstance(item, SnapshotDiff):
+            changed = 0 if item.changed_pos is None else item.changed_pos.numel()
             ratio = theoretical_bytes_ratio(
-                item.num_edges, item.added_keys.numel(), item.deleted_pos.numel(), item.num_nodes
+                item.num_edges, item.added_keys.numel(), item.deleted_pos.numel(), item.num_nodes, changed, b_w
             )
             diff_total += min(full_t, (full_t - header) / ratio + header)
         else:
@@ -78,23 +90,25 @@ def theory_ratio(encoded: EncodedGraph, header: int = 0) -> float:
 
 def time_paths(encoded: EncodedGraph, device: torch.device, repeats: int) -> dict[str, float]:
     """Median ms of: shipping every snapshot full; shipping the encoded items and rebuilding; CSR + normalisation."""
-    full_keys = [d.keys.cpu() for d in iter_decode(encoded, "cpu", verify=False)]
+    full = [(d.keys.cpu(), d.weights) for d in iter_decode(encoded, "cpu", verify=False)]
+    full_keys = [k for k, _ in full]
     items = list(encoded.items)
     if device.type == "cuda":
-        full_keys = [k.pin_memory() for k in full_keys]
+        full = [(k.pin_memory(), None if w is None else w.pin_memory()) for k, w in full]
         items = [item.pin_memory() for item in items]
 
     def full_pass() -> None:
-        for k in full_keys:
+        for k, w in full:
             ship(k, device)
+            ship(w, device)
 
     def diff_pass() -> None:
         # On a GPU the pinned host item goes straight to decode_snapshot: its structural checks run on the host and
         # its arrays are copied non_blocking inside the rebuild. On a CPU the item is copied first (the "transfer").
-        keys = None
+        keys = weights = None
         for item in items:
             shipped = item if device.type == "cuda" else ship_item(item, device)
-            keys, _ = decode_snapshot(keys, None, shipped, device, verify=False)
+            keys, weights = decode_snapshot(keys, weights, shipped, device, verify=False)
 
     dev_keys = [k.to(device) for k in full_keys[: min(3, len(full_keys))]]
 
@@ -115,13 +129,23 @@ def time_paths(encoded: EncodedGraph, device: torch.device, repeats: int) -> dic
     return out
 
 
-def record(name: str, window: int, snapshots: list, num_nodes: int, device: torch.device, repeats: int) -> dict:
+def record(
+    name: str,
+    window: int,
+    snapshots: list,
+    num_nodes: int,
+    device: torch.device,
+    repeats: int,
+    weights: list | None = None,
+) -> dict:
     start = time.perf_counter()
-    encoded = encode_stream(((ei, None) for ei in snapshots), num_nodes)
+    weights = weights or [None] * len(snapshots)
+    encoded = encode_stream(zip(snapshots, weights, strict=True), num_nodes)
     exact = True
     for t, dec in enumerate(iter_decode(encoded, device, verify=True)):
         ref = edge_key(snapshots[t][0], snapshots[t][1], num_nodes)
         exact &= torch.equal(dec.keys.cpu().to(torch.int64), ref)
+        exact &= weights[t] is None or torch.equal(dec.weights.cpu(), weights[t])
     stats = encoded.stats()
     times = time_paths(encoded, device, repeats)
     rec = {
@@ -139,6 +163,8 @@ def record(name: str, window: int, snapshots: list, num_nodes: int, device: torc
         "host_full_bytes": stats.full_bytes,
         "host_encoded_bytes": stats.encoded_bytes,
         "diff_items": encoded.kinds.count("diff"),
+        "weighted": encoded.weighted,
+        "dense_weight_items": sum(1 for i in encoded.items if isinstance(i, SnapshotDiff) and i.weights is not None),
         "exact": bool(exact),
         "device": str(device) if device.type != "cuda" else f"cuda ({torch.cuda.get_device_name(device)})",
         "full_ms": round(times["full_ms"], 3),
@@ -166,6 +192,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--synthetic-edges", type=int, default=1_000_000, help="edges per synthetic snapshot (0: skip)")
     p.add_argument("--synthetic-snapshots", type=int, default=6)
     p.add_argument("--churn", type=float, default=0.05)
+    p.add_argument(
+        "--weighted-edges", type=int, default=0, help="edges per snapshot of the reweighted churn graph (0: skip)"
+    )
+    p.add_argument("--append", action="store_true", help="replace/add these records in the existing --out file")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=1)
@@ -190,16 +220,30 @@ def main(argv: list[str] | None = None) -> list[dict]:
         name = f"synthetic(N={n}, E={e}, churn={args.churn})"
         records.append(record(name, 1, snaps, n, device, args.repeats))
         del snaps
+    if args.weighted_edges > 0:
+        e, steps = args.weighted_edges, args.synthetic_snapshots
+        n = max(50_000, e // 8)
+        snaps = [s.edge_index for s in iter_synthetic_snapshots(n, steps, e, churn=args.churn, seed=0)]
+        gen = torch.Generator().manual_seed(1)
+        weights = [torch.rand(ei.shape[1], generator=gen) for ei in snaps]  # every weight changes at every step
+        name = f"synthetic weighted, all weights change (N={n}, E={e}, churn={args.churn})"
+        records.append(record(name, 1, snaps, n, device, args.repeats, weights))
     meta = {
         "note": "full_ms: ship all snapshots full; diff_ms: ship items + rebuild keys on the device; on CPU a "
         "transfer is a memcpy. bytes = host memory of each representation.",
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
+        "machine_busy": os.getloadavg()[0] >= (os.cpu_count() or 1),
         "position_dtype_small": str(position_dtype(1000)),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.append and out.is_file():
+        old = json.loads(out.read_text())
+        names = {(r["dataset"], r["window"]) for r in records}
+        records = [r for r in old["records"] if (r["dataset"], r["window"]) not in names] + records
+        meta = {**old["meta"], "appended": meta}
     out.write_text(json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
     return records
 

@@ -11,7 +11,9 @@ the paper was released; the encoding below is this project's own design:
 * A diff lists the deleted entries as **positions** in the previous snapshot's key array (not as keys: deleting by
   position is a keep-mask, deleting by value is a device-side ``isin``, measured 4.5x slower than a full transfer in
   ``docs/dynamic_gnn.md`` section 5), the added keys (sorted) with their weights, and for weighted graphs the
-  positions (in the previous snapshot) and new values of the weights that changed. Set differences are computed on
+  positions (in the previous snapshot) and new values of the weights that changed -- or, when that is smaller (most
+  weights change), the snapshot's whole weight array in canonical order (*dense weights*: no positions), so a graph
+  whose weights all change every step still ships its structure as a diff. Set differences are computed on
   sorted keys with ``searchsorted``, never by sparse subtraction (which keeps explicit zeros).
 * Decoding rebuilds the exact canonical array on any device without a host synchronisation (ranks from a cumulative
   sum, merge positions from ``searchsorted``, two scatters). Range/order checks and the per-snapshot checksum run on
@@ -33,6 +35,7 @@ corruption check, not a cryptographic hash.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -168,6 +171,8 @@ class SnapshotDiff:
             changed (bit-wise), or ``None`` when unweighted.
         changed_weights: ``(C,)`` their new weights, or ``None``.
         checksum: :func:`snapshot_checksum` of the produced snapshot.
+        weights: Dense weights: ``(E_t,)`` weights of the produced snapshot in canonical order, shipped instead of
+            ``added_weights`` / ``changed_pos`` / ``changed_weights`` (then all three ``None``) when that is smaller.
     """
 
     t: int
@@ -180,19 +185,29 @@ class SnapshotDiff:
     changed_pos: Tensor | None
     changed_weights: Tensor | None
     checksum: int
+    weights: Tensor | None = None
 
     kind = "diff"
 
     @property
+    def weighted(self) -> bool:
+        """Whether the diff carries weights (sparse or dense)."""
+        return self.added_weights is not None or self.weights is not None
+
+    @property
     def nbytes(self) -> int:
         """Bytes shipped: all position, key and weight arrays plus :data:`HEADER_BYTES`."""
-        return _nbytes(self.deleted_pos, self.added_keys, self.added_weights, self.changed_pos, self.changed_weights)
+        return _nbytes(
+            self.deleted_pos, self.added_keys, self.added_weights, self.changed_pos, self.changed_weights, self.weights
+        )
 
     @property
     def num_entries(self) -> int:
-        """Entries shipped (deleted + added + changed), the unit of the ratios in ``docs/dynamic_gnn.md``."""
+        """Entries shipped (deleted + added + changed, or + ``E_t`` dense weights), the unit of the ratios in
+        ``docs/dynamic_gnn.md``."""
         changed = 0 if self.changed_pos is None else self.changed_pos.numel()
-        return self.deleted_pos.numel() + self.added_keys.numel() + changed
+        dense = 0 if self.weights is None else self.weights.numel()
+        return self.deleted_pos.numel() + self.added_keys.numel() + changed + dense
 
     def pin_memory(self) -> SnapshotDiff:
         """A copy with its tensors in pinned host memory (same object when CUDA is unavailable)."""
@@ -213,6 +228,7 @@ class SnapshotDiff:
             pin(self.changed_pos),
             pin(self.changed_weights),
             self.checksum,
+            pin(self.weights),
         )
 
 
@@ -394,6 +410,13 @@ def _diff(
     )
 
 
+def _dense_if_smaller(diff: SnapshotDiff, weights: Tensor | None) -> SnapshotDiff:
+    """``diff`` with its snapshot's whole weight array instead of per-entry changes, when that ships fewer bytes."""
+    if weights is None or _nbytes(weights) >= _nbytes(diff.added_weights, diff.changed_pos, diff.changed_weights):
+        return diff
+    return dataclasses.replace(diff, added_weights=None, changed_pos=None, changed_weights=None, weights=weights)
+
+
 def encode_snapshots(
     edge_indices: Sequence[Tensor],
     num_nodes: int,
@@ -492,8 +515,9 @@ def encode_stream(
             diff_entries.append(full.num_edges)
         else:
             fwd = _diff(t, num_nodes, prev_keys, prev.weights, keys, w, checksum)
-            items.append(fwd if fwd.nbytes < full.nbytes else full)
             diff_entries.append(fwd.num_entries)
+            fwd = _dense_if_smaller(fwd, w)
+            items.append(fwd if fwd.nbytes < full.nbytes else full)
         prev, prev_keys = full, keys
     if not items:
         raise DataError("encode_stream: the snapshot stream is empty")
@@ -650,10 +674,20 @@ def _check_diff(item: SnapshotDiff, prev_keys: Tensor | None, prev_weights: Tens
         raise DataError(
             f"snapshot {t}: truncated diff: {n_prev} - {n_del} deleted + {n_add} added != num_edges={item.num_edges}"
         )
-    weighted = item.added_weights is not None
-    if weighted != (prev_weights is not None) or weighted != (item.changed_pos is not None):
+    weighted = item.weighted
+    sparse = item.added_weights is not None
+    if weighted != (prev_weights is not None) or sparse != (item.changed_pos is not None):
         raise DataError(f"snapshot {t}: weighted and unweighted data mixed (diff weighted: {weighted})")
-    if item.added_weights is not None:
+    if item.weights is not None:
+        if sparse:
+            raise DataError(f"snapshot {t}: a diff has both dense and sparse weights")
+        if item.weights.numel() != item.num_edges:
+            raise DataError(
+                f"snapshot {t}: truncated diff: {item.weights.numel()} dense weights for num_edges={item.num_edges}"
+            )
+        if prev_weights is not None and prev_weights.dtype != item.weights.dtype:
+            raise DataError(f"snapshot {t}: previous weights are {prev_weights.dtype}, diff has {item.weights.dtype}")
+    elif item.added_weights is not None:
         assert prev_weights is not None and item.changed_pos is not None
         if item.added_weights.numel() != n_add:
             raise DataError(
@@ -702,8 +736,8 @@ def _apply_diff(
     keys = torch.empty(n_out + 1, dtype=kd, device=device)
     keys.scatter_(0, new_pos, prev_keys)
     keys.scatter_(0, added_pos, added)
-    if prev_weights is None:
-        return keys[:n_out], None
+    if prev_weights is None or item.weights is not None:
+        return keys[:n_out], None if item.weights is None else item.weights.to(device, non_blocking=True)
     assert item.added_weights is not None and item.changed_pos is not None and item.changed_weights is not None
     prev_weights = prev_weights.to(device)
     weights = torch.empty(n_out + 1, dtype=prev_weights.dtype, device=device)

@@ -29,8 +29,9 @@ naming the file and the row (or JSON key). Pure PyTorch (no Lightning).
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -266,32 +267,79 @@ class SyntheticChurnSource(GraphSource):
 # ---------------------------------------------------------------------------------------------- edge lists
 
 
+#: Data rows parsed at a time by the edge-list reader (its memory is a few chunks, not the file).
+CHUNK_ROWS = 1 << 16
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(1-based line number, line)`` of a UTF-8 text file (gzip detected by its magic bytes), read lazily."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    with open(path, "rb") as handle:
+        gz = handle.read(2) == b"\x1f\x8b"
+    lineno = 0
+    try:
+        with gzip.open(path, "rb") if gz else open(path, "rb") as handle:
+            for lineno, raw in enumerate(handle, start=1):
+                yield lineno, raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}:{lineno}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except (OSError, EOFError) as err:
+        raise DataError(f"{path}: corrupt gzip file ({err})") from None
+
+
+def _iter_tables(path: Path, sep: str | None, header: bool | None, chunk_rows: int = CHUNK_ROWS) -> Iterator[_Table]:
+    """The data rows of a delimited text file, ``chunk_rows`` at a time (the header is passed to every chunk).
+
+    Rows whose first character is ``#`` or ``%`` and blank lines are skipped; a first row without any numeric field
+    is a header (or as ``header`` says).
+
+    Raises:
+        DataError: a row with another number of columns than the first, or no data row (names the file and line).
+    """
+    names: list[str] | None = None
+    width: int | None = None
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    for lineno, line in _text_lines(path):
+        stripped = line.strip()
+        if not stripped or stripped[0] in "%#":
+            continue
+        fields = [f.strip() for f in (stripped.split(sep) if sep is not None else stripped.split())]
+        if width is None and names is None and _is_header(fields, header):
+            names = fields
+            continue
+        if width is None:
+            width = len(fields)
+        elif len(fields) != width:
+            raise DataError(f"{path}:{lineno}: expected {width} columns, got {len(fields)}")
+        rows.append(fields)
+        lines.append(lineno)
+        if len(rows) >= chunk_rows:
+            yield _Table(path, names, rows, lines)
+            rows, lines = [], []
+    if width is None:
+        raise DataError(f"{path}: no data rows")
+    if rows:
+        yield _Table(path, names, rows, lines)
+
+
 class _Table:
-    """A delimited text file as rows of string fields, with the 1-based line number of every row."""
+    """Rows of string fields of a delimited text file (a chunk of it), with the 1-based line number of every row."""
 
-    def __init__(self, path: Path, sep: str | None, header: bool | None) -> None:
-        from lit_efficiency.dyn_gnn.datasets import _read_text
+    def __init__(self, path: Path, names: list[str] | None, rows: list[list[str]], lines: list[int]) -> None:
+        self.path, self.names, self.rows, self.lines = path, names, rows, lines
 
-        if not path.is_file():
-            raise DataError(f"{path}: file not found")
-        self.path = path
-        self.names: list[str] | None = None
-        self.rows: list[list[str]] = []
-        self.lines: list[int] = []
-        for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
-            stripped = line.strip()
-            if not stripped or stripped[0] in "%#":
-                continue
-            fields = [f.strip() for f in (stripped.split(sep) if sep is not None else stripped.split())]
-            if self.names is None and not self.rows and _is_header(fields, header):
-                self.names = fields
-                continue
-            if self.rows and len(fields) != len(self.rows[0]):
-                raise DataError(f"{path}:{lineno}: expected {len(self.rows[0])} columns, got {len(fields)}")
-            self.rows.append(fields)
-            self.lines.append(lineno)
-        if not self.rows:
-            raise DataError(f"{path}: no data rows")
+    @classmethod
+    def read(cls, path: Path, sep: str | None, header: bool | None) -> _Table:
+        """The whole file as one table."""
+        chunks = list(_iter_tables(path, sep, header))
+        return cls(path, chunks[0].names, [r for c in chunks for r in c.rows], [n for c in chunks for n in c.lines])
+
+    def subset(self, keep: np.ndarray) -> _Table:
+        """The rows where the boolean mask ``keep`` is true."""
+        idx = np.flatnonzero(keep).tolist()
+        return _Table(self.path, self.names, [self.rows[i] for i in idx], [self.lines[i] for i in idx])
 
     def column(self, spec: int | str, what: str) -> int:
         """Index of the column given by position or header name."""
@@ -380,6 +428,11 @@ class EdgeListSource(GraphSource):
     - ``node_targets``: one value per node and step (rows of one node in one step are added; zero where none):
       the node-regression target ``y``.
 
+    **Reading** (the edge file is never held whole): one pass validates every row and keeps only the node ids, the
+    time range and whether the rows are sorted by time; :meth:`edge_counts` keeps each chunk's distinct
+    ``(pair, step)`` keys; :meth:`load` keeps only the rows of the requested snapshots and, on a file sorted by time,
+    stops reading past the last of them. Chunks are :attr:`chunk_rows` rows.
+
     Args:
         path: the edge file.
         src: source-node column.
@@ -399,6 +452,8 @@ class EdgeListSource(GraphSource):
     """
 
     reads_blocks = True
+    #: Data rows parsed at a time.
+    chunk_rows: int = CHUNK_ROWS
 
     def __init__(
         self,
@@ -427,46 +482,71 @@ class EdgeListSource(GraphSource):
         self.node_features = Path(node_features) if node_features else None
         self.node_targets = Path(node_targets) if node_targets else None
         self._parsed: dict | None = None
+        self.rows_read = 0
 
     @property
     def name(self) -> str:
         return str(self.path)
 
+    def _chunks(self, path: Path) -> Iterator[_Table]:
+        return _iter_tables(
+            path, self.sep if self.sep is not None else _default_sep(path), self.header, self.chunk_rows
+        )
+
     def _table(self, path: Path) -> _Table:
-        return _Table(path, self.sep if self.sep is not None else _default_sep(path), self.header)
+        return _Table.read(path, self.sep if self.sep is not None else _default_sep(path), self.header)
+
+    def _fields(self, chunk: _Table) -> dict[str, np.ndarray]:
+        """Validated columns of one chunk of the edge file: raw ids, times, weights, labels."""
+        cols = {k: chunk.column(v, k) for k, v in self.columns.items() if v is not None}
+        out = {"src": chunk.ints(cols["src"]), "dst": chunk.ints(cols["dst"]), "time": chunk.floats(cols["time"])}
+        out["weight"] = chunk.floats(cols["weight"]) if "weight" in cols else np.ones(len(chunk.rows))
+        if "label" in cols:
+            out["label"] = np.sign(chunk.floats(cols["label"])).astype(np.int64)
+        if not self.remap_ids:
+            limit = self.num_nodes if self.num_nodes is not None else EXACT_FLOAT_INT
+            for name in ("src", "dst"):
+                values = out[name]
+                bad = np.flatnonzero((values < 0) | (values >= limit))
+                if bad.size:
+                    i = int(bad[0])
+                    raise DataError(f"{self.path}:{chunk.lines[i]}: {name} node id {values[i]} outside [0, {limit})")
+        return out
 
     def _parse(self) -> dict:
-        """Parse the edge file once: ids, steps, weights, labels (and the id map)."""
+        """One pass over the edge file, chunk by chunk, keeping only its summary: the node ids (remapping), the time
+        range and whether rows are sorted by time (every row is validated here). Node files are read whole."""
         if self._parsed is not None:
             return self._parsed
-        table = self._table(self.path)
-        cols = {k: table.column(v, k) for k, v in self.columns.items() if v is not None}
-        src, dst = table.ints(cols["src"]), table.ints(cols["dst"])
-        times = table.floats(cols["time"])
-        weight = table.floats(cols["weight"]) if "weight" in cols else np.ones(len(src))
-        label = np.sign(table.floats(cols["label"])).astype(np.int64) if "label" in cols else None
+        ids = np.zeros(0, dtype=np.int64)
+        t_min, t_max, last, time_sorted, rows = np.inf, -np.inf, -np.inf, True, 0
+        for chunk in self._chunks(self.path):
+            f = self._fields(chunk)
+            ids = np.union1d(ids, np.concatenate([f["src"], f["dst"]]))
+            times = f["time"]
+            time_sorted &= bool(times[0] >= last) and bool((times[1:] >= times[:-1]).all())
+            t_min, t_max, last = min(t_min, float(times.min())), max(t_max, float(times.max())), float(times[-1])
+            rows += times.size
         node_rows = {k: self._table(p) for k, p in (("x", self.node_features), ("y", self.node_targets)) if p}
         node_ids = {k: t.ints(0) for k, t in node_rows.items()}
-        ids, n = self._id_map(table, src, dst, node_ids)
-        t_min = float(times.min())
+        ids, n = self._id_map(np.union1d(ids, np.concatenate([np.zeros(0, np.int64), *node_ids.values()])))
         if self.num_steps is not None:
             if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 1:
                 raise ConfigError(f"num_steps must be an int >= 1, got {self.num_steps!r}")
-            width, count = (float(times.max()) - t_min) / self.num_steps, self.num_steps
+            width, count = (t_max - t_min) / self.num_steps, self.num_steps
         else:
             if not self.step_size > 0:
                 raise ConfigError(f"step_size must be > 0, got {self.step_size!r}")
-            width, count = float(self.step_size), None
-        steps = _steps(times, t_min, width, count)
-        count = count if count is not None else int(steps.max()) + 1
+            width = float(self.step_size)
+            count = int(_steps(np.array([t_max]), t_min, width, None)[0]) + 1
         self._parsed = {
-            "src": ids(src),
-            "dst": ids(dst),
-            "steps": torch.from_numpy(steps),
-            "weight": torch.from_numpy(weight.astype(np.float32)),
-            "label": torch.from_numpy(label) if label is not None else None,
+            "ids": ids,
             "count": count,
             "num_nodes": n,
+            "t_min": t_min,
+            "width": width,
+            "rows": rows,
+            "time_sorted": time_sorted,
             "node_ids": ids.raw if self.remap_ids else None,
             "starts": t_min + width * torch.arange(count, dtype=torch.float64),
         }
@@ -474,23 +554,16 @@ class EdgeListSource(GraphSource):
             self._parsed[key] = self._node_values(tab, ids(node_ids[key]), t_min, width, count, n, carry=key == "x")
         return self._parsed
 
-    def _id_map(self, table: _Table, src: np.ndarray, dst: np.ndarray, node_ids: dict[str, np.ndarray]):
+    def _id_map(self, everything: np.ndarray):
         """A callable mapping raw ids to ``0..N-1`` (``.raw`` = the raw id of each node) and ``N``."""
-        everything = np.concatenate([src, dst, *node_ids.values()])
         if self.remap_ids:
-            raw = np.unique(everything)
 
             def remap(values: np.ndarray) -> Tensor:
-                return torch.from_numpy(np.searchsorted(raw, values).astype(np.int64))
+                return torch.from_numpy(np.searchsorted(everything, values).astype(np.int64))
 
-            remap.raw = torch.from_numpy(raw)  # type: ignore[attr-defined]
-            return remap, int(raw.size)
+            remap.raw = torch.from_numpy(everything)  # type: ignore[attr-defined]
+            return remap, int(everything.size)
         n = self.num_nodes if self.num_nodes is not None else int(everything.max()) + 1
-        for name, values in (("src", src), ("dst", dst)):
-            bad = np.flatnonzero((values < 0) | (values >= n))
-            if bad.size:
-                i = int(bad[0])
-                raise DataError(f"{self.path}:{table.lines[i]}: {name} node id {values[i]} outside [0, {n})")
         return (lambda values: torch.from_numpy(values)), n
 
     def _node_values(
@@ -522,21 +595,65 @@ class EdgeListSource(GraphSource):
             seen[t] |= seen[t - 1]
         return out
 
-    def _snapshots(self, window: int, keep: Collection[int] | None) -> tuple[list[Tensor], list[Tensor], list | None]:
+    def _rows(self, keep: Collection[int] | None) -> dict[str, Tensor | None]:
+        """Second pass: the rows whose step is in ``keep`` (all when ``None``), as tensors of mapped ids and steps.
+
+        Only the time column of the other rows is parsed; on a file sorted by time, reading stops at the first row
+        past the last step of ``keep``. :attr:`rows_read` counts the data rows looked at.
+        """
         p = self._parse()
-        steps, src, dst, weight, label = p["steps"], p["src"], p["dst"], p["weight"], p["label"]
-        if keep is not None:
-            rows = torch.isin(steps, torch.tensor(sorted(keep), dtype=torch.long))
-            steps, src, dst, weight = steps[rows], src[rows], dst[rows], weight[rows]
-            label = label[rows] if label is not None else None
-        return _group_snapshots(steps, src, dst, weight, label, p["count"], p["num_nodes"], window)
+        wanted = None if keep is None else np.array(sorted(keep), dtype=np.int64)
+        parts: dict[str, list[np.ndarray]] = {"steps": [], "src": [], "dst": [], "weight": [], "label": []}
+        self.rows_read = 0
+        col_time = None
+        for chunk in self._chunks(self.path):
+            col_time = chunk.column(self.columns["time"], "time") if col_time is None else col_time
+            steps = _steps(chunk.floats(col_time), p["t_min"], p["width"], p["count"] if self.num_steps else None)
+            self.rows_read += steps.size
+            mask = np.ones(steps.size, dtype=bool) if wanted is None else np.isin(steps, wanted)
+            past = wanted is not None and p["time_sorted"] and (wanted.size == 0 or steps[-1] > wanted[-1])
+            if mask.any():
+                f = self._fields(chunk.subset(mask))
+                parts["steps"].append(steps[mask])
+                for key in ("src", "dst", "weight", "label"):
+                    if key in f:
+                        parts[key].append(f[key])
+            if past:
+                break
+        ids = p["ids"]
+
+        def cat(key: str, dtype) -> np.ndarray:
+            return np.concatenate(parts[key]) if parts[key] else np.zeros(0, dtype=dtype)
+
+        return {
+            "steps": torch.from_numpy(cat("steps", np.int64)),
+            "src": ids(cat("src", np.int64)),
+            "dst": ids(cat("dst", np.int64)),
+            "weight": torch.from_numpy(cat("weight", np.float64).astype(np.float32)),
+            "label": torch.from_numpy(cat("label", np.int64)) if self.columns["label"] is not None else None,
+        }
 
     def edge_counts(self, window: int) -> list[int]:
-        return [int(ei.shape[1]) for ei in self._snapshots(window, None)[0]]
+        """Distinct pairs of every windowed snapshot, from one pass keeping only each chunk's distinct
+        ``(pair, step)`` keys (not the graph)."""
+        p = self._parse()
+        n, count = p["num_nodes"], p["count"]
+        pairs: list[np.ndarray] = []  # key * count + step: sorted by key, then step
+        cols = None
+        for chunk in self._chunks(self.path):
+            cols = cols or {k: chunk.column(self.columns[k], k) for k in ("src", "dst", "time")}
+            steps = _steps(chunk.floats(cols["time"]), p["t_min"], p["width"], p["count"] if self.num_steps else None)
+            key = p["ids"](chunk.ints(cols["src"])).numpy() * n + p["ids"](chunk.ints(cols["dst"])).numpy()
+            pairs.append(np.unique(key * count + steps))
+        merged = np.unique(np.concatenate(pairs))
+        return _window_counts(merged // count, merged % count, count, window)
 
     def load(self, snapshots: Collection[int] | None = None) -> DynamicGraph:
         p = self._parse()
-        edge_indices, edge_weights, edge_labels = self._snapshots(1, snapshots)
+        r = self._rows(snapshots)
+        edge_indices, edge_weights, edge_labels = _group_snapshots(
+            r["steps"], r["src"], r["dst"], r["weight"], r["label"], p["count"], p["num_nodes"], 1
+        )
         return DynamicGraph(
             num_nodes=p["num_nodes"],
             edge_indices=edge_indices,
@@ -548,6 +665,19 @@ class EdgeListSource(GraphSource):
             snapshot_times=p["starts"],
             name=self.name,
         ).validate()
+
+
+def _window_counts(key: np.ndarray, step: np.ndarray, count: int, window: int) -> list[int]:
+    """Edges of every snapshot ``t`` (the distinct keys with a step in ``t-w+1 .. t``) from distinct ``(key, step)``
+    pairs sorted by key then step: each covers ``[step, step + w)``, minus the part its key's previous pair covers."""
+    start = step.copy()
+    same = np.zeros(key.size, dtype=bool)
+    same[1:] = key[1:] == key[:-1]
+    start[1:] = np.where(same[1:], np.maximum(step[1:], step[:-1] + window), step[1:])
+    stop = np.minimum(step + window, count)
+    live = start < stop
+    delta = np.bincount(start[live], minlength=count + 1) - np.bincount(stop[live], minlength=count + 1)
+    return np.cumsum(delta)[:count].astype(int).tolist()
 
 
 def _steps(times: np.ndarray, t_min: float, width: float, count: int | None, clamp_low: bool = False) -> np.ndarray:
@@ -575,7 +705,8 @@ class PGTJsonSource(GraphSource):
 
     ``X``, ``weights``/``edge_weight`` and ``y`` are optional. Where the file has no ``X``, ``lags > 0`` uses the
     targets of the last ``lags`` steps ``y[t-lags+1 .. t]`` as node features (zeros before step 0), as
-    PyG-Temporal's loaders do. Each snapshot's JSON is turned into tensors only when asked for.
+    PyG-Temporal's loaders do. Each snapshot's JSON is turned into tensors only when asked for. The file is parsed
+    whole (the standard library has no incremental JSON parser) and released after :meth:`load`.
 
     Args:
         path: the JSON file (gzip allowed).
@@ -724,7 +855,9 @@ class PGTJsonSource(GraphSource):
         return self._graph(None, window).num_edges_per_snapshot
 
     def load(self, snapshots: Collection[int] | None = None) -> DynamicGraph:
-        return self._graph(snapshots)
+        graph = self._graph(snapshots)
+        self._doc = None  # the data module keeps what it needs: do not hold the parsed file (all snapshots) too
+        return graph
 
 
 # ---------------------------------------------------------------------------------------------- PyG

@@ -99,6 +99,7 @@ def ship_item(item: Item, device: torch.device) -> Item:
         added_weights=ship(item.added_weights, device),
         changed_pos=ship(item.changed_pos, device),
         changed_weights=ship(item.changed_weights, device),
+        weights=ship(item.weights, device),
     )
 
 

@@ -326,9 +326,16 @@ class DynGNNTask(L.LightningModule):
     def predict_step(self, batch: SnapshotBatch, batch_idx: int) -> list[dict[str, Any]]:
         """Per predicted snapshot ``t + 1``: link scores, sign probabilities or node values (see ``writers``)."""
         if len(getattr(batch, "snap_blocks", ())) > 1:
-            raise ConfigError("predict runs in one process: use --trainer.devices=1 (the partitioner may stay)")
+            raise ConfigError(
+                "a snapshot-partitioned predict on several ranks needs model.class_path "
+                "lit_efficiency.dyn_gnn.task_distributed.DistributedDynGNNTask (or --trainer.devices=1)"
+            )
         state = None if batch.t0 == 0 else self._eval_state
         outputs, _, self._eval_state = self._block(batch, state)
+        return self.prediction_records(outputs)
+
+    def prediction_records(self, outputs: list[tuple[int, Tensor, SnapshotTarget]]) -> list[dict[str, Any]]:
+        """One record (a dict of tensors, see ``writers``) per predicted snapshot of ``(t, output, target)``."""
         task = self.hparams.task
         records = []
         for t, out, target in outputs:

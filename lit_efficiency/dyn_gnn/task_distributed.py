@@ -309,6 +309,13 @@ class DistributedDynGNNTask(DynGNNTask):
         self._eval_any = False
 
     @override
+    def predict_step(self, batch: SnapshotBatch, batch_idx: int) -> list[dict[str, Any]]:
+        """This rank's predicted snapshots of the block (every snapshot is predicted by exactly one rank)."""
+        state = None if batch.block_start == 0 else self._eval_state  # type: ignore[attr-defined]
+        outputs, _, self._eval_state, _ = self._partitioned_block(batch, state)
+        return self.prediction_records(outputs)
+
+    @override
     def on_test_epoch_start(self) -> None:
         super().on_test_epoch_start()
         self._eval_any = False

@@ -12,6 +12,10 @@ For every snapshot ``t`` whose successor ``t + 1`` is predicted it writes, under
 
 Files are created exclusively: an existing file (or a symlink in its place) is never overwritten; the writer refuses
 to start when the folder already holds predictions.
+
+**Several ranks** write into the same folder, every snapshot exactly once: snapshot-partitioned (with
+:class:`~lit_efficiency.dyn_gnn.task_distributed.DistributedDynGNNTask`), each rank writes the snapshots it predicted;
+unpartitioned, every rank predicts every snapshot and rank 0 alone writes them.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.dyn_gnn.datamodule import PartitionedBatch
 
 __all__ = ["SnapshotPredictionWriter"]
 
@@ -74,6 +79,8 @@ class SnapshotPredictionWriter(BasePredictionWriter):
         dataloader_idx: int = 0,
     ) -> None:
         assert self.output_dir is not None
+        if trainer.world_size > 1 and not isinstance(batch, PartitionedBatch) and not trainer.is_global_zero:
+            return  # unpartitioned: every rank predicted the same snapshots, rank 0 writes them
         self.output_dir.mkdir(parents=True, exist_ok=True)
         node_ids = getattr(getattr(trainer, "datamodule", None), "graph", None)
         node_ids = getattr(node_ids, "node_ids", None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,12 +152,53 @@ def test_sources_build_only_the_requested_snapshots(tmp_path):
         PyGSource(str(tmp_path / "g.pt")),
     ):
         assert source.load(want) == expected, type(source).__name__
+        assert getattr(source, "_doc", None) is None  # PGT JSON: the parsed file is not held after load
         assert source.edge_counts(2) == ref.with_window(2).num_edges_per_snapshot
     churn = SyntheticChurnSource(num_nodes=30, num_snapshots=5, edges_per_snapshot=40, churn=0.2, num_node_features=0)
     full = synthetic_dynamic_graph(30, 5, 40, churn=0.2)
     assert churn.load() == full
     assert churn.load({1}).num_edges_per_snapshot == [0, 40, 0, 0, 0]
     assert churn.edge_counts(3) == synthetic_dynamic_graph(30, 5, 40, churn=0.2, window=3).num_edges_per_snapshot
+
+
+def _sorted_copy(path, folder):
+    """The edge file with its rows sorted by time (first column)."""
+    header, *rows = path.read_text().splitlines()
+    rows.sort(key=lambda row: float(row.split(",")[0]))
+    out = folder / "sorted.csv"
+    out.write_text("\n".join([header, *rows]) + "\n")
+    return out, rows
+
+
+def test_edge_list_reader_keeps_only_the_block_and_stops_past_it_when_sorted(tmp_path):
+    """Chunked reading: a time-sorted file is read only up to the requested snapshots (rows counted), an unsorted one
+    whole; both give the requested snapshots exactly; windowed edge counts equal those of the whole graph."""
+    ref = reference_graph()
+    kwargs = write_edge_list(ref, tmp_path)
+    path, rows = _sorted_copy(Path(kwargs["path"]), tmp_path)
+    steps = [int(float(row.split(",")[0]) // 100) for row in rows]
+    for file, is_sorted in ((path, True), (kwargs["path"], False)):
+        source = EdgeListSource(**{**kwargs, "path": str(file)})
+        source.chunk_rows = 5
+        for want in ({0, 1}, {3}, {5, 6}):
+            assert source.load(want) == blank_snapshots(ref, want), (file, want)
+            last = sum(1 for s in steps if s <= max(want))
+            if is_sorted and last < len(rows):
+                assert last < source.rows_read <= last + 5, (want, source.rows_read)
+            else:
+                assert source.rows_read == len(rows)
+        for window in (1, 2, 3, 9):
+            assert source.edge_counts(window) == ref.with_window(window).num_edges_per_snapshot
+    # a partitioned rank of the data module asks only for its block: rank 0 of 2 stops early in the sorted file
+    source = EdgeListSource(**{**kwargs, "path": str(path)})
+    source.chunk_rows = 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dm = DynamicGraphDataModule(source, partitioner="snapshot", world_size=2, rank=0, block_size=2,
+                                    train_frac=0.5, val_frac=0.25, test_frac=0.25)  # fmt: skip
+        dm.setup("fit")
+    held = max(t for t, e in enumerate(dm.graph.num_edges_per_snapshot) if e) + 1
+    assert held < T and source.rows_read <= sum(1 for s in steps if s < held) + 5 < len(rows)
 
 
 # ---------------------------------------------------------------------------------------------------------------
