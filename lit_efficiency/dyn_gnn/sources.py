@@ -710,10 +710,11 @@ class PGTJsonSource(GraphSource):
     targets of the last ``lags`` steps ``y[t-lags+1 .. t]`` as node features (zeros before step 0), as
     PyG-Temporal's loaders do.
 
-    **By snapshot.** The file text is read, and its top-level object (and ``edge_mapping``'s two objects) walked
-    member by member with :meth:`json.JSONDecoder.raw_decode`: each member is parsed and dropped at once, keeping
-    only where its value lies in the text. A snapshot is parsed again, turned into tensors, only when it is needed,
-    so the peak holds the text plus one snapshot's Python objects plus the tensors of the requested snapshots (a
+    **By snapshot.** The file text is read, and its top-level object (and every step's object, and
+    ``edge_mapping``'s two objects) walked member by member with :meth:`json.JSONDecoder.raw_decode`: each member is
+    parsed and dropped at once, keeping only where its value lies in the text. A snapshot's edges are parsed again,
+    into tensors, only when the snapshot is requested (``X`` and ``y`` always: the data module keeps them whole), so
+    the peak holds the text plus one value's Python objects plus the tensors of the requested snapshots (a
     partitioned rank: its block), never every snapshot's lists. :meth:`edge_counts` keeps only each snapshot's
     distinct edge keys. The text is released after :meth:`load`.
 
@@ -749,7 +750,7 @@ class PGTJsonSource(GraphSource):
         if not text[_skip_ws(text, 0) :].startswith("{"):
             raise self._err("expected a JSON object")
         try:
-            top, end = _object_spans(text, 0, {"edge_mapping": {"edge_index": {}, "edge_weight": {}}})
+            top, end = _object_spans(text, 0, {"edge_mapping": {"edge_index": {}, "edge_weight": {}}, _STEP: {}})
             end = _skip_ws(text, end)
             if end != len(text):
                 raise json.JSONDecodeError("Extra data", text, end)
@@ -773,30 +774,21 @@ class PGTJsonSource(GraphSource):
             raise self._err(f"'time_periods' must be a positive int, got {count!r}")
         for t in range(count):
             span = snaps.get(str(t))
-            if span is None or (isinstance(span, tuple) and not text.startswith("{", span[0])):
+            if not isinstance(span, dict):
                 raise self._err(f"snapshot '{t}' missing (time_periods={count})")
         node_ids = _value(text, top.get("node_ids"))
         self._doc = {"text": text, "snaps": snaps, "count": count, "node_ids": node_ids, "y_all": y_all}
-        self._doc["cached"] = (-1, {})
         return self._doc
 
-    def _snap(self, t: int) -> dict:
-        """Snapshot ``t``'s JSON values (edges, weights, X, y), parsed from the text; the last one is cached."""
+    def _raw(self, t: int, key: str) -> Any:
+        """Snapshot ``t``'s JSON value ``key`` (edges, weights, X, y), parsed from the text, or ``None``."""
         doc = self._read()
-        if doc["cached"][0] != t:
-            where = doc["snaps"][str(t)]
-            text = doc["text"]
-            if isinstance(where, tuple):
-                snap = _value(text, where)
-            else:
-                y_all = doc["y_all"]
-                y = y_all[t] if isinstance(y_all, list) and t < len(y_all) else None
-                snap = {"edges": _value(text, where["edges"]), "weights": _value(text, where["weights"]), "y": y}
-            doc["cached"] = (t, snap)
-        return doc["cached"][1]
+        if doc["y_all"] is not None and key == "y":
+            return doc["y_all"][t] if isinstance(doc["y_all"], list) and t < len(doc["y_all"]) else None
+        return _value(doc["text"], doc["snaps"][str(t)].get(key))
 
     def _tensor(self, t: int, key: str, dtype: torch.dtype) -> Tensor | None:
-        value = self._snap(t).get(key)
+        value = self._raw(t, key)
         if value is None:
             return None
         try:
@@ -833,8 +825,8 @@ class PGTJsonSource(GraphSource):
             n = 0
             for t in range(doc["count"]):
                 ei, _ = self._edges(t)
-                snap = self._snap(t)
-                n = max(n, int(ei.max()) + 1 if ei.numel() else 0, len(snap.get("y") or []), len(snap.get("X") or []))
+                rows = (len(self._raw(t, key) or []) for key in ("y", "X"))
+                n = max(n, int(ei.max()) + 1 if ei.numel() else 0, *rows)
             doc["num_nodes"] = n
         return doc["num_nodes"]
 
@@ -901,6 +893,8 @@ class PGTJsonSource(GraphSource):
 
 
 _DECODER = json.JSONDecoder()
+#: In ``_object_spans``' ``nested``: what to walk inside every member whose key is a step number.
+_STEP = "<step>"
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 
@@ -917,8 +911,8 @@ def _object_spans(text: str, pos: int, nested: dict) -> tuple[dict[str, Any], in
     """Where the members of the JSON object at ``text[pos]`` lie: ``{key: (start, end)}`` and the end of the object.
 
     Each member is parsed with :meth:`json.JSONDecoder.raw_decode` (which validates it) and dropped at once. A member
-    named in ``nested`` whose value is an object is walked the same way instead (its entry is that dict; ``nested``
-    maps each such key to the keys nested inside it).
+    named in ``nested`` (a step number: if ``nested`` has :data:`_STEP`) whose value is an object is walked the same
+    way instead (its entry is that dict; ``nested`` maps each such key to the keys nested inside it).
 
     Raises:
         json.JSONDecodeError: The text is not a valid object there.
@@ -935,8 +929,9 @@ def _object_spans(text: str, pos: int, nested: dict) -> tuple[dict[str, Any], in
         if not text.startswith(":", pos):
             raise json.JSONDecodeError("Expecting ':' delimiter", text, pos)
         pos = _skip_ws(text, pos + 1)
-        if key in nested and text.startswith("{", pos):
-            out[key], pos = _object_spans(text, pos, nested[key])
+        inner = nested.get(key, nested.get(_STEP) if key.isdigit() else None)
+        if inner is not None and text.startswith("{", pos):
+            out[key], pos = _object_spans(text, pos, inner)
         else:
             end = _DECODER.raw_decode(text, pos)[1]
             out[key], pos = (pos, end), end
