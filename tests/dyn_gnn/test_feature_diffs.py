@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,3 +111,18 @@ def test_streamed_features_train_like_resident(tmp_path, partitioner):
     got = _fit(dm, _task(cls, dm, "link_prediction", init)).losses
     assert any(isinstance(i, FeatureRows) for i in dm.store.x_items)
     assert torch.equal(torch.tensor(got), torch.tensor(ref))
+
+
+def test_snapshot_transfer_feature_row_bytes_by_hand(tmp_path):
+    """The benchmark's feature row: full = T (48 + 4 N F); rows = one full matrix + per step 48 + R (4 + 4 F)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import snapshot_transfer
+
+    args = ["--datasets", "none", "--synthetic-edges", "0", "--feature-nodes", "400", "--feature-dim", "8",
+            "--synthetic-snapshots", "4", "--repeats", "1", "--out", str(tmp_path / "st.json")]  # fmt: skip
+    (rec,) = snapshot_transfer.main(args)
+    full = HEADER_BYTES + 4 * 400 * 8
+    assert rec["exact"] and rec["row_items"] == 3 and rec["full_bytes"] == 4 * full
+    rows_bytes = rec["diff_bytes"] - full - 3 * HEADER_BYTES
+    assert rows_bytes % (4 + 4 * 8) == 0 and 0 < rows_bytes // (4 + 4 * 8) < 3 * 400 * 0.1
+    assert rec["bytes_ratio"] > 3
