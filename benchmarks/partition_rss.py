@@ -12,7 +12,10 @@ rank, with ``P = 1`` as the single-process reference; ``data_share`` is a rank's
   rank never holds the snapshots of other ranks;
 * ``edge_list``: the same graph written to a CSV file sorted by time and read with
   :class:`~lit_efficiency.dyn_gnn.sources.EdgeListSource`, chunk by chunk: every rank validates the whole file but
-  keeps only the rows of its snapshots, and stops reading past the last of them (``rows_read`` is reported).
+  keeps only the rows of its snapshots, and stops reading past the last of them (``rows_read`` is reported);
+* ``pgt_json``: the same graph written as a PyTorch Geometric Temporal JSON file (per-snapshot dicts, the
+  twitter-tennis layout) and read with :class:`~lit_efficiency.dyn_gnn.sources.PGTJsonSource`: every rank holds the
+  file text, walks it value by value and builds only its snapshots' tensors (``text_mb`` is the file size).
 
 The model is not trained (its activations scale with the block a rank holds as well, see ``memory.py``). The CPU is
 shared with other jobs while this runs: figures are single measurements (memory, not time, so little noise).
@@ -21,6 +24,7 @@ Run::
 
     python benchmarks/partition_rss.py
     python benchmarks/partition_rss.py --num-nodes 2000 --edges 5000 --steps 8 --out /tmp/rss.json   # quick
+    python benchmarks/partition_rss.py --sources pgt_json --append   # the PGT JSON rows, added to the JSON
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ def _rss_mb() -> float:
 
 
 def _source(args: argparse.Namespace):
-    from lit_efficiency.dyn_gnn.sources import EdgeListSource, SyntheticChurnSource
+    from lit_efficiency.dyn_gnn.sources import EdgeListSource, PGTJsonSource, SyntheticChurnSource
 
     churn = SyntheticChurnSource(
         num_nodes=args.num_nodes, num_snapshots=args.steps, edges_per_snapshot=args.edges, churn=0.05,
@@ -49,6 +53,8 @@ def _source(args: argparse.Namespace):
     )  # fmt: skip
     if args.source == "churn":
         return churn
+    if args.source == "pgt_json":
+        return PGTJsonSource(str(args.csv.with_suffix(".json")))
     return EdgeListSource(str(args.csv), step_size=1.0)
 
 
@@ -77,6 +83,8 @@ def child(args: argparse.Namespace) -> dict:
     out = {"peak_rss_mb": round(peak, 1), "data_mb": round(peak - base, 1), "held_snapshots": held, "batches": batches}
     if args.source == "edge_list":
         out["rows_read"] = dm.source.rows_read
+    if args.source == "pgt_json":
+        out["text_mb"] = round(dm.source.path.stat().st_size / 2**20, 1)
     return out
 
 
@@ -90,6 +98,18 @@ def write_csv(args: argparse.Namespace) -> None:
             out.writelines(f"{u},{v},{t}\n" for u, v in ei.T.tolist())
 
 
+def write_pgt_json(args: argparse.Namespace) -> None:
+    """The churn graph as a PGT JSON file (per-snapshot dicts with ``edges`` and ``weights``)."""
+    from lit_efficiency.dyn_gnn.sources import SyntheticChurnSource
+
+    graph = SyntheticChurnSource(args.num_nodes, args.steps, args.edges, churn=0.05, num_node_features=0).load()
+    with open(args.csv.with_suffix(".json"), "w") as out:  # one snapshot at a time: no whole-file document built
+        out.write(f'{{"time_periods": {args.steps}, "node_ids": {json.dumps(list(range(args.num_nodes)))}')
+        for t, ei in enumerate(graph.edge_indices):
+            out.write(f', "{t}": {json.dumps({"edges": ei.T.tolist(), "weights": [1.0] * ei.shape[1]})}')
+        out.write("}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-nodes", type=int, default=50_000)
@@ -97,7 +117,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16, help="snapshots T")
     parser.add_argument("--block", type=int, default=8, help="training block size")
     parser.add_argument("--worlds", default="1,2,4")
-    parser.add_argument("--sources", default="churn,edge_list")
+    parser.add_argument("--sources", default="churn,edge_list,pgt_json")
+    parser.add_argument("--append", action="store_true", help="keep the other sources' runs of an existing --out")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "partition_rss.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--source", default="churn", help=argparse.SUPPRESS)
@@ -113,6 +134,8 @@ def main() -> None:
     sources = args.sources.split(",")
     if "edge_list" in sources:
         write_csv(args)
+    if "pgt_json" in sources:
+        write_pgt_json(args)
     sizes = ["--num-nodes", str(args.num_nodes), "--edges", str(args.edges), "--steps", str(args.steps)]
     result = {
         "benchmark": "partition_rss",
@@ -123,6 +146,12 @@ def main() -> None:
         "note": "peak RSS per rank of the data module (setup + one epoch of batches), fresh process per point",
         "runs": [],
     }
+    if args.append and args.out.is_file():  # the other sources' runs and notes stay
+        old = json.loads(args.out.read_text())
+        if old["graph"] != result["graph"]:
+            raise SystemExit(f"--append: {args.out} holds another graph ({old['graph']})")
+        old["runs"] = [r for r in old["runs"] if r["source"] not in sources]
+        result = {**old, "appended": {"sources": sources, "machine": result["machine"], "machine_busy": True}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     try:
         for source in sources:
@@ -138,6 +167,7 @@ def main() -> None:
                         args.out.write_text(json.dumps(result, indent=1) + "\n")  # keep partial results
     finally:
         args.csv.unlink(missing_ok=True)
+        args.csv.with_suffix(".json").unlink(missing_ok=True)
 
 
 def _measure(args: argparse.Namespace, source: str, storage: str, world: int, rank: int, sizes: list[str]) -> dict:

@@ -123,6 +123,8 @@ class SnapshotBatch:
     num_nodes: int
     items: list[Any] = dataclasses.field(default_factory=list)
     """Streamed storage: the ``S`` host items (diff or full) the adjacencies are rebuilt from; else empty."""
+    x_items: list[Any] = dataclasses.field(default_factory=list)
+    """Streamed storage with per-snapshot features: the ``S`` feature items ``x`` is rebuilt from; else empty."""
 
     @property
     def num_snapshots(self) -> int:
@@ -321,6 +323,7 @@ class SnapshotStore:
         self.y_mean = y_mean
         self.skip = skip
         self.num_nodes = num_nodes if num_nodes is not None else next(int(a.shape[0]) for a in adjs if a is not None)
+        self.feature_size = 0 if x is None else int(x.shape[-1])
         self._train_draws = 0
 
     def __len__(self) -> int:
@@ -508,6 +511,7 @@ class DynamicGraphDataModule(L.LightningDataModule):
         self.transfer_recorder: Recorder = Recorder()
         self.encoded: Any = None
         self._last: tuple[int, Tensor, Tensor | None] | None = None
+        self._last_x: tuple[int, Tensor] | None = None
         self._prefetched: tuple[int, list[Any], Any] | None = None
         self._side_stream: Any = None
 
@@ -638,7 +642,7 @@ class DynamicGraphDataModule(L.LightningDataModule):
             items, full_nbytes, self.encoded = encode_items(snaps, raw.num_nodes, self.transfer)
             if self.pin_memory and torch.cuda.is_available():
                 items = [None if item is None else item.pin_memory() for item in items]
-            self.store = StreamingStore(items, full_nbytes, **common)
+            self.store = StreamingStore(items, full_nbytes, self.transfer, self.pin_memory, **common)
         else:
             from lit_efficiency.dyn_gnn.adjacency import gcn_norm
 
@@ -737,8 +741,7 @@ class DynamicGraphDataModule(L.LightningDataModule):
     @property
     def num_features(self) -> int:
         """Node feature size ``F`` the model reads, 0 without features (after ``setup``)."""
-        x = self._require_setup().x
-        return 0 if x is None else int(x.shape[-1])
+        return self._require_setup().feature_size
 
     @property
     def num_snapshots(self) -> int:

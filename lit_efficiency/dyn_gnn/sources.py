@@ -31,14 +31,17 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import re
 from collections.abc import Collection, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from lit_efficiency.core.errors import ConfigError, DataError
+from lit_efficiency.dyn_gnn.adjacency import edge_key
 from lit_efficiency.dyn_gnn.graph import DynamicGraph, _group_snapshots, coalesce_edges
 
 __all__ = [
@@ -705,8 +708,15 @@ class PGTJsonSource(GraphSource):
 
     ``X``, ``weights``/``edge_weight`` and ``y`` are optional. Where the file has no ``X``, ``lags > 0`` uses the
     targets of the last ``lags`` steps ``y[t-lags+1 .. t]`` as node features (zeros before step 0), as
-    PyG-Temporal's loaders do. Each snapshot's JSON is turned into tensors only when asked for. The file is parsed
-    whole (the standard library has no incremental JSON parser) and released after :meth:`load`.
+    PyG-Temporal's loaders do.
+
+    **By snapshot.** The file text is read, and its top-level object (and every step's object, and
+    ``edge_mapping``'s two objects) walked member by member with :meth:`json.JSONDecoder.raw_decode`: each member is
+    parsed and dropped at once, keeping only where its value lies in the text. A snapshot's edges are parsed again,
+    into tensors, only when the snapshot is requested (``X`` and ``y`` always: the data module keeps them whole), so
+    the peak holds the text plus one value's Python objects plus the tensors of the requested snapshots (a
+    partitioned rank: its block), never every snapshot's lists. :meth:`edge_counts` keeps only each snapshot's
+    distinct edge keys. The text is released after :meth:`load`.
 
     Args:
         path: the JSON file (gzip allowed).
@@ -729,44 +739,56 @@ class PGTJsonSource(GraphSource):
         return DataError(f"{self.path}: {what}")
 
     def _read(self) -> dict:
+        """The text and where every snapshot's values lie in it (see the class docstring); cached until ``load``."""
         from lit_efficiency.dyn_gnn.datasets import _read_text
 
         if self._doc is not None:
             return self._doc
         if not self.path.is_file():
             raise self._err("file not found")
+        text = _read_text(self.path)
+        if not text[_skip_ws(text, 0) :].startswith("{"):
+            raise self._err("expected a JSON object")
         try:
-            doc = json.loads(_read_text(self.path))
+            top, end = _object_spans(text, 0, {"edge_mapping": {"edge_index": {}, "edge_weight": {}}, _STEP: {}})
+            end = _skip_ws(text, end)
+            if end != len(text):
+                raise json.JSONDecodeError("Extra data", text, end)
         except json.JSONDecodeError as err:
             raise DataError(f"{self.path}:{err.lineno}: invalid JSON ({err.msg})") from None
-        if not isinstance(doc, dict):
-            raise self._err("expected a JSON object")
-        if "edge_mapping" in doc:
-            mapping = doc["edge_mapping"]
+        if "edge_mapping" in top:
+            mapping = top["edge_mapping"]
             if not isinstance(mapping, dict) or not isinstance(mapping.get("edge_index"), dict):
                 raise self._err("'edge_mapping' must hold an 'edge_index' object keyed by step")
-            snaps = {
-                k: {"edges": v, "weights": (mapping.get("edge_weight") or {}).get(k)}
-                for k, v in mapping["edge_index"].items()
-            }
-            y_all = doc.get("y")
-            count = doc.get("time_periods", len(snaps))
-            for t in range(count if isinstance(count, int) else 0):
-                if y_all is not None and t < len(y_all) and str(t) in snaps:
-                    snaps[str(t)]["y"] = y_all[t]
+            weights = mapping.get("edge_weight")
+            weights = weights if isinstance(weights, dict) else (_value(text, weights) or {})
+            if not isinstance(weights, dict):
+                raise self._err("'edge_mapping' 'edge_weight' must be an object keyed by step")
+            snaps = {k: {"edges": v, "weights": weights.get(k)} for k, v in mapping["edge_index"].items()}
+            y_all = _value(text, top.get("y"))
         else:
-            snaps = {k: v for k, v in doc.items() if k.isdigit()}
-            count = doc.get("time_periods", len(snaps))
+            snaps = {k: v for k, v in top.items() if k.isdigit()}
+            y_all = None
+        count = _value(text, top["time_periods"]) if "time_periods" in top else len(snaps)
         if not isinstance(count, int) or count < 1:
             raise self._err(f"'time_periods' must be a positive int, got {count!r}")
         for t in range(count):
-            if not isinstance(snaps.get(str(t)), dict):
+            span = snaps.get(str(t))
+            if not isinstance(span, dict):
                 raise self._err(f"snapshot '{t}' missing (time_periods={count})")
-        self._doc = {"snaps": snaps, "count": count, "node_ids": doc.get("node_ids")}
+        node_ids = _value(text, top.get("node_ids"))
+        self._doc = {"text": text, "snaps": snaps, "count": count, "node_ids": node_ids, "y_all": y_all}
         return self._doc
 
+    def _raw(self, t: int, key: str) -> Any:
+        """Snapshot ``t``'s JSON value ``key`` (edges, weights, X, y), parsed from the text, or ``None``."""
+        doc = self._read()
+        if doc["y_all"] is not None and key == "y":
+            return doc["y_all"][t] if isinstance(doc["y_all"], list) and t < len(doc["y_all"]) else None
+        return _value(doc["text"], doc["snaps"][str(t)].get(key))
+
     def _tensor(self, t: int, key: str, dtype: torch.dtype) -> Tensor | None:
-        value = self._read()["snaps"][str(t)].get(key)
+        value = self._raw(t, key)
         if value is None:
             return None
         try:
@@ -799,12 +821,14 @@ class PGTJsonSource(GraphSource):
         doc = self._read()
         if doc["node_ids"] is not None:
             return len(doc["node_ids"])
-        n = 0
-        for t in range(doc["count"]):
-            snap = doc["snaps"][str(t)]
-            ei, _ = self._edges(t)
-            n = max(n, int(ei.max()) + 1 if ei.numel() else 0, len(snap.get("y") or []), len(snap.get("X") or []))
-        return n
+        if "num_nodes" not in doc:
+            n = 0
+            for t in range(doc["count"]):
+                ei, _ = self._edges(t)
+                rows = (len(self._raw(t, key) or []) for key in ("y", "X"))
+                n = max(n, int(ei.max()) + 1 if ei.numel() else 0, *rows)
+            doc["num_nodes"] = n
+        return doc["num_nodes"]
 
     def _snapshot(self, t: int, n: int) -> tuple[Tensor, Tensor | None]:
         ei, w = self._edges(t)
@@ -827,7 +851,21 @@ class PGTJsonSource(GraphSource):
                 raise self._err(f"snapshot '{t}' {key}: expected {n} rows (one per node), got {got}")
         return torch.stack(rows)
 
-    def _graph(self, snapshots: Collection[int] | None, window: int = 1) -> DynamicGraph:
+    def edge_counts(self, window: int) -> list[int]:
+        """Edges of every windowed snapshot from each snapshot's distinct keys, one snapshot parsed at a time (the
+        keys, 8 bytes per edge, are kept until :meth:`load` for the next window asked)."""
+        doc, n = self._read(), self._num_nodes()
+        count = doc["count"]
+        if "pairs" not in doc:
+            pairs = []
+            for t in range(count):
+                ei, _ = self._snapshot(t, n)
+                pairs.append(edge_key(ei[0], ei[1], n).numpy() * count + t)
+            doc["pairs"] = np.sort(np.concatenate(pairs))
+        merged = doc["pairs"]
+        return _window_counts(merged // count, merged % count, count, window)
+
+    def load(self, snapshots: Collection[int] | None = None) -> DynamicGraph:
         count = self._read()["count"]
         n = self._num_nodes()
         keep = None if snapshots is None else set(snapshots)
@@ -848,16 +886,62 @@ class PGTJsonSource(GraphSource):
         if x is None and self.lags and y is not None:
             padded = torch.cat([torch.zeros(self.lags - 1, n), y.reshape(count, n)])
             x = torch.stack([padded[t : t + self.lags].T for t in range(count)])
-        graph = DynamicGraph(num_nodes=n, edge_indices=edge_indices, edge_weights=weights, x=x, y=y, name=self.name)
-        return graph.validate().with_window(window)
+        self._doc = None  # the data module keeps what it needs: do not hold the text (and its index) too
+        return DynamicGraph(
+            num_nodes=n, edge_indices=edge_indices, edge_weights=weights, x=x, y=y, name=self.name
+        ).validate()
 
-    def edge_counts(self, window: int) -> list[int]:
-        return self._graph(None, window).num_edges_per_snapshot
 
-    def load(self, snapshots: Collection[int] | None = None) -> DynamicGraph:
-        graph = self._graph(snapshots)
-        self._doc = None  # the data module keeps what it needs: do not hold the parsed file (all snapshots) too
-        return graph
+_DECODER = json.JSONDecoder()
+#: In ``_object_spans``' ``nested``: what to walk inside every member whose key is a step number.
+_STEP = "<step>"
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _value(text: str, span: tuple[int, int] | None) -> Any:
+    """The JSON value at ``span`` of ``text`` (``None`` for no span)."""
+    return None if span is None else _DECODER.raw_decode(text, span[0])[0]
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    return _WHITESPACE.match(text, pos).end()  # type: ignore[union-attr]
+
+
+def _object_spans(text: str, pos: int, nested: dict) -> tuple[dict[str, Any], int]:
+    """Where the members of the JSON object at ``text[pos]`` lie: ``{key: (start, end)}`` and the end of the object.
+
+    Each member is parsed with :meth:`json.JSONDecoder.raw_decode` (which validates it) and dropped at once. A member
+    named in ``nested`` (a step number: if ``nested`` has :data:`_STEP`) whose value is an object is walked the same
+    way instead (its entry is that dict; ``nested`` maps each such key to the keys nested inside it).
+
+    Raises:
+        json.JSONDecodeError: The text is not a valid object there.
+    """
+    pos = _skip_ws(text, pos + 1)
+    out: dict[str, Any] = {}
+    if text.startswith("}", pos):
+        return out, pos + 1
+    while True:
+        key, pos = _DECODER.raw_decode(text, pos)
+        if not isinstance(key, str):
+            raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, pos)
+        pos = _skip_ws(text, pos)
+        if not text.startswith(":", pos):
+            raise json.JSONDecodeError("Expecting ':' delimiter", text, pos)
+        pos = _skip_ws(text, pos + 1)
+        inner = nested.get(key, nested.get(_STEP) if key.isdigit() else None)
+        if inner is not None and text.startswith("{", pos):
+            out[key], pos = _object_spans(text, pos, inner)
+        else:
+            end = _DECODER.raw_decode(text, pos)[1]
+            out[key], pos = (pos, end), end
+        pos = _skip_ws(text, pos)
+        if text.startswith(",", pos):
+            pos = _skip_ws(text, pos + 1)
+        elif text.startswith("}", pos):
+            return out, pos + 1
+        else:
+            raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
 
 
 # ---------------------------------------------------------------------------------------------- PyG

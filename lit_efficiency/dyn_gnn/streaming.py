@@ -24,7 +24,11 @@ for :class:`~lit_efficiency.dyn_gnn.datamodule.SnapshotDataModule` with ``storag
 * **Partitioned.** With ``partitioner="snapshot"`` a rank encodes only the snapshots it holds: every contiguous run
   of them starts with a full item, so a rank never needs a snapshot it does not hold.
 
-Only the adjacencies are streamed this way; node features and targets of the block are moved as in the base class.
+* **Node features.** Per-snapshot features ``X_t`` (``(T, N, F)``) are streamed too: snapshot ``t`` ships the rows
+  that changed since ``t - 1`` (indices + values) or the whole matrix when that is not smaller
+  (:mod:`lit_efficiency.dyn_gnn.feature_codec`), rebuilt on the device from the previous snapshot's features (kept
+  there between blocks) and counted in the transfer bytes. Static features ``(N, F)`` and targets are moved as in the
+  base class.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from lit_efficiency.dyn_gnn.codec import (
     snapshot_checksum,
 )
 from lit_efficiency.dyn_gnn.datamodule import SnapshotBatch, SnapshotDataModule, SnapshotStore
+from lit_efficiency.dyn_gnn.feature_codec import FeatureFull, FeatureItem, decode_features, encode_features
 from lit_efficiency.dyn_gnn.graph import DynamicGraph
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -73,6 +78,7 @@ __all__ = [
     "rebuild_block",
     "ship",
     "stream_store",
+    "ship_feature_item",
     "ship_item",
 ]
 
@@ -175,24 +181,58 @@ def _full_item(t: int, snap: tuple[Tensor, Tensor | None], num_nodes: int) -> Fu
 class StreamingStore(SnapshotStore):
     """:class:`SnapshotStore` whose per-snapshot inputs are host items (diff-encoded or full; ``None`` where not held).
 
+    Per-snapshot features ``(T, N, F)`` become feature items (:func:`encode_features`, changed rows with
+    ``transfer="diff"``) held instead of ``x``; static features stay in ``x``.
+
     Args:
         items: ``T`` items to ship.
         full_nbytes: ``T`` bytes of the full version of each snapshot.
+        transfer: ``diff`` (changed feature rows where smaller) or ``full``.
+        pin_memory: Pin the feature items (CUDA only).
         **kwargs: The other :class:`SnapshotStore` arguments (``num_nodes`` required).
     """
 
-    def __init__(self, items: list[Item | None], full_nbytes: list[int], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        items: list[Item | None],
+        full_nbytes: list[int],
+        transfer: Transfer = "diff",
+        pin_memory: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(adjs=[], **kwargs)
         self.items = items
         self.full_nbytes = full_nbytes
+        self.x_items: list[FeatureItem | None] = []
+        self.x_full_nbytes = 0
+        if self.x is not None and self.x.dim() == 3:
+            self.feature_size = int(self.x.shape[-1])
+            self.x_items = encode_features(self.x, [item is not None for item in items], transfer == "diff")
+            self.x_full_nbytes = FeatureFull(0, self.x[0]).nbytes
+            self.x = None
+            if pin_memory:
+                self.x_items = [None if item is None else item.pin_memory() for item in self.x_items]
 
     def host_bytes(self) -> int:
-        """Bytes of the host-resident graph (items shipped)."""
-        return sum(item.nbytes for item in self.items if item is not None)
+        """Bytes of the host-resident graph (items shipped, node-feature items included)."""
+        return sum(item.nbytes for item in [*self.items, *self.x_items] if item is not None)
 
     @override
     def inputs(self, t0: int, t1: int) -> dict[str, list[Any]]:
-        return {"adjs": [], "items": list(self.items[t0:t1])}
+        return {"adjs": [], "items": list(self.items[t0:t1]), "x_items": list(self.x_items[t0:t1])}
+
+    @override
+    def features(self, t0: int, t1: int) -> Tensor | None:
+        """Streamed per-snapshot features are rebuilt from ``x_items`` on the device (``None`` here; an empty block
+        gets its empty ``(0, N, F)``); static features as in the base class."""
+        if not self.x_items:
+            return super().features(t0, t1)
+        return None if t1 > t0 else torch.zeros(0, self.num_nodes, self.feature_size)
+
+    def host_features(self, t: int) -> Tensor:
+        """Decode snapshot ``t``'s features on the host from the last whole item at or before it (cache miss)."""
+        start = max(s for s in range(t + 1) if isinstance(self.x_items[s], FeatureFull))
+        return decode_features(None, self.x_items[start : t + 1], torch.device("cpu"))[-1]  # type: ignore[arg-type]
 
     def host_keys(self, t: int) -> tuple[Tensor, Tensor | None]:
         """Decode snapshot ``t`` on the host from the last full item at or before it (after a device-cache miss)."""
@@ -236,6 +276,35 @@ def _prefetch_next(dm: DynamicGraphDataModule, batch: SnapshotBatch, device: tor
         dm._prefetched = (t1, [ship_item(item, device) for item in nxt], dm._side_stream)
 
 
+def ship_feature_item(item: FeatureItem, device: torch.device) -> FeatureItem:
+    """The feature item with its tensors copied to ``device``."""
+    if isinstance(item, FeatureFull):
+        return dataclasses.replace(item, x=ship(item.x, device))
+    return dataclasses.replace(item, rows=ship(item.rows, device), values=ship(item.values, device))
+
+
+def _ship_features(
+    dm: DynamicGraphDataModule, batch: SnapshotBatch, device: torch.device
+) -> tuple[Tensor | None, list[FeatureItem], int]:
+    """The block's feature items on ``device``, the previous snapshot's features and the bytes shipped.
+
+    The previous features come from the device cache ``dm._last_x``; on a miss they are decoded on the host and
+    shipped whole (counted in the bytes).
+    """
+    store = dm.store
+    assert isinstance(store, StreamingStore)
+    nbytes = sum(item.nbytes for item in batch.x_items)
+    prev: Tensor | None = None
+    if batch.x_items and not isinstance(batch.x_items[0], FeatureFull):
+        last = dm._last_x
+        if last is not None and last[0] == batch.t0 - 1 and last[1].device == device:
+            prev = last[1]
+        else:
+            prev = ship(store.host_features(batch.t0 - 1), device)
+            nbytes += store.x_full_nbytes
+    return prev, [ship_feature_item(item, device) for item in batch.x_items], nbytes
+
+
 def rebuild_block(dm: DynamicGraphDataModule, batch: SnapshotBatch, device: torch.device) -> SnapshotBatch:
     """Ship a block's items, rebuild its adjacencies on ``device`` and record the transfer (see module doc).
 
@@ -254,6 +323,7 @@ def rebuild_block(dm: DynamicGraphDataModule, batch: SnapshotBatch, device: torc
     n = store.num_nodes
     h2d_bytes = sum(item.nbytes for item in batch.items)
     full_bytes = sum(store.full_nbytes[batch.t0 + s] for s in range(len(batch.items)))
+    full_bytes += store.x_full_nbytes * len(batch.x_items)
     prev: tuple[Tensor, Tensor | None] | None = None
     first = batch.items[0] if batch.items else None
     with Timer(device) as h2d:
@@ -267,16 +337,22 @@ def rebuild_block(dm: DynamicGraphDataModule, batch: SnapshotBatch, device: torc
                 h2d_bytes += keys.numel() * keys.element_size()
                 h2d_bytes += 0 if weights is None else weights.numel() * weights.element_size()
         items = _device_items(dm, batch, device)
+        prev_x, x_items, x_bytes = _ship_features(dm, batch, device)
+    h2d_bytes += x_bytes
     directed = not dm.hparams.undirected
     with Timer(device) as rebuild:
         decoded, check = decode_block(*(prev or (None, None)), items, device, verify=dm.verify)
         check.raise_if_failed()  # one host synchronisation per block
         adjs = [rebuild_adjacency(keys, weights, n, directed) for keys, weights in decoded]
+        xs = decode_features(prev_x, x_items, device)
     if decoded:
         dm._last = (batch.t0 + len(items) - 1, *decoded[-1])
+    if xs:
+        dm._last_x = (batch.t0 + len(xs) - 1, xs[-1])
     dm.transfer_recorder.record(TransferEvent(h2d.ms, rebuild.ms, int(h2d_bytes), int(full_bytes)))
     _prefetch_next(dm, batch, device)
-    return dataclasses.replace(batch, adjs=adjs, items=[])
+    x = torch.stack(xs) if xs else batch.x
+    return dataclasses.replace(batch, adjs=adjs, items=[], x_items=[], x=x)
 
 
 def _target_sample(edges: Tensor, cap: int | None, seed: int, t: int) -> Tensor:
