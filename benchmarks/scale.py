@@ -1,14 +1,15 @@
 """Scale run through the CLI: ``lit-efficiency fit --config conf/dyn_gnn/scale_1b.yaml`` (1e9 edges), measured.
 
-The script launches the CLI under ``/usr/bin/time -v`` (peak RSS of the process; with ``--devices 2`` the largest
-rank's), streams its output to a log (``outputs/scale/<name>-<time>/cli.log``: the progress bars of the encoding
-and the epoch are there), timestamps the lines as they arrive and writes ``benchmarks/results/<name>.json`` with:
+The script launches the CLI (peak RSS from ``getrusage(RUSAGE_CHILDREN)``: the largest process of the run, with
+``--devices 2`` the largest rank), streams its output to a log (``outputs/scale/<name>-<time>/cli.log``: the
+progress bars of the encoding and the epoch are there), timestamps the lines as they arrive and writes
+``benchmarks/results/<name>.json`` with:
 
 - ``wall_s`` (the whole command), ``encode_s`` (the data module's encoding pass, from its ``encode:`` line),
   ``epoch_s`` (from that line to the trainer's ``Trainer.fit stopped`` line: model setup, the epoch, the
   checkpoint);
 - ``h2d_ms`` / ``rebuild_ms`` from the :class:`~lit_efficiency.dyn_gnn.profilers.TransferProfiler` summary line;
-- ``peak_rss_gb`` (``Maximum resident set size`` of ``time -v``), ``host_store_mb`` and the sizes.
+- ``peak_rss_gb`` (``ru_maxrss`` of the waited-for children), ``host_store_mb`` and the sizes.
 
 A run still going (or cut off) is recorded with ``--partial RUN_DIR --pid PID``: ``status: running``, the last
 state of both progress bars (done / total, elapsed, ETA) and the peak RSS so far (``VmHWM`` of the CLI process).
@@ -27,7 +28,7 @@ import json
 import os
 import platform
 import re
-import shutil
+import resource
 import subprocess
 import sys
 import time
@@ -40,7 +41,7 @@ ENCODE_LINE = re.compile(r"encode: (\d+) snapshots, (\d+) edges, (\d+) nodes in 
 
 
 def cli_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
-    """The ``lit-efficiency fit`` command (under ``time -v``) with the size and device overrides."""
+    """The ``lit-efficiency fit`` command with the size and device overrides."""
     cmd = [sys.executable, "-m", "lit_efficiency", "fit", "--config", str(CONFIG)]
     sizes = {"num_nodes": args.num_nodes, "num_snapshots": args.num_snapshots, "edges_per_snapshot": args.edges}
     cmd += [f"--data.init_args.{k}={v}" for k, v in sizes.items() if v is not None]
@@ -51,7 +52,7 @@ def cli_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
             "--model.class_path=lit_efficiency.dyn_gnn.task_distributed.DistributedDynGNNTask",
             "--data.init_args.partitioner=snapshot",
         ]
-    return [shutil.which("time") or "/usr/bin/time", "-v", *cmd]
+    return cmd
 
 
 def parse(lines: list[tuple[float, str]], start: float) -> dict:
@@ -67,8 +68,6 @@ def parse(lines: list[tuple[float, str]], start: float) -> dict:
             out["epoch_s"] = round(t - t_encoded, 1)
         if m := re.search(r"h2d ([\d.]+) ms, rebuild ([\d.]+) ms", line):
             out.update(h2d_ms=float(m[1]), rebuild_ms=float(m[2]))
-        if m := re.search(r"Maximum resident set size \(kbytes\): (\d+)", line):
-            out["peak_rss_gb"] = round(int(m[1]) / 2**20, 3)
     out["wall_s"] = round(lines[-1][0] - start, 1) if lines else None
     return out
 
@@ -101,6 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--edges", type=int, default=None, help="edges per snapshot; default: the config's (10M)")
     p.add_argument("--devices", type=int, default=1, help="> 1: DDP over gloo, snapshot-partitioned + streamed")
     p.add_argument("--out-dir", default=str(RESULTS))
+    p.add_argument("--runs-dir", default=str(ROOT / "outputs" / "scale"), help="where the CLI run folders go")
     p.add_argument("--partial", type=Path, default=None, help="record the state of this unfinished run folder")
     p.add_argument("--pid", type=int, default=None, help="with --partial: the CLI process (peak RSS so far)")
     args = p.parse_args(argv)
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))
         return result
-    run_dir = ROOT / "outputs" / "scale" / f"{args.name}-{time.strftime('%Y%m%d-%H%M%S')}"  # a new run every time
+    run_dir = Path(args.runs_dir) / f"{args.name}-{time.strftime('%Y%m%d-%H%M%S')}"  # a new run every time
     run_dir.mkdir(parents=True)
     cmd = cli_command(args, run_dir)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
             lines += [(time.perf_counter(), line) for line in done]
         lines.append((time.perf_counter(), pending))
         rc = proc.wait()
+    peak_rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux: kilobytes
     load = os.getloadavg()[0]
     result = {
         "command": " ".join(["lit-efficiency fit --config", *cmd[cmd.index(str(CONFIG)) :]]),
@@ -137,9 +138,10 @@ def main(argv: list[str] | None = None) -> dict:
         "machine_busy": load > 1.0,
         "load_average_1min_at_end": round(load, 2),
         **parse(lines, start),
+        "peak_rss_gb": round(peak_rss_kb / 2**20, 3),
     }
     result["command"] = result["command"].replace(str(ROOT) + os.sep, "")  # repository-relative paths
-    result["peak_rss_note"] = "time -v: maximum RSS of one process (with devices > 1: the largest rank's)"
+    result["peak_rss_note"] = "getrusage(RUSAGE_CHILDREN).ru_maxrss: the largest process (devices > 1: largest rank)"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
