@@ -20,6 +20,7 @@ PURE_TORCH = [
     "dyn_gnn/graph.py",
     "dyn_gnn/adjacency.py",
     "dyn_gnn/codec.py",
+    "dyn_gnn/feature_codec.py",
     "dyn_gnn/nn.py",
 ]
 
