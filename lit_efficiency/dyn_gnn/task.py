@@ -39,6 +39,7 @@ from torchmetrics import MeanMetric
 from typing_extensions import override
 
 from lit_efficiency.core.errors import ConfigError
+from lit_efficiency.core.quiet import quiet_libraries
 from lit_efficiency.dyn_gnn.datamodule import SnapshotBatch, SnapshotTarget, TaskName
 from lit_efficiency.dyn_gnn.metrics import LinkPredictionMetrics, edge_sign_metrics, node_regression_metrics
 from lit_efficiency.dyn_gnn.nn import (
@@ -166,6 +167,7 @@ class DynGNNTask(L.LightningModule):
     @override
     def setup(self, stage: str) -> None:
         """Build the network from the data module's ``num_nodes`` / ``num_features`` / ``task`` if not given."""
+        quiet_libraries()  # a rank started by spawn runs no CLI code: quiet it here, where every rank passes
         if self.net is not None:
             return
         dm = getattr(self.trainer, "datamodule", None)

@@ -26,6 +26,7 @@ from typing_extensions import override
 from lit_efficiency.core.checkpoint import check_inside_dirpath, load_checked
 from lit_efficiency.core.errors import ConfigError
 from lit_efficiency.core.paths import resolve_pretrained
+from lit_efficiency.core.quiet import quiet_libraries
 from lit_efficiency.power_bert.bert import load_hf_config, num_layer_applications
 from lit_efficiency.power_bert.model import Mode, PowerBertForSequenceClassification, mass_penalty
 from lit_efficiency.power_bert.retention import Rounding, induce_retention, load_retention, save_retention
@@ -164,6 +165,7 @@ class PowerBertModule(L.LightningModule):
 
     @override
     def setup(self, stage: str) -> None:
+        quiet_libraries()  # a rank started by spawn runs no CLI code: quiet it here, where every rank passes
         # A model and data module configured for different tasks or lengths fail later and obscurely: check now.
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is None:

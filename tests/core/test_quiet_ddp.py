@@ -91,3 +91,22 @@ def test_recorders_and_their_owners_pickle_for_spawned_ranks():
     ]
     for owner in owners:
         assert type(pickle.loads(pickle.dumps(owner))) is type(owner)
+
+
+@pytest.mark.parametrize("make", ["dyn_gnn", "power_bert"])
+def test_every_rank_quiets_library_warnings_in_setup(make):
+    """A rank started by spawn runs no CLI code: the tasks' ``setup`` (which every rank runs) installs the filters."""
+    from lit_efficiency.core.quiet import INTERNAL_WARNINGS
+    from lit_efficiency.dyn_gnn.task import DynGNNTask
+    from lit_efficiency.power_bert.task import PowerBertFinetune
+
+    task = DynGNNTask(num_nodes=4, num_features=1, task="link_prediction") if make == "dyn_gnn" else None
+    if task is None:
+        task = PowerBertFinetune(model_name_or_path="tiny-random-bert", task="sst2")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()
+        warnings.simplefilter("always")
+        task.setup("fit")
+        warnings.warn(INTERNAL_WARNINGS[0], UserWarning, stacklevel=1)
+        warnings.warn("a warning the user should see", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["a warning the user should see"]
