@@ -12,6 +12,8 @@ TIP_PREFIX = "💡 Tip:"
 INTERNAL_WARNINGS: tuple[str, ...] = (
     "Sparse CSR tensor support is in beta",  # torch, on the first sparse CSR adjacency of every run
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning's pytree helper against torch >= 2.10
+    # Lightning, about the dyn-GNN block loaders: their __len__ is exact (one item per block, no worker processes)
+    r"Your `IterableDataset` has `__len__` defined",
 )
 
 
