@@ -128,15 +128,8 @@ def time_paths(encoded: EncodedGraph, device: torch.device, repeats: int) -> dic
         for k in dev_keys:
             rebuild_adjacency(k, None, encoded.num_nodes)
 
-    out = {}
-    for name, fn in (("full_ms", full_pass), ("diff_ms", diff_pass), ("norm_ms_per_snapshot", norm_pass)):
-        fn()  # warm-up
-        times = []
-        for _ in range(repeats):
-            with Timer(device) as timer:
-                fn()
-            times.append(timer.ms)
-        out[name] = statistics.median(times)
+    passes = (("full_ms", full_pass), ("diff_ms", diff_pass), ("norm_ms_per_snapshot", norm_pass))
+    out = {name: _median_ms(fn, device, repeats) for name, fn in passes}
     out["norm_ms_per_snapshot"] /= max(len(dev_keys), 1)
     return out
 
