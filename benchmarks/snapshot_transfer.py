@@ -17,10 +17,12 @@ graph; the same churn graph *weighted*, every weight redrawn at every step) the 
   rows change at every step, shipped whole versus as the changed rows
   (:func:`~lit_efficiency.dyn_gnn.feature_codec.encode_features`); ``exact``: the decoded features are bit-identical.
 * ``full_ms``: ship every snapshot's keys to the device; ``diff_ms``: ship the encoded items and rebuild the keys on
-  the device (position-based deletion, merge of added keys); ``time_ratio = full_ms / diff_ms``; both medians of
-  ``--repeats`` passes after a warm-up, CUDA-synchronised (:class:`~lit_efficiency.core.timing.Timer`), from pinned
-  memory on a GPU. ``norm_ms``: CSR + GCN normalisation from degrees, needed by both paths, reported apart. On a CPU
-  a "transfer" is a memory copy (``device`` says which device).
+  the device (position-based deletion, merge of added keys); ``time_ratio = full_ms / diff_ms``; medians of
+  ``--repeats`` interleaved rounds after a warm-up (:func:`~lit_efficiency.core.timing.interleaved`,
+  CUDA-synchronised), with IQRs, the quartile range of the ratio, rounds won and ``within_noise``
+  (:func:`~lit_efficiency.core.timing.compare`); from pinned memory on a GPU. ``norm_ms``: CSR + GCN normalisation
+  from degrees, needed by both paths, reported apart. On a CPU a "transfer" is a memory copy
+  (``device`` says which device).
 
 Run::
 
@@ -39,7 +41,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -48,7 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lit_efficiency.core.timing import Timer  # noqa: E402
+from lit_efficiency.core.timing import compare, interleaved  # noqa: E402
 from lit_efficiency.dyn_gnn.adjacency import edge_key  # noqa: E402
 from lit_efficiency.dyn_gnn.codec import (  # noqa: E402
     HEADER_BYTES,
@@ -100,8 +101,9 @@ def theory_ratio(encoded: EncodedGraph, header: int = 0) -> float:
     return full_total / max(diff_total, 1.0)
 
 
-def time_paths(encoded: EncodedGraph, device: torch.device, repeats: int) -> dict[str, float]:
-    """Median ms of: shipping every snapshot full; shipping the encoded items and rebuilding; CSR + normalisation."""
+def time_paths(encoded: EncodedGraph, device: torch.device, repeats: int) -> dict[str, dict]:
+    """Interleaved timings (:func:`time_full_vs_diff`) of: shipping every snapshot full; shipping the encoded items and
+    rebuilding; CSR + normalisation of a few snapshots."""
     full = [(d.keys.cpu(), d.weights) for d in iter_decode(encoded, "cpu", verify=False)]
     full_keys = [k for k, _ in full]
     items = list(encoded.items)
@@ -128,10 +130,33 @@ def time_paths(encoded: EncodedGraph, device: torch.device, repeats: int) -> dic
         for k in dev_keys:
             rebuild_adjacency(k, None, encoded.num_nodes)
 
-    passes = (("full_ms", full_pass), ("diff_ms", diff_pass), ("norm_ms_per_snapshot", norm_pass))
-    out = {name: _median_ms(fn, device, repeats) for name, fn in passes}
-    out["norm_ms_per_snapshot"] /= max(len(dev_keys), 1)
-    return out
+    times = time_full_vs_diff(full_pass, diff_pass, device, repeats, norm=norm_pass)
+    times["norm"] = {k: v / max(len(dev_keys), 1) for k, v in times["norm"].items() if k != "rounds_ms"}
+    return times
+
+
+def time_full_vs_diff(full_pass, diff_pass, device: torch.device, repeats: int, **others) -> dict[str, dict]:
+    """The passes timed interleaved (:func:`~lit_efficiency.core.timing.interleaved`: one warm-up each, then
+    ``repeats`` rounds in rotating order, CUDA-synchronised); ``"full_vs_diff"``: :func:`~lit_efficiency.core.timing.
+    compare` of the two (speedup of the diff path, quartile range, rounds won, whether noise could explain it)."""
+    times = interleaved({"full": full_pass, "diff": diff_pass, **others}, device, repeats, warmup=1, progress=False)
+    times["full_vs_diff"] = compare(times["full"], times["diff"])
+    return times
+
+
+def timing_fields(times: dict[str, dict]) -> dict:
+    """The record's timing fields: medians (``full_ms``, ``diff_ms``), their IQRs and the paired comparison."""
+    full, diff, cmp = times["full"], times["diff"], times["full_vs_diff"]
+    return {
+        "full_ms": round(full["median_ms"], 3),
+        "diff_ms": round(diff["median_ms"], 3),
+        "full_iqr_ms": round(full["iqr_ms"], 3),
+        "diff_iqr_ms": round(diff["iqr_ms"], 3),
+        "time_ratio": round(cmp["speedup"], 3),
+        "time_ratio_range": [round(x, 3) for x in cmp["speedup_range"]],
+        "rounds_won_by_diff": cmp.get("rounds_won"),
+        "within_noise": cmp["within_noise"],
+    }
 
 
 def record(
@@ -172,10 +197,8 @@ def record(
         "dense_weight_items": sum(1 for i in encoded.items if isinstance(i, SnapshotDiff) and i.weights is not None),
         "exact": bool(exact),
         "device": str(device) if device.type != "cuda" else f"cuda ({torch.cuda.get_device_name(device)})",
-        "full_ms": round(times["full_ms"], 3),
-        "diff_ms": round(times["diff_ms"], 3),
-        "time_ratio": round(times["full_ms"] / max(times["diff_ms"], 1e-9), 3),
-        "norm_ms_per_snapshot": round(times["norm_ms_per_snapshot"], 3),
+        **timing_fields(times),
+        "norm_ms_per_snapshot": round(times["norm"]["median_ms"], 3),
         "wall_s": 0.0,
     }
     rec["wall_s"] = round(time.perf_counter() - start, 2)
@@ -186,16 +209,6 @@ def record(
         flush=True,
     )
     return rec
-
-
-def _median_ms(fn, device: torch.device, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        with Timer(device) as timer:
-            fn()
-        times.append(timer.ms)
-    return statistics.median(times)
 
 
 def feature_record(
@@ -227,7 +240,7 @@ def feature_record(
 
     full_bytes = sum(i.nbytes for i in full_items)  # type: ignore[union-attr]
     diff_bytes = sum(i.nbytes for i in items)  # type: ignore[union-attr]
-    full_ms, diff_ms = _median_ms(full_pass, device, repeats), _median_ms(diff_pass, device, repeats)
+    times = time_full_vs_diff(full_pass, diff_pass, device, repeats)
     rec = {
         "dataset": f"node features, {change:.0%} of rows change per step (N={num_nodes}, F={num_features})",
         "window": 1,
@@ -240,9 +253,7 @@ def feature_record(
         "row_items": sum(1 for i in items if type(i).__name__ == "FeatureRows"),
         "exact": bool(exact),
         "device": str(device) if device.type != "cuda" else f"cuda ({torch.cuda.get_device_name(device)})",
-        "full_ms": round(full_ms, 3),
-        "diff_ms": round(diff_ms, 3),
-        "time_ratio": round(full_ms / max(diff_ms, 1e-9), 3),
+        **timing_fields(times),
         "wall_s": round(time.perf_counter() - start, 2),
         "note": "both paths keep the block's matrices; the rebuild copies the previous snapshot's features on the "
         "device (one device memcpy per snapshot) "
@@ -250,7 +261,8 @@ def feature_record(
         "the gain is the host-to-device bytes on a GPU",
     }
     print(
-        f"{rec['dataset']}: bytes {rec['bytes_ratio']:.2f}x exact={exact} full {full_ms:.2f} ms rows {diff_ms:.2f} ms"
+        f"{rec['dataset']}: bytes {rec['bytes_ratio']:.2f}x exact={exact} full {rec['full_ms']:.2f} ms rows "
+        f"{rec['diff_ms']:.2f} ms"
     )
     return rec
 
