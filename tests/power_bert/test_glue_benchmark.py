@@ -1,0 +1,45 @@
+"""benchmarks/power_bert_glue.py at toy size (tiny random BERT, 160 examples, 2 seeds): the JSON it writes, and a
+rerun after an interruption reuses finished seeds (not re-timed) and redoes only what is missing."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench(tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "power_bert_glue.py"), "--tasks", "rte", "--plan", "toy"]
+    cmd += ["--out-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=True)
+
+
+@pytest.mark.slow
+def test_toy_protocol_json_and_resume(tmp_path):
+    _bench(tmp_path)
+    result = json.loads((tmp_path / "results" / "power_bert_rte.json").read_text())
+    summary = result["summary"]
+    assert len(summary["baseline"]["values"]) == len(summary["power_bert"]["values"]) == 2  # two seeds
+    assert summary["chosen"] in {c["name"] for c in result["seed1_report"]["candidates"]}
+    assert set(result["targets"]) >= {"metric_within_1_point", "speedup_static_vs_paper"}
+    walls = result["wall_s"]
+    assert walls["seed1"] > 0 and walls["seed2"] > 0
+    assert walls["total"] == pytest.approx(walls["seed1"] + walls["seed2"])
+    for name in result["seed1_report"]["plots"]:
+        assert (tmp_path / "results" / f"power_bert_rte_{name}").is_file()
+    seed1 = tmp_path / "runs" / "toy" / "rte" / "seed1" / "report.json"
+    seed2 = tmp_path / "runs" / "toy" / "rte" / "seed2" / "report.json"
+    seed1_before = seed1.read_bytes()
+    seed2.unlink()  # as if the run had been killed after seed 2's stages, before its report
+
+    log = _bench(tmp_path).stdout
+    assert "rte seed 1:" in log and "reused" in log
+    assert seed1.read_bytes() == seed1_before  # not re-timed
+    assert "retrain: already done" in log and seed2.is_file()  # seed 2's stages reused, its report rewritten
+    again = json.loads((tmp_path / "results" / "power_bert_rte.json").read_text())
+    assert again["summary"]["power_bert"]["values"] == summary["power_bert"]["values"]
