@@ -14,6 +14,10 @@ traceback when a collective failed first. Here instead:
   it fail at once instead of at the timeout), waits for its children within the timeout so that their lines come
   first, and kills any left over.
 
+Ranks that never meet (``--trainer.num_nodes 2`` started on one node, a wrong ``MASTER_PORT`` or ``NODE_RANK``) end
+at the rendezvous timeout with one line saying what to check (nothing ran, so no rerun command); torch's C++ socket
+warnings and stack dumps are kept off the console by :mod:`lit_efficiency.core.native_logs`.
+
 The timeouts bound every wait: a dead peer is usually seen at once (its sockets close), a silent one at the timeout.
 
 With ``start_method="spawn"`` (``conf/trainer/ddp_cpu.yaml``) the process the user started is no rank: it waits for the
@@ -182,6 +186,22 @@ def _wait_s(strategy: Any) -> float:
     return timeout.total_seconds() if isinstance(timeout, timedelta) else DEFAULT_WAIT_S
 
 
+def _process_group_started() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def _rendezvous_failure(world_size: int, cause: str) -> str:
+    """What to check when the ranks never met: nothing ran, so there is nothing to resume."""
+    where = f"{os.environ.get('MASTER_ADDR', '127.0.0.1')}:{os.environ.get('MASTER_PORT', '?')}"
+    return (
+        f"the {world_size} ranks did not all reach the rendezvous at {where} within the timeout (backend error: "
+        f"{cause}); start one process per node with the same --trainer.num_nodes and --trainer.devices, NODE_RANK "
+        "0..num_nodes-1, and the same MASTER_ADDR and MASTER_PORT on every node"
+    )
+
+
 def _close_process_groups() -> None:
     import torch.distributed as dist
 
@@ -215,10 +235,15 @@ def rank_failures_reported(trainer: Any, argv: Sequence[str], run_name: str) -> 
         if cause is None:
             raise
         watched = launcher if isinstance(launcher, WatchedLauncher) and launcher.procs else None
+        met = _process_group_started()
         if watched is not None:
             _close_process_groups()  # ranks still waiting on this one fail now, not at the timeout
             watched.wait_for_ranks(_wait_s(trainer.strategy))
-        dead = (watched.failed_ranks() if watched else []) or [_launcher_gone() or "a peer rank died or timed out"]
+        gone = _launcher_gone()
+        dead = (watched.failed_ranks() if watched else []) or ([gone] if gone else [])
+        if not dead and not met:
+            raise RankFailure(f"rank {trainer.global_rank}: {_rendezvous_failure(trainer.world_size, cause)}") from None
+        dead = dead or ["a peer rank died or timed out"]
         raise RankFailure(
             f"rank {trainer.global_rank}: {'; '.join(dead)} (backend error: {cause}); rerun: {rerun}"
         ) from None

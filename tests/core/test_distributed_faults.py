@@ -93,11 +93,12 @@ def _power_bert(tmp_path: Path, world: int, kill: int) -> list[str]:
     return ["fit", "--config", str(CONF_DIR / "power_bert/stages/finetune.yaml"), "--config", "faults.yaml"]
 
 
-def _cli(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
+def _cli(args: list[str], cwd: Path, more_env: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
     """Run ``python -m lit_efficiency ARGS``; the output pipes close only when every rank it started has ended."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MASTER_PORT": str(_free_port())}
-    for key in ("LOCAL_RANK", "WORLD_SIZE", "RANK", "NODE_RANK", "MASTER_ADDR"):
+    for key in ("LOCAL_RANK", "WORLD_SIZE", "RANK", "NODE_RANK", "MASTER_ADDR", "TORCH_CPP_LOG_LEVEL"):
         env.pop(key, None)
+    env.update(more_env or {})
     proc = subprocess.run([sys.executable, "-m", "lit_efficiency", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=420)  # fmt: skip
     return proc, time.time()
@@ -164,6 +165,29 @@ def test_power_bert_rank_killed(tmp_path, world, kill):
     _, rerun = _kill_and_check(tmp_path, _power_bert, world, kill)
     if (world, kill) == (2, 1):
         _resume(tmp_path, rerun)
+
+
+#: Lightning's start-up lines (INFO, on stderr): the only other lines a failed rendezvous may print.
+STARTUP = re.compile(r"(Seed set to \d+|GPU available: .*|TPU available: .*|Initializing distributed: .*)$")
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("side", ["server waits for a node never started", "client finds no server"])
+def test_rendezvous_never_reached_is_one_line(tmp_path, side):
+    """``--trainer.num_nodes 2`` started once: node 0 waits for node 1, node 1 (``NODE_RANK=1``) for node 0."""
+    overlay = {"trainer": {**_trainer(1, -1, tmp_path / "never", []), "num_nodes": 2, "max_epochs": 1}}
+    overlay["trainer"]["strategy"]["init_args"]["timeout"] = str(timedelta(seconds=3))
+    (tmp_path / "two_nodes.yaml").write_text(yaml.safe_dump(overlay))
+    args = ["fit", "--config", str(CONF_DIR / "dyn_gnn/distributed_smoke.yaml"), "--config", "two_nodes.yaml"]
+    proc, _ = _cli(args, tmp_path, {"NODE_RANK": "1", "MASTER_ADDR": "127.0.0.1"} if side.startswith("client") else {})
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert lines[-1].startswith(f"{ERROR}rank {1 if side.startswith('client') else 0}: the 2 ranks did not all "
+                                "reach the rendezvous at 127.0.0.1:"), proc.stderr[-3000:]  # fmt: skip
+    assert "NODE_RANK" in lines[-1] and "(backend error: " in lines[-1] and "rerun" not in lines[-1]
+    assert all(STARTUP.match(line) for line in lines[:-1]), proc.stderr[-3000:]  # no c10d warning, no stack dump
 
 
 def test_backend_cause_is_the_first_line_without_gloo_noise():
