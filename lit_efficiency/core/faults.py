@@ -22,6 +22,10 @@ The timeouts bound every wait: a dead peer is usually seen at once (its sockets 
 
 With ``start_method="spawn"`` (``conf/trainer/ddp_cpu.yaml``) the process the user started is no rank: it waits for the
 ranks and torch stops the others when one dies; it ends with one line naming the dead rank and the rerun command.
+:class:`QuietSpawnLauncher` keeps the survivors silent meanwhile: a rank whose collective failed because a peer died
+exits at once (exit code :data:`PEER_FAILED_EXIT`, no traceback, SIGTERM from torch no longer runs Lightning's
+broadcasting handler), and the spawned ranks drop the same library noise as the launcher
+(:func:`~lit_efficiency.core.quiet.quiet_libraries`).
 """
 
 from __future__ import annotations
@@ -38,9 +42,11 @@ from datetime import timedelta
 from typing import Any
 
 from lightning.fabric.utilities.distributed import _set_num_threads_if_needed
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
 from lit_efficiency.core.errors import LitEfficiencyError
+from lit_efficiency.core.quiet import quiet_libraries
 
 #: Environment variable the launcher sets for the ranks it starts: ``"<pid>:<global rank>"``.
 LAUNCHER_ENV = "LIT_EFFICIENCY_LAUNCHER"
@@ -50,6 +56,9 @@ _PEER_WORDS = ("gloo", "nccl", "connection", "timed out", "timeout", "broken pip
 
 #: Seconds a launcher waits for its ranks when the strategy has no timeout.
 DEFAULT_WAIT_S = 60.0
+
+#: Exit code of a spawned rank whose collective failed because a peer died or went silent.
+PEER_FAILED_EXIT = 75
 
 
 class RankFailure(LitEfficiencyError, RuntimeError):
@@ -104,11 +113,28 @@ class WatchedLauncher(_SubprocessScriptLauncher):
                 proc.wait()
 
 
+class QuietSpawnLauncher(_MultiProcessingLauncher):
+    """Lightning's spawn launcher whose ranks end silently when a peer died (module docstring)."""
+
+    def _wrapping_function(self, *args: Any, **kwargs: Any) -> None:
+        quiet_libraries()
+        try:
+            super()._wrapping_function(*args, **kwargs)
+        except BaseException as err:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # torch's SIGTERM to the survivors: just end
+            if not isinstance(err, Exception) or backend_cause(err) is None:
+                raise  # a real error: torch hands its traceback to the launcher
+            os._exit(PEER_FAILED_EXIT)
+
+
 def use_watched_launcher(strategy: Any) -> None:
-    """Give ``strategy`` a :class:`WatchedLauncher` in place of Lightning's subprocess launcher (others untouched)."""
+    """Give ``strategy`` a :class:`WatchedLauncher` (subprocess) or :class:`QuietSpawnLauncher` (spawn, fork) in place
+    of Lightning's launcher (others untouched)."""
     launcher = getattr(strategy, "_launcher", None)
     if type(launcher) is _SubprocessScriptLauncher:
         strategy._launcher = WatchedLauncher(launcher.cluster_environment, launcher.num_processes, launcher.num_nodes)
+    elif type(launcher) is _MultiProcessingLauncher:
+        strategy._launcher = QuietSpawnLauncher(strategy, start_method=launcher._start_method)
 
 
 def backend_cause(err: BaseException) -> str | None:
@@ -155,14 +181,26 @@ def rerun_command(argv: Sequence[str], run_name: str) -> str:
     return shlex.join(["lit-efficiency", *kept, "--ckpt_path", "last", "--run_name", run_name])
 
 
-def _spawned_rank_failure(err: BaseException) -> tuple[str, bool] | None:
+def _spawned_rank_failure(err: BaseException, procs: Sequence[Any] = ()) -> tuple[str, bool] | None:
     """What a rank started by ``torch.multiprocessing`` (``start_method="spawn"``) did, seen by the launcher.
+
+    Args:
+        err: what torch raised in the launcher.
+        procs: the rank processes (ended): a rank killed by a signal other than torch's SIGTERM is named first,
+            whichever rank torch noticed first (a survivor's failed collective can end it before the launcher sees
+            the death).
 
     Returns ``(text, resumable)``: a rank killed or one whose collective failed can be resumed; a rank that raised
     another error (its last traceback line is kept) cannot.
     """
     import torch.multiprocessing as mp
 
+    killed = [(i, p) for i, p in enumerate(procs) if (p.exitcode or 0) < 0 and -p.exitcode != signal.SIGTERM]
+    if killed and isinstance(err, mp.ProcessExitedException | mp.ProcessRaisedException):
+        index, proc = killed[0]
+        return f"rank {index} (pid {proc.pid}) was killed by {signal.Signals(-proc.exitcode).name}", True
+    if isinstance(err, mp.ProcessExitedException) and err.exit_code == PEER_FAILED_EXIT:
+        return f"rank {err.error_index} (pid {err.error_pid}) lost a peer rank (died or timed out)", True
     if isinstance(err, mp.ProcessExitedException):
         how = f"was killed by {err.signal_name}" if err.signal_name else f"exited with code {err.exit_code}"
         return f"rank {err.error_index} (pid {err.error_pid}) {how}", True
@@ -227,7 +265,7 @@ def rank_failures_reported(trainer: Any, argv: Sequence[str], run_name: str) -> 
     try:
         yield
     except Exception as err:
-        spawned = _spawned_rank_failure(err)
+        spawned = _spawned_rank_failure(err, getattr(launcher, "procs", ()))
         if spawned is not None:  # the spawn launcher: the ranks are its children, it is none of them
             text, resumable = spawned
             raise RankFailure(f"launcher: {text}" + (f"; rerun: {rerun}" if resumable else "")) from None

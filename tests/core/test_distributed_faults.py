@@ -167,6 +167,23 @@ def test_power_bert_rank_killed(tmp_path, world, kill):
         _resume(tmp_path, rerun)
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.timeout(600)
+def test_spawned_rank_killed_then_rerun_resumes(tmp_path):
+    """``start_method="spawn"`` (conf/trainer/ddp_cpu.yaml): the process started is no rank; rank 1 is SIGKILLed."""
+    command = _dyn_gnn(tmp_path, 2, 1)
+    overlay = yaml.safe_load((tmp_path / "faults.yaml").read_text())
+    overlay["trainer"]["strategy"]["init_args"]["start_method"] = "spawn"
+    (tmp_path / "faults.yaml").write_text(yaml.safe_dump(overlay))
+    proc, _ = _cli(command, tmp_path)
+    assert (tmp_path / "killed").exists(), proc.stderr[-3000:]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith(ERROR)]
+    assert re.match(rf"{ERROR}launcher: rank 1 \(pid \d+\) was killed by SIGKILL; rerun: lit-efficiency ", line), line
+    _resume(tmp_path, line.partition("; rerun: ")[2])
+
+
 #: Lightning's start-up lines (INFO, on stderr): the only other lines a failed rendezvous may print.
 STARTUP = re.compile(r"(Seed set to \d+|GPU available: .*|TPU available: .*|Initializing distributed: .*)$")
 
