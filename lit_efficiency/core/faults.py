@@ -195,8 +195,10 @@ def _spawned_rank_failure(err: BaseException, procs: Sequence[Any] = ()) -> tupl
     """
     import torch.multiprocessing as mp
 
+    if not isinstance(err, mp.ProcessExitedException | mp.ProcessRaisedException):
+        return None
     killed = [(i, p) for i, p in enumerate(procs) if (p.exitcode or 0) < 0 and -p.exitcode != signal.SIGTERM]
-    if killed and isinstance(err, mp.ProcessExitedException | mp.ProcessRaisedException):
+    if killed:
         index, proc = killed[0]
         return f"rank {index} (pid {proc.pid}) was killed by {signal.Signals(-proc.exitcode).name}", True
     if isinstance(err, mp.ProcessExitedException) and err.exit_code == PEER_FAILED_EXIT:
@@ -204,11 +206,9 @@ def _spawned_rank_failure(err: BaseException, procs: Sequence[Any] = ()) -> tupl
     if isinstance(err, mp.ProcessExitedException):
         how = f"was killed by {err.signal_name}" if err.signal_name else f"exited with code {err.exit_code}"
         return f"rank {err.error_index} (pid {err.error_pid}) {how}", True
-    if isinstance(err, mp.ProcessRaisedException):
-        last = [line.strip() for line in str(err).splitlines() if line.strip()][-1]
-        resumable = any(word in last.lower() for word in _PEER_WORDS)
-        return f"rank {err.error_index} (pid {err.error_pid}) failed: {last}", resumable
-    return None
+    last = [line.strip() for line in str(err).splitlines() if line.strip()][-1]  # a ProcessRaisedException
+    resumable = any(word in last.lower() for word in _PEER_WORDS)
+    return f"rank {err.error_index} (pid {err.error_pid}) failed: {last}", resumable
 
 
 def _launcher_gone() -> str | None:
@@ -265,7 +265,7 @@ def rank_failures_reported(trainer: Any, argv: Sequence[str], run_name: str) -> 
     try:
         yield
     except Exception as err:
-        spawned = _spawned_rank_failure(err, getattr(launcher, "procs", ()))
+        spawned = _spawned_rank_failure(err, launcher.procs if isinstance(launcher, _MultiProcessingLauncher) else ())
         if spawned is not None:  # the spawn launcher: the ranks are its children, it is none of them
             text, resumable = spawned
             raise RankFailure(f"launcher: {text}" + (f"; rerun: {rerun}" if resumable else "")) from None
