@@ -244,3 +244,29 @@ def test_spawn_launcher_names_the_dead_rank_in_one_line():
     with pytest.raises(RankFailure, match=r"^launcher: rank 0 \(pid 17\) failed: ValueError: shapes differ$"):
         with rank_failures_reported(_Trainer(), ["fit"], "a"):
             raise raised
+
+
+def test_spawn_launcher_names_the_killed_rank_whichever_rank_torch_saw_first():
+    """A survivor whose collective failed can end before the launcher sees the killed rank: the kill is named."""
+    import multiprocessing
+
+    import torch.multiprocessing as mp
+
+    from lit_efficiency.core.faults import PEER_FAILED_EXIT, _spawned_rank_failure
+
+    fork = multiprocessing.get_context("fork")
+    survivor = fork.Process(target=os._exit, args=(PEER_FAILED_EXIT,))
+    killed = fork.Process(target=time.sleep, args=(60,))
+    for proc in (survivor, killed):
+        proc.start()
+    os.kill(killed.pid, signal.SIGKILL)
+    for proc in (survivor, killed):
+        proc.join(30)
+    seen_first = mp.ProcessExitedException("process 0 terminated with exit code 75", 0, survivor.pid, PEER_FAILED_EXIT)
+    assert _spawned_rank_failure(seen_first, [survivor, killed]) == (
+        f"rank 1 (pid {killed.pid}) was killed by SIGKILL",
+        True,
+    )
+    alone = f"rank 0 (pid {survivor.pid}) lost a peer rank (died or timed out)"
+    assert _spawned_rank_failure(seen_first) == (alone, True)
+    assert _spawned_rank_failure(ValueError("not from torch"), [survivor, killed]) is None
