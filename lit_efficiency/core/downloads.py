@@ -270,10 +270,17 @@ def write_tree(folder: str | os.PathLike, files: Mapping[str, bytes]) -> Path:
 def fetch_tree(url: str, folder: str | os.PathLike, sha256: str, size: int, select: Callable[[str], str | None],
                timeout: float = 120.0) -> Path:  # fmt: skip
     """Download the archive at ``url``, check its published ``sha256`` and ``size``, unpack the members ``select``
-    names (:func:`archive_files`) into the new folder ``folder`` (:func:`write_tree`); nothing is kept on failure."""
+    names (:func:`archive_files`) into the new folder ``folder`` (:func:`write_tree`); nothing is kept on failure.
+
+    Raises:
+        DataError: as :func:`download_verified` and :func:`archive_files`, or ``select`` names no member.
+    """
     folder = Path(folder)
     data = download_verified(url, folder.parent, sha256, size, timeout)
-    return write_tree(folder, archive_files(data, url, select))
+    files = archive_files(data, url, select)
+    if not files:
+        raise DataError(f"{url}: the archive holds none of the files expected for {folder.name} (nothing was kept)")
+    return write_tree(folder, files)
 
 
 def fetch_verified(url: str, target: str | os.PathLike, sha256: str, member: str | None = None,

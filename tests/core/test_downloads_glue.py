@@ -112,6 +112,16 @@ def test_glue_archive_that_differs_is_refused_in_one_line_and_leaves_nothing(tmp
     assert (tmp_path / "cache" / "glue" / "keep.txt").read_text() == "keep"
 
 
+def test_archive_without_the_task_folder_leaves_nothing(tmp_path, serve, monkeypatch):
+    data = _zip({"RTE-v2/train.tsv": b"index\tsentence1\tsentence2\tlabel\n"})  # another layout than RTE/
+    monkeypatch.setitem(GLUE_ARCHIVES, "RTE", _published(GLUE_ARCHIVES["RTE"].url, data))
+    serve({GLUE_ARCHIVES["RTE"].url: data})
+    dm = GLUEDataModule(task="rte", tokenizer_name="tiny-random-bert", source="download")
+    with pytest.raises(DataError, match="RTE.zip: the archive holds none of the files expected for RTE"):
+        dm._read_raw("train")
+    assert _tree(tmp_path / "cache") == ["glue"]
+
+
 def test_offline_download_failure_names_the_fix(tmp_path, serve):
     (tmp_path / "data").mkdir()
     dm = GLUEDataModule(task="wnli", tokenizer_name="tiny-random-bert", data_dir=str(tmp_path / "data"))
