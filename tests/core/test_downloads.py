@@ -194,10 +194,10 @@ def test_dataset_with_a_changed_source_is_refused_in_one_line(tmp_path, serve):
 
 
 @pytest.mark.parametrize("endpoint", ["http://mirror.example.org", "file:///srv/hub"])
-def test_glue_hub_path_refuses_a_non_https_endpoint(endpoint, monkeypatch):
+def test_tokenizer_download_refuses_a_non_https_endpoint(endpoint, monkeypatch):
     from lit_efficiency.power_bert.glue import GLUEDataModule
 
     monkeypatch.setenv("HF_ENDPOINT", endpoint)
-    data = GLUEDataModule(task="rte", tokenizer_name="tiny-random-bert", source="hub")
+    data = GLUEDataModule(task="rte", tokenizer_name="tiny-random-bert", source="download")
     with pytest.raises(ConfigError, match="HF_ENDPOINT: only https:// downloads are allowed"):
-        data._load_hub("train")
+        data.prepare_data()
