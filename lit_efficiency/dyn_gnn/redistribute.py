@@ -29,14 +29,14 @@ from __future__ import annotations
 import datetime
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from lit_efficiency.core.recorders import CommEvent, Recorder
-from lit_efficiency.dyn_gnn.partition import check_blocks
+from lit_efficiency.dyn_gnn.partition import check_blocks, vertex_blocks
 
 __all__ = [
     "SnapshotToVertex",
@@ -44,6 +44,7 @@ __all__ = [
     "new_redistribution_group",
     "snapshot_to_vertex",
     "vertex_to_snapshot",
+    "vertex_to_snapshot_overlapped",
 ]
 
 
@@ -123,23 +124,54 @@ def _exchange(
     the bytes of fp32, at the precision of the wire dtype.
     """
     out_dtype = send.dtype
+    flight = _start_exchange(send, send_splits, recv_splits, rank, group, recorder, kind, wire_dtype)
+    return flight.wait().to(out_dtype)
+
+
+class _InFlight:
+    """An ``all_to_all_single`` started with ``async_op=True``: :meth:`wait` returns its filled receive buffer."""
+
+    def __init__(self, recv: torch.Tensor, work: Any, event: tuple[str, int, int] | None, recorder: Any) -> None:
+        self.recv, self.work, self.event, self.recorder = recv, work, event, recorder
+        self.start = time.perf_counter()
+
+    def wait(self) -> torch.Tensor:
+        """Block until the exchange is done (recording its bytes and the time from start to done); the buffer."""
+        if self.work is not None:
+            self.work.wait()
+            self.work = None
+            if self.event is not None and self.recorder is not None:
+                if self.recv.device.type == "cuda":
+                    torch.cuda.synchronize(self.recv.device)
+                ms = (time.perf_counter() - self.start) * 1e3
+                self.recorder.record(CommEvent(*self.event, float(ms)))
+        return self.recv
+
+
+def _start_exchange(
+    send: torch.Tensor,
+    send_splits: list[int],
+    recv_splits: list[int],
+    rank: int,
+    group: Any,
+    recorder: Recorder[CommEvent] | None,
+    kind: str,
+    wire_dtype: torch.dtype | None,
+) -> _InFlight:
+    """Start one ``all_to_all_single`` (uneven splits, optionally in ``wire_dtype``) without waiting for it."""
     if wire_dtype is not None:
         send = send.to(wire_dtype)
     recv = send.new_empty(sum(recv_splits))
-    is_cuda = send.device.type == "cuda"
-    if recorder is not None and is_cuda:
-        torch.cuda.synchronize(send.device)
-    start = time.perf_counter()
-    dist.all_to_all_single(recv, send.contiguous(), recv_splits, send_splits, group=group)
+    event = None
     if recorder is not None:
-        if is_cuda:
+        if send.device.type == "cuda":
             torch.cuda.synchronize(send.device)
-        ms = (time.perf_counter() - start) * 1e3
         itemsize = send.element_size()
         sent = (sum(send_splits) - send_splits[rank]) * itemsize
         received = (sum(recv_splits) - recv_splits[rank]) * itemsize
-        recorder.record(CommEvent(kind, int(sent), int(received), float(ms)))
-    return recv.to(out_dtype)
+        event = (kind, int(sent), int(received))
+    work = dist.all_to_all_single(recv, send.contiguous(), recv_splits, send_splits, group=group, async_op=True)
+    return _InFlight(recv, work, event, recorder)
 
 
 def _snapshot_to_vertex(
@@ -336,6 +368,103 @@ def vertex_to_snapshot(
         return h
     h = _ensure_backward_participation(h)
     return VertexToSnapshot.apply(h, tuple(snap_blocks), tuple(vert_blocks), group, recorder, wire_dtype)
+
+
+class _StartVertexToSnapshot(torch.autograd.Function):
+    """Forward: *start* the vertex -> snapshot all-to-all of one vertex chunk and return its receive buffer (filled
+    once the :class:`_InFlight` appended to ``flights`` is waited on); backward: the reverse all-to-all, synchronous.
+
+    Shapes:
+        - **input:** ``(T, n_p, *F)``, this rank's chunk; ``chunk_blocks[q]`` is rank ``q``'s chunk
+        - **output:** flat buffer of ``(T_p, n_q, *F)`` pieces in rank order (the wire dtype's)
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        h: torch.Tensor,
+        snap_blocks: Sequence[range],
+        chunk_blocks: Sequence[range],
+        group: Any,
+        recorder: Recorder[CommEvent] | None,
+        wire_dtype: torch.dtype | None,
+        flights: list[_InFlight],
+    ) -> torch.Tensor:
+        """Start the exchange; see the class docstring."""
+        rank, _ = _group_rank_and_size(group)
+        send, send_splits = _pack_vertex_major(h, snap_blocks)
+        per_row = math.prod(h.shape[2:])
+        recv_splits = [len(snap_blocks[rank]) * len(v) * per_row for v in chunk_blocks]
+        flight = _start_exchange(
+            send, send_splits, recv_splits, rank, group, recorder, "vertex_to_snapshot", wire_dtype
+        )
+        flights.append(flight)
+        ctx.plan = (send_splits, recv_splits, rank, group, recorder, wire_dtype, h.shape, h.dtype)
+        return flight.recv
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        """Send each gradient piece back to the rank that owns its vertices."""
+        send_splits, recv_splits, rank, group, recorder, wire_dtype, shape, dtype = ctx.plan
+        kind = "vertex_to_snapshot.backward"
+        back = _exchange(grad.contiguous(), recv_splits, send_splits, rank, group, recorder, kind, wire_dtype)
+        return back.to(dtype).view(shape), None, None, None, None, None, None
+
+
+def vertex_to_snapshot_overlapped(
+    compute: Callable[[range], torch.Tensor],
+    snap_blocks: Sequence[range],
+    vert_blocks: Sequence[range],
+    num_chunks: int,
+    group: Any = None,
+    recorder: Recorder[CommEvent] | None = None,
+    wire_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    r"""``vertex_to_snapshot(compute(V_p))`` with the exchange of chunk ``c`` overlapping the compute of chunk ``c+1``.
+
+    For a vertex-wise computation (the temporal stage: vertices are independent). Every rank's vertex block is cut
+    into ``num_chunks`` contiguous chunks (:func:`~.partition.vertex_blocks` of the block); for ``c = 0, 1, ...``
+    this rank computes its chunk ``c`` and *starts* its all-to-all (``async_op=True``), then goes on with chunk
+    ``c + 1`` while the bytes travel; the pieces are waited for and put back in vertex order at the end. Values and
+    gradients equal :func:`vertex_to_snapshot` of the whole block (the backward exchanges run one per chunk,
+    synchronously). Every rank must call it with the same ``num_chunks``.
+
+    Args:
+        compute: ``local -> (T, len(local), *F)`` for a range of this rank's vertices, relative to its block's start.
+        snap_blocks: snapshot block of every rank.
+        vert_blocks: vertex block of every rank.
+        num_chunks: chunks per vertex block (``1``: no overlap).
+        group, recorder, wire_dtype: as :func:`vertex_to_snapshot`; a recorded ``ms`` runs from the start of a
+            chunk's exchange to the end of its wait, so it includes the compute it overlapped.
+
+    Returns:
+        ``(T_p, N, *F)``.
+    """
+    if num_chunks < 1:
+        raise ValueError(f"num_chunks must be >= 1, got {num_chunks}")
+    rank, world = _group_rank_and_size(group)
+    mine = vert_blocks[rank]
+    if world == 1:
+        return compute(range(0, len(mine)))
+    chunks = [
+        [range(v.start + c.start, v.start + c.stop) for c in vertex_blocks(len(v), num_chunks)] for v in vert_blocks
+    ]
+    flights: list[_InFlight] = []
+    recvs, shapes = [], []
+    for c in range(num_chunks):
+        local = chunks[rank][c]
+        h = _ensure_backward_participation(compute(range(local.start - mine.start, local.stop - mine.start)))
+        shapes.append((h.dtype, tuple(h.shape[2:])))
+        blocks = tuple(block[c] for block in chunks)
+        recvs.append(_StartVertexToSnapshot.apply(h, tuple(snap_blocks), blocks, group, recorder, wire_dtype, flights))
+    num_local_snapshots = len(snap_blocks[rank])
+    pieces: list[list[torch.Tensor]] = [[] for _ in range(world)]
+    for c, (flight, recv, (dtype, feat)) in enumerate(zip(flights, recvs, shapes, strict=True)):
+        flight.wait()
+        sizes = [num_local_snapshots * len(block[c]) * math.prod(feat) for block in chunks]
+        for q, part in enumerate(recv.to(dtype).split(sizes)):
+            pieces[q].append(part.view(num_local_snapshots, len(chunks[q][c]), *feat))
+    return torch.cat([part for rank_pieces in pieces for part in rank_pieces], dim=1)
 
 
 def _ensure_backward_participation(h: torch.Tensor) -> torch.Tensor:

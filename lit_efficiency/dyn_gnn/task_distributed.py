@@ -57,10 +57,15 @@ from typing_extensions import override
 from lit_efficiency.core.errors import ConfigError, LitEfficiencyError
 from lit_efficiency.core.recorders import CommEvent, Recorder
 from lit_efficiency.dyn_gnn.datamodule import SnapshotBatch, SnapshotTarget
-from lit_efficiency.dyn_gnn.nn import MODEL_NAMES, detach_state, model_class
+from lit_efficiency.dyn_gnn.nn import MODEL_NAMES, WDGCN, detach_state, model_class
 from lit_efficiency.dyn_gnn.partition import vertex_blocks
 from lit_efficiency.dyn_gnn.partitioned import PartitionedBatch
-from lit_efficiency.dyn_gnn.redistribute import new_redistribution_group, snapshot_to_vertex, vertex_to_snapshot
+from lit_efficiency.dyn_gnn.redistribute import (
+    new_redistribution_group,
+    snapshot_to_vertex,
+    vertex_to_snapshot,
+    vertex_to_snapshot_overlapped,
+)
 from lit_efficiency.dyn_gnn.task import DynGNNTask
 
 __all__ = ["DistributedDynGNNTask", "DistributedTrainingError"]
@@ -86,6 +91,11 @@ class DistributedDynGNNTask(DynGNNTask):
             ``head.vertex_width`` values) or ``auto`` (the narrower of the two).
         wire_dtype: dtype the all-to-all buffers travel in (``bfloat16`` / ``float16`` halve the bytes; gradients are
             then equal to the single process only up to that precision).
+        exchange_chunks: overlap of the return all-to-all with the temporal stage: the vertex block runs through the
+            LSTM (and head projection) in this many chunks, and each chunk's exchange starts (``async_op=True``) while
+            the next chunk is computed (:func:`~lit_efficiency.dyn_gnn.redistribute.vertex_to_snapshot_overlapped`).
+            ``1`` turns it off; used where the temporal stage is per vertex with a vertex-sliceable state (WD-GCN,
+            CD-GCN), one exchange otherwise. Same values and gradients either way.
         **kwargs: the parent's arguments (``model``, ``hidden_dim``, ..., ``num_nodes``, ``num_features``, ``task``).
     """
 
@@ -96,6 +106,7 @@ class DistributedDynGNNTask(DynGNNTask):
         redistribution_timeout_s: float = 300.0,
         loss_exchange: Literal["auto", "embeddings", "head_inputs"] = "auto",
         wire_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        exchange_chunks: int = 4,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -105,6 +116,8 @@ class DistributedDynGNNTask(DynGNNTask):
             raise ConfigError(f"model.loss_exchange must be one of {', '.join(_LOSS_EXCHANGES)}, got {loss_exchange!r}")
         if wire_dtype not in _WIRE_DTYPES:
             raise ConfigError(f"model.wire_dtype must be one of {', '.join(_WIRE_DTYPES)}, got {wire_dtype!r}")
+        if exchange_chunks < 1:
+            raise ConfigError(f"model.exchange_chunks must be >= 1, got {exchange_chunks}")
         self._group: Any = None
         self._group_ready = False
         #: Every redistribution all-to-all (forward and backward), drained by
@@ -204,15 +217,31 @@ class DistributedDynGNNTask(DynGNNTask):
             _WIRE_DTYPES[self.hparams.get("wire_dtype", "float32")],
         )
         hv = self._collective("snapshot->vertex all-to-all", snapshot_to_vertex, h, *exchange)
-        if hv.shape[1] == 0:  # more ranks than vertices: nothing to run, keep the shape
-            zv = hv.new_zeros(hv.shape[0], 0, net.out_dim)
-        else:
-            zv, state = net.temporal(hv, state)
         projected = world > 1 and self.ships_head_inputs
-        if projected:
-            zv = head.vertex_part(zv)
-        z = self._collective("vertex->snapshot all-to-all", vertex_to_snapshot, zv, *exchange)
-        return z, state, projected
+        chunks = self.hparams.get("exchange_chunks", 4) if isinstance(net, WDGCN) and world > 1 else 1
+        states: list[Any] = []
+
+        def temporal(local: range) -> Tensor:
+            """The temporal stage (and head projection) of this rank's vertices ``local``; its state to ``states``."""
+            if len(local) == 0:  # more ranks (or chunks) than vertices: nothing to run, keep the shape
+                width = head.vertex_width if projected else net.out_dim
+                return hv.new_zeros(hv.shape[0], 0, width)
+            whole = chunks == 1 or state is None  # chunks slice an LSTM's (h, c); other states go in whole
+            part = state if whole else tuple(s[:, local.start : local.stop] for s in state)
+            zv, new_state = net.temporal(hv[:, local.start : local.stop], part)
+            states.append(new_state)
+            return head.vertex_part(zv) if projected else zv
+
+        if chunks == 1:
+            z = self._collective(
+                "vertex->snapshot all-to-all", vertex_to_snapshot, temporal(range(0, hv.shape[1])), *exchange
+            )
+        else:
+            z = self._collective(
+                "vertex->snapshot all-to-all", vertex_to_snapshot_overlapped, temporal, snaps, verts, chunks,
+                *exchange[2:],
+            )  # fmt: skip
+        return z, _joined_states(states, state), projected
 
     def _partitioned_block(
         self, batch: SnapshotBatch, state: Any
@@ -324,3 +353,16 @@ class DistributedDynGNNTask(DynGNNTask):
     def on_test_epoch_start(self) -> None:
         super().on_test_epoch_start()
         self._eval_any = False
+
+
+def _joined_states(states: list[Any], previous: Any) -> Any:
+    """The temporal state of the whole vertex block from its chunks' states (in vertex order).
+
+    One chunk: its state as is (any model's); several (an LSTM's ``(h_n, c_n)``): concatenated over the vertex axis.
+    No chunk ran (no vertices on this rank): the previous state.
+    """
+    if not states:
+        return previous
+    if len(states) == 1:
+        return states[0]
+    return tuple(torch.cat(parts, dim=1) for parts in zip(*states, strict=True))

@@ -618,7 +618,8 @@ def test_edge_heads_split_into_vertex_and_pair_parts(hidden):
 
 @pytest.mark.parametrize(("model", "with_features"), [("wdgcn", False), ("cdgcn", True), ("cdgcn", False)])
 def test_batched_spatial_equals_pyg_gcnconv_per_snapshot(model, with_features):
-    """The block-diagonal spatial stage equals two PyG ``GCNConv`` calls per snapshot: values and gradients."""
+    """The spatial stage (per snapshot on CPU, from the shared first product) equals two PyG ``GCNConv`` calls per
+    snapshot: values and gradients."""
     from torch_geometric.nn import GCNConv
     from torch_geometric.utils import coalesce, remove_self_loops
 
@@ -656,6 +657,24 @@ def test_batched_spatial_equals_pyg_gcnconv_per_snapshot(model, with_features):
         theirs += [conv.lin.weight, conv.bias]
     got_grads = torch.autograd.grad((got * weight).sum(), ours)
     want_grads = torch.autograd.grad((expected * weight).sum(), theirs)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_per_snapshot_spatial_equals_the_stacked_block_operator():
+    """On CPU ``spatial`` runs snapshot by snapshot; the stacked ``(S N, d)`` form through one ``BlockAdjacency`` of
+    all snapshots (what CUDA runs, there as one block-diagonal SpMM) gives the same values and gradients."""
+    torch.manual_seed(0)
+    n, steps = 11, 4
+    net = dg.build_model("wdgcn", num_features=0, hidden_dim=6, out_dim=6, num_nodes=n)
+    adjs = [gcn_norm(torch.randint(0, n, (2, 20)), n) for _ in range(steps)]
+    params = [net.features.embedding.weight, *net.gcn.parameters()]
+    got = net.spatial(None, adjs)
+    stacked = net.gcn(net.features(None, n), dg.BlockAdjacency(adjs), steps).view(steps, n, -1)
+    assert_close(got, stacked, rtol=1e-5, atol=1e-6)
+    weight = torch.randn_like(got)
+    got_grads = torch.autograd.grad((got * weight).sum(), params)
+    want_grads = torch.autograd.grad((stacked * weight).sum(), params)
     for g, w in zip(got_grads, want_grads, strict=True):
         assert_close(g, w, rtol=1e-4, atol=1e-5)
 

@@ -299,3 +299,61 @@ def test_redistribute_gloo_matches_single_process(world_size):
 @_needs_gloo
 def test_redistribute_gloo_spawned_workers():
     _run_workers(_worker, 2, start_method="spawn")
+
+
+def _check_overlapped(rank, world, num_snapshots, num_nodes, num_chunks, group) -> None:
+    """Chunked, asynchronously started vertex->snapshot == the one-shot exchange: values, input and weight grads."""
+    torch.manual_seed(0)
+    weight = torch.randn(3, 3, requires_grad=True)
+    snaps = snapshot_blocks([1] * num_snapshots, world)
+    verts = vertex_blocks(num_nodes, world)
+    mine = verts[rank]
+    h = _full(num_snapshots, num_nodes, 3, seed=5)[:, mine.start : mine.stop].requires_grad_()
+    probe = _full(len(snaps[rank]), num_nodes, 3, seed=6)  # a different weighting of every output entry
+    calls = []
+
+    def compute(local: range) -> torch.Tensor:
+        calls.append(local)
+        return torch.tanh(h[:, local.start : local.stop] @ weight)
+
+    outputs, grads = [], []
+    for run in (lambda: vertex_to_snapshot(compute(range(0, len(mine))), snaps, verts, group=group),
+                lambda: rd.vertex_to_snapshot_overlapped(compute, snaps, verts, num_chunks, group=group)):  # fmt: skip
+        out = run()
+        (out * probe).sum().backward()
+        outputs.append(out.detach())
+        grads.append((h.grad.clone(), weight.grad.clone()))
+        h.grad, weight.grad = None, None
+    _assert_near(outputs[1], outputs[0], "overlapped values")
+    _assert_near(grads[1][0], grads[0][0], "overlapped input grad")
+    _assert_near(grads[1][1], grads[0][1], "overlapped weight grad")
+    assert len(calls) == 1 + num_chunks  # the compute really ran chunk by chunk
+    assert sum(len(r) for r in calls[1:]) == len(mine)
+
+
+def _overlap_worker(rank: int, world: int, port: int) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+        timeout=datetime.timedelta(seconds=30),
+    )  # fmt: skip
+    try:
+        group = new_redistribution_group(timeout_s=30)
+        # more chunks than some ranks' vertices (empty chunks), one chunk, uneven blocks, a rank without snapshots
+        for num_snapshots, num_nodes, num_chunks in [(5, 11, 3), (4, 7, 1), (3, 2 * world + 1, 4), (world - 1, 9, 2)]:
+            _check_overlapped(rank, world, num_snapshots, num_nodes, num_chunks, group)
+        dist.barrier()
+    except BaseException:
+        traceback.print_exc()
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(90)
+@_needs_gloo
+@pytest.mark.skipif(not _can_fork, reason="needs the fork start method (POSIX) and no CUDA in the parent")
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_overlapped_vertex_to_snapshot_equals_one_exchange(world_size):
+    _run_workers(_overlap_worker, world_size, start_method="fork")
