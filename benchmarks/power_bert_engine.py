@@ -8,8 +8,9 @@ median and IQR), on real GLUE dev text:
   padded to N / to the longest sequence of the batch (batch 1: no padding at all);
 * ``ours_eager_static`` / ``ours_eager_dynamic``: :class:`PowerBertForSequenceClassification` in hard mode;
 * ``ours_compiled_static`` / ``ours_compiled_dynamic``: the same after ``compile_for_inference()``
-  (``torch.compile``, inductor, static shapes), for the tasks in ``--compile-tasks``; dynamic padding only at
-  batch > 1 (at batch 1 every example has its own length, so every example would compile its own graph);
+  (``torch.compile``, inductor, static shapes), for the tasks in ``--compile-tasks``, beside ``hf_compiled_static``
+  / ``hf_compiled_dynamic`` (HF compiled the same way: ``vs_hf_compiled`` compares compiled with compiled); dynamic
+  padding only at batch > 1 (at batch 1 every example has its own length, so every example would compile its own graph);
 * ``ours_compiled_bucketed`` / ``onnxruntime_bucketed`` (batch 1 only): every example padded to its length rounded
   up to a multiple of ``--bucket`` (one compiled graph or ONNX export per bucket), compared with HF at the exact
   length (``hf_sdpa_dynamic``), the extra padding counting against us, and with ``hf_compiled_bucketed`` (HF
@@ -29,8 +30,11 @@ before and after each setting and ``machine_busy`` is set when other jobs shared
 Usage::
 
     python benchmarks/power_bert_engine.py [--tasks cola mrpc rte sst2 stsb] [--threads 1 0] [--repeats 5] [--merge]
+        [--retention mrpc=63,45,34,15,4,1] [--quick]
 
-writes ``benchmarks/results/power_bert_engine.json``.
+writes ``benchmarks/results/power_bert_engine.json`` (``--quick``: ``power_bert_engine_quick.json``, batch 16 and 1,
+4 examples at batch 1, 2 repeats: a check that every row runs, not a measurement). ``wall_s`` records the run's
+wall time.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import json
 import os
 import platform
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,10 +67,21 @@ MODEL = "minilm-l6"
 Batch = dict[str, torch.Tensor]
 
 
-def committed_retention(task: str) -> tuple[list[int], int]:
-    """Retention and N of the committed GLUE run of ``task``."""
+def committed_retention(task: str, overrides: dict[str, list[int]]) -> tuple[list[int], int]:
+    """Retention (``overrides`` first) and N of the committed GLUE run of ``task``."""
     report = json.loads((RESULTS / f"power_bert_{task}.json").read_text())
-    return [int(n) for n in report["retention"]], int(report["max_seq_len"])
+    return overrides.get(task) or [int(n) for n in report["retention"]], int(report["max_seq_len"])
+
+
+def parse_retention(text: str) -> tuple[str, list[int]]:
+    """``TASK=l1,l2,...`` -> ``(task, [l1, l2, ...])`` (``--retention``)."""
+    task, _, counts = text.partition("=")
+    if task not in TASKS or not counts:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected TASK=l1,l2,... with TASK one of {', '.join(TASKS)}")
+    try:
+        return task, [int(n) for n in counts.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: token counts must be integers") from None
 
 
 def dev_texts(task: str, count: int) -> list[tuple[str, str | None]]:
@@ -148,7 +164,7 @@ def time_setting(
 ) -> dict[str, Any]:
     """All candidates of one task at one batch size on ``threads`` threads."""
     load_before = os.getloadavg()[0]
-    retention, n = committed_retention(task)
+    retention, n = committed_retention(task, args.retention)
     pairs = dev_texts(task, examples)
     groups = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
     static = [encode(models["tokenizer"], g, n, static=True) for g in groups]
@@ -164,16 +180,18 @@ def time_setting(
     }
     if task in args.compile_tasks:
         compiled = copy.deepcopy(ours).compile_for_inference()
-        fns["ours_compiled_static"] = run_torch(compiled, static)
-        if batch_size > 1:  # at batch 1 every example has its own length: one compilation each
-            fns["ours_compiled_dynamic"] = run_torch(compiled, dynamic)
+        hf_compiled = torch.compile(copy.deepcopy(models["hf"]), dynamic=False)  # the fair compiled reference
+        for padding, batches in (("static", static), ("dynamic", dynamic)):
+            if padding == "dynamic" and batch_size == 1:  # every example has its own length: one compilation each
+                continue
+            fns[f"ours_compiled_{padding}"] = run_torch(compiled, batches)
+            fns[f"hf_compiled_{padding}"] = run_hf(hf_compiled, batches)
     if task in args.onnx_tasks:
         path = export_onnx(ours, tmp / f"{task}_b{batch_size}_t{threads}.onnx", batch_size, n)
         fns["onnxruntime_static"] = run_onnx(onnx_session(path, threads=threads), static)
     bucketed = bucket_batches(models["tokenizer"], groups, n, args.bucket) if batch_size == 1 and args.bucket else []
     if bucketed and task in args.compile_tasks:
         fns["ours_compiled_bucketed"] = run_torch(compiled, bucketed)
-        hf_compiled = torch.compile(copy.deepcopy(models["hf"]), dynamic=False)  # the fair compiled reference
         fns["hf_compiled_bucketed"] = run_hf(hf_compiled, bucketed)
     if bucketed and task in args.onnx_tasks:
         lengths = sorted({b["input_ids"].shape[1] for b in bucketed})
@@ -205,13 +223,15 @@ def time_setting(
             continue
         padding = "static" if name.endswith("static") else "dynamic"
         result["vs_hf"][name] = _versus(timings[f"hf_sdpa_{padding}"], timings[name], ideals[name.rsplit("_", 1)[1]])
-    if "hf_compiled_bucketed" in timings:  # compiled against compiled, both at the bucketed lengths
-        ideal = flop_ideal(ours.config, retention, bucketed)
-        result["vs_hf_compiled_bucketed"] = {
-            name: _versus(timings["hf_compiled_bucketed"], timings[name], ideal)
-            for name in ("ours_compiled_bucketed", "onnxruntime_bucketed")
-            if name in timings
-        }
+    same_lengths = {"static": ideal_static, "dynamic": ideal_dyn}
+    if bucketed:
+        same_lengths["bucketed"] = flop_ideal(ours.config, retention, bucketed)
+    result["vs_hf_compiled"] = {  # compiled against compiled, both at the same lengths
+        name: _versus(timings[f"hf_compiled_{padding}"], timings[name], same_lengths[padding])
+        for padding in same_lengths
+        for name in (f"ours_compiled_{padding}", f"onnxruntime_{padding}")
+        if name in timings and f"hf_compiled_{padding}" in timings
+    }
     return result
 
 
@@ -239,9 +259,20 @@ def main() -> None:
     parser.add_argument(
         "--bucket", type=int, default=16, help="batch 1: pad to a multiple of this (0: no bucketed rows)"
     )
-    parser.add_argument("--out", type=Path, default=RESULTS / "power_bert_engine.json")
+    parser.add_argument(
+        "--retention", nargs="*", type=parse_retention, default=[], help="TASK=l1,...: instead of the committed one"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="check the script: batch 16 and 1, 4 examples at batch 1, 2 repeats"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="default: results/power_bert_engine[_quick].json")
     parser.add_argument("--merge", action="store_true", help="keep the other settings already in --out")
     args = parser.parse_args()
+    args.retention = dict(args.retention)
+    if args.quick:
+        args.batch_sizes, args.batch1_examples, args.repeats = [16, 1], 4, 2
+    args.out = args.out or RESULTS / ("power_bert_engine_quick.json" if args.quick else "power_bert_engine.json")
+    started = time.perf_counter()
 
     import transformers
 
@@ -271,7 +302,7 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:
-            retention, n = committed_retention(task)
+            retention, n = committed_retention(task, args.retention)
             entry = report["tasks"].setdefault(task, {})
             entry.update({"retention": retention, "max_seq_len": n})
             for threads in args.threads:
@@ -284,8 +315,9 @@ def main() -> None:
                     print(task, key, json.dumps(entry[key]["vs_hf"]), flush=True)
                     busy = max(entry[key]["load_average_1min_before_after"]) > threads + 0.5
                     report["machine_busy"] = report["machine_busy"] or busy
+                    report["wall_s"] = round(time.perf_counter() - started, 1)
                     args.out.write_text(json.dumps(report, indent=2) + "\n")  # partial results survive
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} in {report['wall_s']} s")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,33 @@ def test_blocked_score_equals_score_of_materialised_probs(seq_len, mask_padded_q
     assert torch.all(got[mask == 0] == 0)
 
 
+def test_blocked_score_runs_on_one_thread_and_restores_the_count(monkeypatch):
+    """With 2 intra-op threads the score's block loop runs on one (same value); the caller's count comes back."""
+    seen = []
+    terms = model_module._score_terms
+
+    def record(*args):
+        seen.append(torch.get_num_threads())
+        return terms(*args)
+
+    monkeypatch.setattr(model_module, "_score_terms", record)
+    gen = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(2, 3, 9, 4, generator=gen) for _ in range(2))
+    mask = random_mask(2, 9, gen)
+    bias = additive_attention_mask(mask, q.dtype)
+    want = significance_score(torch.softmax(q @ k.transpose(-1, -2) / 2.0 + bias, dim=-1), mask)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = significance_score_qk(q, k, bias, mask)
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1}
+    assert after == 2
+    torch.testing.assert_close(got, want)
+
+
 def test_blocked_score_carries_no_gradient():
     q = torch.randn(1, 2, 5, 4, requires_grad=True)
     k = torch.randn(1, 2, 5, 4, requires_grad=True)
