@@ -42,6 +42,7 @@ import logging
 import math
 import os
 import random
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from lit_efficiency.core.checks import check_at_least
+from lit_efficiency.core.deprecation import REMOVED_IN, LitEfficiencyDeprecationWarning
 from lit_efficiency.core.downloads import require_https
 from lit_efficiency.core.errors import ConfigError, DataError
 from lit_efficiency.core.paths import ENV_DATA, cache_dir, require_file, resolve_data_root, resolve_pretrained
@@ -356,7 +358,8 @@ class GLUEDataModule(L.LightningDataModule):
         glue_dir: the GLUE folder itself (holding ``CoLA/``, ``SST-2/``, ...); wins over ``data_dir``.
         imdb_dir: the ``aclImdb`` folder itself; wins over ``data_dir``.
         source: ``auto`` uses the local copy when the task's folder exists (always when ``glue_dir``/``imdb_dir``
-            is given) and the verified download (cached) otherwise; ``local`` / ``download`` force one.
+            is given) and the verified download (cached) otherwise; ``local`` / ``download`` force one. ``hub``
+            (the former HF hub source) is a deprecated alias of ``download``.
         max_seq_len: truncation (and static padding) length; None = the task default (:data:`TASK_DEFAULTS`).
         batch_size: training batch size; None = the task default.
         eval_batch_size: batch size of the val/test/predict loaders; None = ``batch_size``.
@@ -377,7 +380,7 @@ class GLUEDataModule(L.LightningDataModule):
         data_dir: str | None = None,
         glue_dir: str | None = None,
         imdb_dir: str | None = None,
-        source: Literal["auto", "local", "download"] = "auto",
+        source: Literal["auto", "local", "download", "hub"] = "auto",
         max_seq_len: int | None = None,
         batch_size: int | None = None,
         eval_batch_size: int | None = None,
@@ -394,6 +397,14 @@ class GLUEDataModule(L.LightningDataModule):
         defaults = TASK_DEFAULTS[self.task]
         if padding not in ("static", "dynamic"):
             raise ConfigError(f"padding: must be 'static' or 'dynamic', got {padding!r}")
+        if source == "hub":
+            warnings.warn(
+                f"source: 'hub' is now 'download' (the verified official archives); 'hub' is removed in "
+                f"lit_efficiency {REMOVED_IN}",
+                LitEfficiencyDeprecationWarning,
+                stacklevel=2,
+            )
+            source = "download"
         if source not in ("auto", "local", "download"):
             raise ConfigError(f"source: must be 'auto', 'local' or 'download', got {source!r}")
         for name, value in (

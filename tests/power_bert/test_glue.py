@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lit_efficiency.core.deprecation import LitEfficiencyDeprecationWarning
 from lit_efficiency.core.errors import ConfigError, DataError
 from lit_efficiency.core.paths import resolve_data_root
 from lit_efficiency.core.trainer import quiet_trainer
@@ -190,6 +191,14 @@ def test_missing_file_and_unknown_task(tmp_path):
     assert str(err.value) == f"task: unknown task 'squad' (valid: {', '.join(TASK_INFO)})"
     with pytest.raises(ConfigError, match="^padding: "):
         GLUEDataModule(task="rte", padding="bucket")
+    with pytest.raises(ConfigError, match="^source: must be "):
+        GLUEDataModule(task="rte", source="hf")
+
+
+def test_source_hub_is_a_deprecated_alias_of_download():
+    with pytest.warns(LitEfficiencyDeprecationWarning, match="'hub' is now 'download'"):
+        dm = GLUEDataModule(task="rte", source="hub")
+    assert dm.source == "download"
 
 
 def test_datamodule_reports_bad_file_in_setup(tmp_path, tokenizer_dir):
