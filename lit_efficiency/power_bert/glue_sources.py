@@ -12,7 +12,9 @@ Where the digests come from (two independent publications, which agree wherever 
   ``num_bytes``, sha256 ``checksum``) for the ``dl.fbaipublicfiles.com/glue/data`` URLs used here;
   tensorflow_datasets ``tensorflow_datasets/url_checksums/glue.txt`` lists the same size and sha256 for CoLA, SST-2,
   STS-B, MNLI, QNLIv2, RTE, WNLI and the three MRPC files (under their older firebasestorage URLs); QQP-clean.zip
-  is listed by HF only (tensorflow_datasets lists the older QQP.zip).
+  is listed by HF only (tensorflow_datasets lists the older QQP.zip). A third publication, Transformers.jl's
+  ``DataDeps`` registrations (``GLUE-QQP``, ``GLUE-QNLI``), gives the same sha256 for QQP-clean.zip and QNLIv2.zip
+  and unpacks them into ``QQP/`` and ``QNLI/``, the folder names expected here.
 * IMDB: tensorflow_datasets ``tensorflow_datasets/url_checksums/imdb_reviews.txt`` (size 84125825 and the sha256
   below for ``aclImdb_v1.tar.gz``).
 """
