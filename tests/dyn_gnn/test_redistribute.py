@@ -284,11 +284,20 @@ _needs_gloo = pytest.mark.skipif(
 _can_fork = "fork" in mp.get_all_start_methods() and not torch.cuda.is_initialized()
 
 
-@pytest.mark.distributed
-@pytest.mark.timeout(90)
-@_needs_gloo
-@pytest.mark.skipif(not _can_fork, reason="needs the fork start method (POSIX) and no CUDA in the parent")
-@pytest.mark.parametrize("world_size", [2, 3])
+def _forked_gloo_worlds(test):
+    """Marks of a test run on 2 and 3 forked gloo workers (``world_size`` parameter)."""
+    for mark in (
+        pytest.mark.parametrize("world_size", [2, 3]),
+        pytest.mark.skipif(not _can_fork, reason="needs the fork start method (POSIX) and no CUDA in the parent"),
+        _needs_gloo,
+        pytest.mark.timeout(90),
+        pytest.mark.distributed,
+    ):
+        test = mark(test)
+    return test
+
+
+@_forked_gloo_worlds
 def test_redistribute_gloo_matches_single_process(world_size):
     _run_workers(_worker, world_size, start_method="fork")
 
@@ -350,10 +359,6 @@ def _overlap_worker(rank: int, world: int, port: int) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.distributed
-@pytest.mark.timeout(90)
-@_needs_gloo
-@pytest.mark.skipif(not _can_fork, reason="needs the fork start method (POSIX) and no CUDA in the parent")
-@pytest.mark.parametrize("world_size", [2, 3])
+@_forked_gloo_worlds
 def test_overlapped_vertex_to_snapshot_equals_one_exchange(world_size):
     _run_workers(_overlap_worker, world_size, start_method="fork")
