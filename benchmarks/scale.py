@@ -5,9 +5,10 @@ The script launches the CLI (peak RSS from ``getrusage(RUSAGE_CHILDREN)``: the l
 progress bars of the encoding and the epoch are there), timestamps the lines as they arrive and writes
 ``benchmarks/results/<name>.json`` with:
 
-- ``wall_s`` (the whole command), ``encode_s`` (the data module's encoding pass, from its ``encode:`` line),
-  ``epoch_s`` (from that line to the trainer's ``Trainer.fit stopped`` line: model setup, the epoch, the
-  checkpoint);
+- ``wall_s`` (the whole command), ``encode_s`` (the data module's encoding pass, from its ``encode:`` line; with
+  ``--devices 2`` every rank prints one, ``per_rank`` lists them and ``encode_s`` is the slowest rank's),
+  ``epoch_s`` (from the last of those lines to the trainer's ``Trainer.fit stopped`` line: model setup, the epoch,
+  the checkpoint);
 - ``h2d_ms`` / ``rebuild_ms`` from the :class:`~lit_efficiency.dyn_gnn.profilers.TransferProfiler` summary line;
 - ``peak_rss_gb`` (``ru_maxrss`` of the waited-for children), ``host_store_mb`` and the sizes.
 
@@ -37,7 +38,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 CONFIG = ROOT / "conf" / "dyn_gnn" / "scale_1b.yaml"
-ENCODE_LINE = re.compile(r"encode: (\d+) snapshots, (\d+) edges, (\d+) nodes in ([\d.]+) s; host store ([\d.]+) MiB")
+ENCODE_LINE = re.compile(
+    r"encode(?: \(rank (\d+) of \d+\))?: (\d+) snapshots, (\d+) edges, (\d+) nodes in ([\d.]+) s; "
+    r"host store ([\d.]+) MiB"
+)
 
 
 def cli_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
@@ -59,16 +63,21 @@ def parse(lines: list[tuple[float, str]], start: float) -> dict:
     """Figures from the timestamped output lines (``None`` where a line is missing)."""
     out: dict = {"encode_s": None, "epoch_s": None, "h2d_ms": None, "rebuild_ms": None, "peak_rss_gb": None}
     t_encoded = None
+    ranks: dict[int, dict] = {}
     for t, line in lines:
-        if m := ENCODE_LINE.search(line):
-            out.update(num_snapshots=int(m[1]), edges_total=int(m[2]), num_nodes=int(m[3]), encode_s=float(m[4]))
-            out["host_store_mb"] = round(float(m[5]) * 1.048576, 1)
+        if m := ENCODE_LINE.search(line):  # one line per rank; the epoch starts when the last rank has encoded
+            ranks[int(m[1] or 0)] = {"encode_s": float(m[5]), "host_store_mb": round(float(m[6]) * 1.048576, 1)}
+            out.update(num_snapshots=int(m[2]), edges_total=int(m[3]), num_nodes=int(m[4]))
+            out.update(encode_s=max(r["encode_s"] for r in ranks.values()))
+            out["host_store_mb"] = round(sum(r["host_store_mb"] for r in ranks.values()), 1)
             t_encoded = t
         if "`Trainer.fit` stopped" in line and t_encoded is not None:
             out["epoch_s"] = round(t - t_encoded, 1)
         if m := re.search(r"h2d ([\d.]+) ms, rebuild ([\d.]+) ms", line):
             out.update(h2d_ms=float(m[1]), rebuild_ms=float(m[2]))
     out["wall_s"] = round(lines[-1][0] - start, 1) if lines else None
+    if len(ranks) > 1:
+        out["per_rank"] = [ranks[r] for r in sorted(ranks)]
     return out
 
 

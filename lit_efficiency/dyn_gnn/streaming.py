@@ -40,7 +40,6 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from tqdm import tqdm
 from typing_extensions import override
@@ -57,7 +56,6 @@ from lit_efficiency.dyn_gnn.codec import (
     _canonical_keys,
     _check_weights,
     decode_block,
-    decode_snapshot,
     encode_stream,
     snapshot_checksum,
 )
@@ -234,16 +232,6 @@ class StreamingStore(SnapshotStore):
         start = max(s for s in range(t + 1) if isinstance(self.x_items[s], FeatureFull))
         return decode_features(None, self.x_items[start : t + 1], torch.device("cpu"))[-1]  # type: ignore[arg-type]
 
-    def host_keys(self, t: int) -> tuple[Tensor, Tensor | None]:
-        """Decode snapshot ``t`` on the host from the last full item at or before it (after a device-cache miss)."""
-        start = max(s for s in range(t + 1) if isinstance(self.items[s], FullSnapshot))
-        keys: Tensor | None = None
-        weights: Tensor | None = None
-        for s in range(start, t + 1):
-            keys, weights = decode_snapshot(keys, weights, self.items[s], "cpu", verify=False)
-        assert keys is not None
-        return keys, weights
-
 
 def _device_items(dm: DynamicGraphDataModule, batch: SnapshotBatch, device: torch.device) -> list[Item]:
     pre = dm._prefetched
@@ -305,11 +293,32 @@ def _ship_features(
     return prev, [ship_feature_item(item, device) for item in batch.x_items], nbytes
 
 
+def _catch_up(
+    dm: DynamicGraphDataModule, store: StreamingStore, t0: int, device: torch.device
+) -> tuple[tuple[Tensor, Tensor | None] | None, list[Item]]:
+    """Where decoding of a block starting with a diff at ``t0`` begins, and the items before ``t0`` it needs.
+
+    In order (the cache ``dm._last`` holds ``t0 - 1``) nothing more is shipped. Otherwise decoding starts from the
+    cache when it holds an earlier snapshot of the same run (after the run's last full item before ``t0``), else from
+    that full item, and the items in between are shipped: a snapshot-partitioned rank that trains on two of every
+    four snapshots of a run ships two diffs per block instead of decoding the run from its start on the host.
+
+    Returns:
+        ``(previous keys and weights on device or None, the items to decode before the block's, on device)``.
+    """
+    start = max(s for s in range(t0) if isinstance(store.items[s], FullSnapshot))
+    last = dm._last
+    if last is not None and start <= last[0] < t0 and last[1].device == device:
+        return (last[1], last[2]), [ship_item(item, device) for item in store.items[last[0] + 1 : t0]]  # type: ignore[arg-type]
+    return None, [ship_item(item, device) for item in store.items[start:t0]]  # type: ignore[arg-type]
+
+
 def rebuild_block(dm: DynamicGraphDataModule, batch: SnapshotBatch, device: torch.device) -> SnapshotBatch:
     """Ship a block's items, rebuild its adjacencies on ``device`` and record the transfer (see module doc).
 
     The device cache ``dm._last`` holds the last rebuilt snapshot's keys so that the next block's first diff applies;
-    on a miss (a block out of order) the previous snapshot is decoded on the host and shipped whole.
+    when it is not the snapshot just before the block, the items in between are shipped and decoded too
+    (:func:`_catch_up`).
 
     Returns:
         The batch (same type) with ``adjs`` rebuilt and ``items`` emptied.
@@ -325,24 +334,19 @@ def rebuild_block(dm: DynamicGraphDataModule, batch: SnapshotBatch, device: torc
     full_bytes = sum(store.full_nbytes[batch.t0 + s] for s in range(len(batch.items)))
     full_bytes += store.x_full_nbytes * len(batch.x_items)
     prev: tuple[Tensor, Tensor | None] | None = None
-    first = batch.items[0] if batch.items else None
+    gap: list[Item] = []
     with Timer(device) as h2d:
-        if isinstance(first, SnapshotDiff):
-            last = dm._last
-            if last is not None and last[0] == batch.t0 - 1 and last[1].device == device:
-                prev = (last[1], last[2])
-            else:  # cache miss (a block out of order): ship the previous snapshot whole
-                keys, weights = store.host_keys(batch.t0 - 1)
-                prev = (ship(keys, device), ship(weights, device))  # type: ignore[assignment]
-                h2d_bytes += keys.numel() * keys.element_size()
-                h2d_bytes += 0 if weights is None else weights.numel() * weights.element_size()
+        if batch.items and isinstance(batch.items[0], SnapshotDiff):
+            prev, gap = _catch_up(dm, store, batch.t0, device)
+            h2d_bytes += sum(item.nbytes for item in gap)
         items = _device_items(dm, batch, device)
         prev_x, x_items, x_bytes = _ship_features(dm, batch, device)
     h2d_bytes += x_bytes
     directed = not dm.hparams.undirected
     with Timer(device) as rebuild:
-        decoded, check = decode_block(*(prev or (None, None)), items, device, verify=dm.verify)
+        decoded, check = decode_block(*(prev or (None, None)), gap + items, device, verify=dm.verify)
         check.raise_if_failed()  # one host synchronisation per block
+        decoded = decoded[len(gap) :]
         adjs = [rebuild_adjacency(keys, weights, n, directed) for keys, weights in decoded]
         xs = decode_features(prev_x, x_items, device)
     if decoded:
@@ -430,9 +434,11 @@ def stream_store(dm: StreamingSnapshotDataModule) -> StreamingStore:
     )
     dm.hparams.update({"num_nodes": n, "num_snapshots": len(counts)})
     full, host, seconds = sum(full_nbytes), store.host_bytes(), time.perf_counter() - start
-    rank_zero_info(
-        f"encode: {len(counts)} snapshots, {sum(counts)} edges, {n} nodes in {seconds:.1f} s; host store "
-        f"{host / 2**20:.1f} MiB ({full / max(host, 1):.2f}x smaller than full snapshots)"
+    where = f" (rank {dm.rank} of {dm.world_size})" if dm.world_size > 1 else ""  # every rank says its own time
+    print(
+        f"encode{where}: {len(counts)} snapshots, {sum(counts)} edges, {n} nodes in {seconds:.1f} s; host store "
+        f"{host / 2**20:.1f} MiB ({full / max(host, 1):.2f}x smaller than full snapshots)",
+        flush=True,
     )
     return store
 

