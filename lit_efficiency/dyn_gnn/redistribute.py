@@ -43,6 +43,7 @@ __all__ = [
     "VertexToSnapshot",
     "new_redistribution_group",
     "snapshot_to_vertex",
+    "snapshot_to_vertex_overlapped",
     "vertex_to_snapshot",
     "vertex_to_snapshot_overlapped",
 ]
@@ -465,6 +466,104 @@ def vertex_to_snapshot_overlapped(
         for q, part in enumerate(recv.to(dtype).split(sizes)):
             pieces[q].append(part.view(num_local_snapshots, len(chunks[q][c]), *feat))
     return torch.cat([part for rank_pieces in pieces for part in rank_pieces], dim=1)
+
+
+class _StartSnapshotToVertex(torch.autograd.Function):
+    """Forward: *start* the snapshot -> vertex all-to-all of one snapshot chunk and return its receive buffer (filled
+    once the :class:`_InFlight` appended to ``flights`` is waited on); backward: the reverse all-to-all, synchronous.
+
+    Shapes:
+        - **input:** ``(t_p, N, *F)``, this rank's chunk of snapshots; ``chunk_blocks[q]`` is rank ``q``'s chunk
+        - **output:** flat buffer of ``(t_q, N_p, *F)`` pieces in rank order (the wire dtype's)
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        h: torch.Tensor,
+        chunk_blocks: Sequence[range],
+        vert_blocks: Sequence[range],
+        group: Any,
+        recorder: Recorder[CommEvent] | None,
+        wire_dtype: torch.dtype | None,
+        flights: list[_InFlight],
+    ) -> torch.Tensor:
+        """Start the exchange; see the class docstring."""
+        rank, _ = _group_rank_and_size(group)
+        send, send_splits = _pack_snapshot_major(h, vert_blocks)
+        per_row = math.prod(h.shape[2:])
+        recv_splits = [len(s) * len(vert_blocks[rank]) * per_row for s in chunk_blocks]
+        flight = _start_exchange(
+            send, send_splits, recv_splits, rank, group, recorder, "snapshot_to_vertex", wire_dtype
+        )
+        flights.append(flight)
+        ctx.plan = (send_splits, recv_splits, rank, group, recorder, wire_dtype, vert_blocks, h.shape, h.dtype)
+        return flight.recv
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        """Send each gradient piece back to the rank that owns its snapshots."""
+        send_splits, recv_splits, rank, group, recorder, wire_dtype, vert_blocks, shape, dtype = ctx.plan
+        kind = "snapshot_to_vertex.backward"
+        back = _exchange(grad.contiguous(), recv_splits, send_splits, rank, group, recorder, kind, wire_dtype)
+        grad_in = _unpack_snapshot_major(back.to(dtype), send_splits, vert_blocks, shape[0], tuple(shape[2:]))
+        return grad_in, None, None, None, None, None, None
+
+
+def snapshot_to_vertex_overlapped(
+    compute: Callable[[range], torch.Tensor],
+    snap_blocks: Sequence[range],
+    vert_blocks: Sequence[range],
+    num_chunks: int,
+    group: Any = None,
+    recorder: Recorder[CommEvent] | None = None,
+    wire_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    r"""``snapshot_to_vertex(compute(S_p))`` with the exchange of chunk ``c`` overlapping the compute of chunk ``c+1``.
+
+    For a snapshot-wise computation (the spatial stage: snapshots are independent). Every rank's snapshot block is
+    cut into ``num_chunks`` contiguous chunks; for ``c = 0, 1, ...`` this rank computes its chunk ``c`` and *starts*
+    its all-to-all, then goes on with chunk ``c + 1`` while the bytes travel; the pieces are waited for and put back
+    in time order (rank, then chunk) at the end. Values and gradients equal :func:`snapshot_to_vertex` of the whole
+    block (the backward exchanges run one per chunk, synchronously). Every rank must use the same ``num_chunks``.
+
+    Args:
+        compute: ``local -> (len(local), N, *F)`` for a range of this rank's snapshots, relative to its block's
+            start (an empty range must give an empty ``(0, N, *F)`` tensor).
+        snap_blocks: snapshot block of every rank.
+        vert_blocks: vertex block of every rank.
+        num_chunks: chunks per snapshot block (``1``: no overlap).
+        group, recorder, wire_dtype: as :func:`snapshot_to_vertex`; a recorded ``ms`` runs from the start of a
+            chunk's exchange to the end of its wait, so it includes the compute it overlapped.
+
+    Returns:
+        ``(T, N_p, *F)``.
+    """
+    if num_chunks < 1:
+        raise ValueError(f"num_chunks must be >= 1, got {num_chunks}")
+    rank, world = _group_rank_and_size(group)
+    mine = snap_blocks[rank]
+    if world == 1:
+        return compute(range(0, len(mine)))
+    chunks = [
+        [range(s.start + c.start, s.start + c.stop) for c in vertex_blocks(len(s), num_chunks)] for s in snap_blocks
+    ]
+    flights: list[_InFlight] = []
+    recvs, shapes = [], []
+    for c in range(num_chunks):
+        local = chunks[rank][c]
+        h = _ensure_backward_participation(compute(range(local.start - mine.start, local.stop - mine.start)))
+        shapes.append((h.dtype, tuple(h.shape[2:])))
+        blocks = tuple(block[c] for block in chunks)
+        recvs.append(_StartSnapshotToVertex.apply(h, blocks, tuple(vert_blocks), group, recorder, wire_dtype, flights))
+    num_local_nodes = len(vert_blocks[rank])
+    pieces: list[list[torch.Tensor]] = [[] for _ in range(world)]
+    for c, (flight, recv, (dtype, feat)) in enumerate(zip(flights, recvs, shapes, strict=True)):
+        flight.wait()
+        sizes = [len(block[c]) * num_local_nodes * math.prod(feat) for block in chunks]
+        for q, part in enumerate(recv.to(dtype).split(sizes)):
+            pieces[q].append(part.view(len(chunks[q][c]), num_local_nodes, *feat))
+    return torch.cat([part for rank_pieces in pieces for part in rank_pieces], dim=0)
 
 
 def _ensure_backward_participation(h: torch.Tensor) -> torch.Tensor:

@@ -63,6 +63,7 @@ from lit_efficiency.dyn_gnn.partitioned import PartitionedBatch
 from lit_efficiency.dyn_gnn.redistribute import (
     new_redistribution_group,
     snapshot_to_vertex,
+    snapshot_to_vertex_overlapped,
     vertex_to_snapshot,
     vertex_to_snapshot_overlapped,
 )
@@ -96,6 +97,10 @@ class DistributedDynGNNTask(DynGNNTask):
             the next chunk is computed (:func:`~lit_efficiency.dyn_gnn.redistribute.vertex_to_snapshot_overlapped`).
             ``1`` turns it off; used where the temporal stage is per vertex with a vertex-sliceable state (WD-GCN,
             CD-GCN), one exchange otherwise. Same values and gradients either way.
+        spatial_chunks: overlap of the forward all-to-all with the spatial stage: this rank's snapshots run through
+            the GCN in this many chunks, and each chunk's exchange to the vertex layout starts while the next chunk
+            is computed (:func:`~lit_efficiency.dyn_gnn.redistribute.snapshot_to_vertex_overlapped`). ``1`` (the
+            default) turns it off; used for WD-GCN and CD-GCN. Same values and gradients either way.
         **kwargs: the parent's arguments (``model``, ``hidden_dim``, ..., ``num_nodes``, ``num_features``, ``task``).
     """
 
@@ -107,6 +112,7 @@ class DistributedDynGNNTask(DynGNNTask):
         loss_exchange: Literal["auto", "embeddings", "head_inputs"] = "auto",
         wire_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         exchange_chunks: int = 4,
+        spatial_chunks: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -118,6 +124,8 @@ class DistributedDynGNNTask(DynGNNTask):
             raise ConfigError(f"model.wire_dtype must be one of {', '.join(_WIRE_DTYPES)}, got {wire_dtype!r}")
         if exchange_chunks < 1:
             raise ConfigError(f"model.exchange_chunks must be >= 1, got {exchange_chunks}")
+        if spatial_chunks < 1:
+            raise ConfigError(f"model.spatial_chunks must be >= 1, got {spatial_chunks}")
         self._group: Any = None
         self._group_ready = False
         #: Every redistribution all-to-all (forward and backward), drained by
@@ -200,12 +208,15 @@ class DistributedDynGNNTask(DynGNNTask):
         adjs = adjs[halo:]
         if xs is not None:
             xs = xs[halo:] if isinstance(xs, Tensor) else list(xs)[halo:]
-        if adjs:
-            h = net.spatial(xs, adjs)
-        else:
-            h = torch.zeros(0, num_nodes, net.spatial_dim, device=self.device)
-        if net.temporal_is_identity:
-            return h, state, False
+
+        def spatial(local: range) -> Tensor:
+            """The spatial stage of this rank's snapshots ``local`` (``(0, N, d)`` for none)."""
+            if len(local) == 0:
+                return torch.zeros(0, num_nodes, net.spatial_dim, device=self.device)
+            part = xs if xs is None or isinstance(xs, Tensor) else list(xs)
+            part = None if part is None else part[local.start : local.stop]
+            return net.spatial(part, adjs[local.start : local.stop])
+
         world = self._world
         snaps = batch.relative_blocks() if world > 1 else (range(0, len(adjs)),)
         verts = tuple(vertex_blocks(num_nodes, world))
@@ -216,9 +227,20 @@ class DistributedDynGNNTask(DynGNNTask):
             self.comm_recorder,
             _WIRE_DTYPES[self.hparams.get("wire_dtype", "float32")],
         )
-        hv = self._collective("snapshot->vertex all-to-all", snapshot_to_vertex, h, *exchange)
+        overlap = isinstance(net, WDGCN) and world > 1
+        spatial_chunks = self.hparams.get("spatial_chunks", 1) if overlap else 1
+        if net.temporal_is_identity:
+            return spatial(range(0, len(adjs))), state, False
+        if spatial_chunks == 1:
+            h = spatial(range(0, len(adjs)))
+            hv = self._collective("snapshot->vertex all-to-all", snapshot_to_vertex, h, *exchange)
+        else:
+            hv = self._collective(
+                "snapshot->vertex all-to-all", snapshot_to_vertex_overlapped, spatial, snaps, verts, spatial_chunks,
+                *exchange[2:],
+            )  # fmt: skip
         projected = world > 1 and self.ships_head_inputs
-        chunks = self.hparams.get("exchange_chunks", 4) if isinstance(net, WDGCN) and world > 1 else 1
+        chunks = self.hparams.get("exchange_chunks", 4) if overlap else 1
         states: list[Any] = []
 
         def temporal(local: range) -> Tensor:

@@ -189,18 +189,25 @@ def test_tmgcn_input_mixing_asks_for_a_halo_and_evolvegcn_is_refused():
 @pytest.mark.timeout(120)
 @_needs_fork
 @pytest.mark.parametrize(
-    ("model", "world", "chunks"),
-    [("wdgcn", 2, 4), ("wdgcn", 3, 3), ("wdgcn", 2, 1), ("tmgcn:output", 2, 4), ("tmgcn:input", 3, 4)],
+    ("model", "world", "chunks", "spatial_chunks"),
+    [
+        ("wdgcn", 2, 4, 1),
+        ("wdgcn", 3, 3, 2),
+        ("wdgcn", 2, 1, 2),
+        ("tmgcn:output", 2, 4, 1),
+        ("tmgcn:input", 3, 4, 2),
+    ],
 )
-def test_ddp_training_equals_single_process(model, world, chunks, tmp_path):
+def test_ddp_training_equals_single_process(model, world, chunks, spatial_chunks, tmp_path):
     """Losses, all-reduced gradients (every step, 2 epochs) and validation metrics equal the single process.
 
     WD-GCN with ``exchange_chunks > 1`` runs the overlapped return exchange (one started all-to-all per chunk, counted
-    on rank 0); ``1`` the single one. TM-GCN always takes the single exchange.
+    on rank 0), with ``spatial_chunks > 1`` the overlapped forward exchange; ``1`` the single one. TM-GCN always
+    takes the single exchanges.
     """
     torch.set_num_threads(1)
     ref = _reference(model, tmp_path)
-    task = DistributedDynGNNTask(exchange_chunks=chunks, **_model_kwargs(model))
+    task = DistributedDynGNNTask(exchange_chunks=chunks, spatial_chunks=spatial_chunks, **_model_kwargs(model))
     task.load_state_dict(ref["init"])
     task.comm_recorder = _KeepingRecorder()
     profiler = CommProfiler()
@@ -208,8 +215,8 @@ def test_ddp_training_equals_single_process(model, world, chunks, tmp_path):
         task, PartitionedSnapshotDataModule(**DIST_DATA)
     )
     kinds = [kind for kind, _ in torch.load(tmp_path / "comm0.pt")["events"]]
-    per_step = chunks if model == "wdgcn" else 1
-    assert kinds.count("vertex_to_snapshot") == per_step * kinds.count("snapshot_to_vertex")
+    forward, back = (spatial_chunks, chunks) if model == "wdgcn" else (1, 1)
+    assert forward * kinds.count("vertex_to_snapshot") == back * kinds.count("snapshot_to_vertex")
     assert len(ref["losses"]) == 4  # 2 blocks per epoch, the second one held by a single rank
     for rank in range(world):
         got = torch.load(tmp_path / f"rank{rank}.pt")
@@ -405,3 +412,5 @@ def test_loss_exchange_and_wire_dtype_are_validated():
         DistributedDynGNNTask(wire_dtype="int8", **_model_kwargs("wdgcn"))
     with pytest.raises(ConfigError, match="exchange_chunks"):
         DistributedDynGNNTask(exchange_chunks=0, **_model_kwargs("wdgcn"))
+    with pytest.raises(ConfigError, match="spatial_chunks"):
+        DistributedDynGNNTask(spatial_chunks=0, **_model_kwargs("wdgcn"))
