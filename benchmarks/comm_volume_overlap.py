@@ -1,15 +1,17 @@
-"""Training step time with and without the overlapped return all-to-all, on ``P`` gloo ranks of this machine.
+"""Training step time with and without the overlapped all-to-alls, on ``P`` gloo ranks of this machine.
 
 Every rank holds its snapshot block of the whole training period (one block = one step, as in
 ``comm_volume.py``) and runs :class:`~lit_efficiency.dyn_gnn.task_distributed.DistributedDynGNNTask`'s step
 (spatial stage, snapshot -> vertex all-to-all, LSTM + head projection, vertex -> snapshot all-to-all, loss,
 backward) with ``exchange_chunks = 1`` (one blocking exchange) and with ``exchange_chunks = C`` (the temporal
-stage in ``C`` vertex chunks, each chunk's exchange started with ``async_op=True`` while the next is computed).
+stage in ``C`` vertex chunks, each chunk's exchange started with ``async_op=True`` while the next is computed),
+and each of those with ``spatial_chunks = S`` (the forward exchange overlapped the same way with the spatial stage,
+in ``S`` snapshot chunks; variants ``chunks_C_spatial_S``).
 The variants are timed interleaved on all ranks in lockstep (:func:`~lit_efficiency.core.timing.interleaved`,
 rank 0's clock); DDP's gradient all-reduce, the same in both, is left out. Writes
 ``results/comm_volume_overlap.json``::
 
-    python benchmarks/comm_volume_overlap.py                       # uci_messages, P = 2, C = 4
+    python benchmarks/comm_volume_overlap.py                       # uci_messages, P = 2, C = 2, S = 2
     python benchmarks/comm_volume_overlap.py --dataset bitcoin_otc --chunks 2 4 8
 """
 
@@ -34,9 +36,10 @@ from lit_efficiency.dyn_gnn.task_distributed import DistributedDynGNNTask
 RESULTS = Path(__file__).resolve().parent / "results" / "comm_volume_overlap.json"
 
 
-def _step(task: DistributedDynGNNTask, batch, chunks: int):
+def _step(task: DistributedDynGNNTask, batch, chunks: int, spatial_chunks: int):
     def run() -> None:
         task.hparams.exchange_chunks = chunks
+        task.hparams.spatial_chunks = spatial_chunks
         task.zero_grad()
         _, local_sum, _, num_targets = task._partitioned_block(batch, None)
         (local_sum / max(num_targets, 1)).backward()
@@ -60,7 +63,10 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
         )  # fmt: skip
         task.setup("fit")
         batch = next(iter(dm.train_dataloader()))
-        fns = {f"chunks_{c}": _step(task, batch, c) for c in [1, *args.chunks]}
+        fns = {}
+        for c in [1, *args.chunks]:
+            fns[f"chunks_{c}"] = _step(task, batch, c, 1)
+            fns.update({f"chunks_{c}_spatial_{s}": _step(task, batch, c, s) for s in args.spatial})
         times = interleaved(fns, repeats=args.repeats, warmup=1, progress=False)
         task.comm_recorder.drain()
         fns["chunks_1"]()  # once more, to read what each blocking exchange took: what overlap could hide at most
@@ -93,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="uci_messages")
     parser.add_argument("--world-size", type=int, default=2)
-    parser.add_argument("--chunks", type=int, nargs="+", default=[4], help="exchange_chunks values besides 1")
+    parser.add_argument("--chunks", type=int, nargs="+", default=[2], help="exchange_chunks values besides 1")
+    parser.add_argument("--spatial", type=int, nargs="*", default=[2], help="spatial_chunks values besides 1")
     parser.add_argument("--hidden-dim", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
