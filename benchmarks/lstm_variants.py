@@ -6,8 +6,10 @@ hidden 32: about 9 GFLOP forward, 28 with backward, under a second of one-thread
 
 - ``nn_lstm``: ``torch.nn.LSTM`` (on CPU a oneDNN ``mkldnn_rnn_layer`` forward and backward kernel);
 - ``hand_backward``: the input projection of all steps as one GEMM before the recurrence, the recurrence doing only
-  ``h @ W_hh`` and the gates in place, and a hand-written backward (a ``torch.autograd.Function``) that saves only the
-  gate activations and cell states, with the weight gradients as one GEMM each after the reverse loop;
+  ``h @ W_hh`` and the gates, and a hand-written backward (a ``torch.autograd.Function``) that saves only the gate
+  activations and cell states, with the weight gradients as one GEMM each after the reverse loop;
+- ``hand_backward_compiled_gates``: the same with each step's elementwise gate functions (forward and backward)
+  compiled by ``torch.compile`` (inductor's C++ kernels; the compile time is recorded apart, ``compile_s``);
 - ``vertex_chunks_1024``: ``nn.LSTM`` over blocks of 1024 vertices (a working set that fits the L2 cache).
 
 Outputs and gradients of every variant are checked against ``nn.LSTM`` first (``max_rel_err``). The
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,60 +38,83 @@ from lit_efficiency.core.timing import compare, interleaved
 RESULTS = Path(__file__).resolve().parent / "results" / "lstm_variants.json"
 
 
+def _cell_forward(pre: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One step's gates from their pre-activations: ``(h, c, activations [i, f, g, o])``."""
+    hidden = c_prev.shape[1]
+    i, f = torch.sigmoid(pre[:, :hidden]), torch.sigmoid(pre[:, hidden : 2 * hidden])
+    g, o = torch.tanh(pre[:, 2 * hidden : 3 * hidden]), torch.sigmoid(pre[:, 3 * hidden :])
+    c = f * c_prev + i * g
+    return o * torch.tanh(c), c, torch.cat([i, f, g, o], 1)
+
+
+def _cell_backward(dh: Tensor, dc: Tensor, acts: Tensor, c_prev: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradient of one step's pre-activations and of ``c_prev``, from those of ``h`` and ``c``."""
+    hidden = c.shape[1]
+    i, f = acts[:, :hidden], acts[:, hidden : 2 * hidden]
+    g, o = acts[:, 2 * hidden : 3 * hidden], acts[:, 3 * hidden :]
+    tanh_c = torch.tanh(c)
+    dc = dc + dh * o * (1 - tanh_c * tanh_c)
+    d_pre = torch.cat(
+        [dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g), dh * tanh_c * o * (1 - o)], 1
+    )
+    return d_pre, dc * f
+
+
 class _HandLSTM(torch.autograd.Function):
-    """One LSTM layer over a whole sequence with a hand-written backward (gate order i, f, g, o as ``nn.LSTM``)."""
+    """One LSTM layer over a whole sequence with a hand-written backward (gate order i, f, g, o as ``nn.LSTM``).
+
+    ``cells`` are the per-step elementwise functions (:func:`_cell_forward`, :func:`_cell_backward`), eager or
+    compiled; the products are one GEMM for the input projection of all steps, one ``h @ W_hh`` per step, and one
+    GEMM per weight gradient.
+    """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Tensor, cells: tuple) -> Tensor:  # type: ignore[override]
         steps, batch, _ = x.shape
         hidden = w_hh.shape[1]
-        gates = torch.addmm(bias, x.reshape(steps * batch, -1), w_ih.t()).view(steps, batch, 4 * hidden)
-        hs = x.new_zeros(steps + 1, batch, hidden)
-        cs = x.new_zeros(steps + 1, batch, hidden)
+        pre_x = torch.addmm(bias, x.reshape(steps * batch, -1), w_ih.t()).view(steps, batch, 4 * hidden)
+        hs, cs, acts = [x.new_zeros(batch, hidden)], [x.new_zeros(batch, hidden)], []
         for t in range(steps):
-            g = gates[t].addmm_(hs[t], w_hh.t())
-            g[:, : 2 * hidden].sigmoid_()
-            g[:, 2 * hidden : 3 * hidden].tanh_()
-            g[:, 3 * hidden :].sigmoid_()
-            i, f, c_in, o = g.chunk(4, 1)
-            torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, c_in)
-            torch.mul(o, torch.tanh(cs[t + 1]), out=hs[t + 1])
-        ctx.save_for_backward(x, w_ih, w_hh, gates, hs, cs)
-        return hs[1:].clone()
+            h, c, a = cells[0](torch.addmm(pre_x[t], hs[t], w_hh.t()), cs[t])
+            hs.append(h)
+            cs.append(c)
+            acts.append(a)
+        out = torch.stack(hs[1:])
+        ctx.cells = cells
+        ctx.save_for_backward(x, w_ih, w_hh, torch.stack(acts), torch.stack(hs[:-1]), torch.stack(cs))
+        return out
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
-        x, w_ih, w_hh, gates, hs, cs = ctx.saved_tensors
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, w_ih, w_hh, acts, h_prev, cs = ctx.saved_tensors
         steps, batch, _ = x.shape
         hidden = w_hh.shape[1]
-        d_gates = torch.empty_like(gates)
-        dh = x.new_zeros(batch, hidden)
-        dc = x.new_zeros(batch, hidden)
+        dh, dc = x.new_zeros(batch, hidden), x.new_zeros(batch, hidden)
+        d_pre: list[Tensor] = []
         for t in range(steps - 1, -1, -1):
-            dh += grad_out[t]
-            i, f, c_in, o = gates[t].chunk(4, 1)
-            di, df, dc_in, do = d_gates[t].chunk(4, 1)
-            tanh_c = torch.tanh(cs[t + 1])
-            dc.addcmul_(dh * o, 1 - tanh_c * tanh_c)
-            torch.mul(dh, tanh_c, out=do).mul_(o * (1 - o))
-            torch.mul(dc, c_in, out=di).mul_(i * (1 - i))
-            torch.mul(dc, cs[t], out=df).mul_(f * (1 - f))
-            torch.mul(dc, i, out=dc_in).mul_(1 - c_in * c_in)
-            dc.mul_(f)
-            dh = d_gates[t] @ w_hh
-        flat = d_gates.view(steps * batch, 4 * hidden)
+            d, dc = ctx.cells[1](grad_out[t] + dh, dc, acts[t], cs[t], cs[t + 1])
+            d_pre.append(d)
+            dh = d @ w_hh
+        flat = torch.stack(d_pre[::-1]).view(steps * batch, 4 * hidden)
         grad_x = (flat @ w_ih).view_as(x)
-        return grad_x, flat.t() @ x.reshape(steps * batch, -1), flat.t() @ hs[:steps].reshape(-1, hidden), flat.sum(0)
+        grad_w_ih = flat.t() @ x.reshape(steps * batch, -1)
+        return grad_x, grad_w_ih, flat.t() @ h_prev.reshape(-1, hidden), flat.sum(0), None
 
 
-def _variants(lstm: nn.LSTM) -> dict[str, Callable[[Tensor], Tensor]]:
-    def hand(x: Tensor) -> Tensor:
-        return _HandLSTM.apply(x, lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
+def _variants(lstm: nn.LSTM, compiled: tuple) -> dict[str, Callable[[Tensor], Tensor]]:
+    def hand(cells: tuple) -> Callable[[Tensor], Tensor]:
+        weights = (lstm.weight_ih_l0, lstm.weight_hh_l0)
+        return lambda x: _HandLSTM.apply(x, *weights, lstm.bias_ih_l0 + lstm.bias_hh_l0, cells)
 
     def chunked(x: Tensor) -> Tensor:
         return torch.cat([lstm(x[:, v : v + 1024])[0] for v in range(0, x.shape[1], 1024)], dim=1)
 
-    return {"nn_lstm": lambda x: lstm(x)[0], "hand_backward": hand, "vertex_chunks_1024": chunked}
+    return {
+        "nn_lstm": lambda x: lstm(x)[0],
+        "hand_backward": hand((_cell_forward, _cell_backward)),
+        "hand_backward_compiled_gates": hand(compiled),
+        "vertex_chunks_1024": chunked,
+    }
 
 
 def _grads(fn: Callable[[Tensor], Tensor], lstm: nn.LSTM, x: Tensor, grad_out: Tensor) -> list[Tensor]:
@@ -124,7 +150,12 @@ def main(argv: list[str] | None = None) -> dict:
     lstm = nn.LSTM(args.hidden, args.hidden)
     x = torch.randn(args.steps, args.vertices, args.hidden, requires_grad=True)
     grad_out = torch.randn(args.steps, args.vertices, args.hidden)
-    variants = _variants(lstm)
+    start = time.perf_counter()  # compile (inductor, C++ kernels) and first run of both gate functions
+    compiled = (torch.compile(_cell_forward, dynamic=False), torch.compile(_cell_backward, dynamic=False))
+    gates, c = torch.randn(args.vertices, 4 * args.hidden), torch.randn(args.vertices, args.hidden)
+    compiled[1](c, c, compiled[0](gates, c)[2], c, c)
+    compile_s = time.perf_counter() - start
+    variants = _variants(lstm, compiled)
     ref = _grads(variants["nn_lstm"], lstm, x, grad_out)
     errors = {name: _max_rel_err(_grads(fn, lstm, x, grad_out), ref) for name, fn in variants.items()}
     runs = {name: (lambda fn=fn: _grads(fn, lstm, x, grad_out)) for name, fn in variants.items()}
@@ -145,6 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ms": times,
         "speedup_vs_nn_lstm": {name: compare(times["nn_lstm"], times[name]) for name in list(variants)[1:]},
         "nn_lstm_profile_self_ms": _profile_split(runs["nn_lstm"]),
+        "compile_s_gate_functions": round(compile_s, 1),
         "gflops_nn_lstm": round(flop / 1e9 / (times["nn_lstm"]["median_ms"] / 1e3), 2),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
