@@ -340,6 +340,36 @@ def _check_overlapped(rank, world, num_snapshots, num_nodes, num_chunks, group) 
     assert sum(len(r) for r in calls[1:]) == len(mine)
 
 
+def _check_forward_overlapped(rank, world, num_snapshots, num_nodes, num_chunks, group) -> None:
+    """Chunked, asynchronously started snapshot->vertex == the one-shot exchange: values, input and weight grads."""
+    torch.manual_seed(0)
+    weight = torch.randn(3, 3, requires_grad=True)
+    snaps = snapshot_blocks([1] * num_snapshots, world)
+    verts = vertex_blocks(num_nodes, world)
+    mine = snaps[rank]
+    h = _full(num_snapshots, num_nodes, 3, seed=7)[mine.start : mine.stop].requires_grad_()
+    probe = _full(num_snapshots, len(verts[rank]), 3, seed=8)
+    calls = []
+
+    def compute(local: range) -> torch.Tensor:
+        calls.append(local)
+        return torch.tanh(h[local.start : local.stop] @ weight)
+
+    outputs, grads = [], []
+    for run in (lambda: rd.snapshot_to_vertex(compute(range(0, len(mine))), snaps, verts, group=group),
+                lambda: rd.snapshot_to_vertex_overlapped(compute, snaps, verts, num_chunks, group=group)):  # fmt: skip
+        out = run()
+        (out * probe).sum().backward()
+        outputs.append(out.detach())
+        grads.append((h.grad.clone(), weight.grad.clone()))
+        h.grad, weight.grad = None, None
+    _assert_near(outputs[1], outputs[0], "forward-overlapped values")
+    _assert_near(grads[1][0], grads[0][0], "forward-overlapped input grad")
+    _assert_near(grads[1][1], grads[0][1], "forward-overlapped weight grad")
+    assert len(calls) == 1 + num_chunks  # the compute really ran chunk by chunk
+    assert sum(len(r) for r in calls[1:]) == len(mine)
+
+
 def _overlap_worker(rank: int, world: int, port: int) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -351,6 +381,7 @@ def _overlap_worker(rank: int, world: int, port: int) -> None:
         # more chunks than some ranks' vertices (empty chunks), one chunk, uneven blocks, a rank without snapshots
         for num_snapshots, num_nodes, num_chunks in [(5, 11, 3), (4, 7, 1), (3, 2 * world + 1, 4), (world - 1, 9, 2)]:
             _check_overlapped(rank, world, num_snapshots, num_nodes, num_chunks, group)
+            _check_forward_overlapped(rank, world, num_snapshots, num_nodes, num_chunks, group)
         dist.barrier()
     except BaseException:
         traceback.print_exc()
@@ -360,5 +391,5 @@ def _overlap_worker(rank: int, world: int, port: int) -> None:
 
 
 @_forked_gloo_worlds
-def test_overlapped_vertex_to_snapshot_equals_one_exchange(world_size):
+def test_overlapped_exchanges_equal_one_exchange(world_size):
     _run_workers(_overlap_worker, world_size, start_method="fork")
