@@ -36,11 +36,11 @@ writes ``benchmarks/results/power_bert_engine.json`` (``--quick``: ``power_bert_
 4 examples at batch 1, 2 repeats: a check that every row runs, not a measurement). The file is built **one cell at a
 time**: a cell is one task at one thread count and batch size (``tasks.<task>.threads_<T>_batch_<B>``), and every
 run merges the cells it measured into the file, replacing only those and keeping the others (``--fresh`` starts
-over), so ``--tasks mrpc --threads 1`` fits a short window on a shared machine. Each cell records its own date,
-wall time (``wall_s``), repeats, load average before and after and ``machine_busy``; ``--list`` prints them. A
-task's cells measured at another retention are dropped when it is remeasured. The retention is the task's
-fair-protocol result (``benchmarks/power_bert_glue.py``) where its report is one, else the older committed run's
-(``retention_source`` says which; ``--retention`` overrides).
+over), so ``--tasks mrpc --threads 1 --batch-sizes 128`` fits a short window on a shared machine. Each cell records
+its own date (when it finished), wall time (``wall_s``), repeats, load average before and after and
+``machine_busy``; ``--list`` prints them. A task's cells measured at another retention are dropped when it is
+remeasured. The retention is the task's fair-protocol result (``benchmarks/power_bert_glue.py``) where its report
+is one, else the older committed run's (``retention_source`` says which; ``--retention`` overrides).
 """
 
 from __future__ import annotations
