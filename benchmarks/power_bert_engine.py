@@ -29,12 +29,18 @@ before and after each setting and ``machine_busy`` is set when other jobs shared
 
 Usage::
 
-    python benchmarks/power_bert_engine.py [--tasks cola mrpc rte sst2 stsb] [--threads 1 0] [--repeats 5] [--merge]
-        [--retention mrpc=63,45,34,15,4,1] [--quick]
+    python benchmarks/power_bert_engine.py [--tasks cola mrpc rte sst2 stsb] [--threads 1 0] [--repeats 5]
+        [--retention mrpc=63,45,34,15,4,1] [--quick] [--fresh] [--list]
 
 writes ``benchmarks/results/power_bert_engine.json`` (``--quick``: ``power_bert_engine_quick.json``, batch 16 and 1,
-4 examples at batch 1, 2 repeats: a check that every row runs, not a measurement). ``wall_s`` records the run's
-wall time.
+4 examples at batch 1, 2 repeats: a check that every row runs, not a measurement). The file is built **one cell at a
+time**: a cell is one task at one thread count and batch size (``tasks.<task>.threads_<T>_batch_<B>``), and every
+run merges the cells it measured into the file, replacing only those and keeping the others (``--fresh`` starts
+over), so ``--tasks mrpc --threads 1 --batch-sizes 128`` fits a short window on a shared machine. Each cell records
+its own date (when it finished), wall time (``wall_s``), repeats, load average before and after and
+``machine_busy``; ``--list`` prints them. A task's cells measured at another retention are dropped when it is
+remeasured. The retention is the task's fair-protocol result (``benchmarks/power_bert_glue.py``) where its report
+is one, else the older committed run's (``retention_source`` says which; ``--retention`` overrides).
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +74,26 @@ MODEL = "minilm-l6"
 Batch = dict[str, torch.Tensor]
 
 
-def committed_retention(task: str, overrides: dict[str, list[int]]) -> tuple[list[int], int]:
-    """Retention (``overrides`` first) and N of the committed GLUE run of ``task``."""
+#: How a task's retention was chosen, recorded with its cells (``retention_source``).
+FAIR = "fair protocol (benchmarks/power_bert_glue.py)"
+OLDER = "older committed run (before the fair protocol; pass --retention TASK=... for a newer one)"
+OVERRIDE = "--retention"
+
+
+def committed_retention(task: str, overrides: dict[str, list[int]]) -> tuple[list[int], int, str]:
+    """Retention, N and the retention's source for ``task``: ``overrides`` first, else its committed GLUE report.
+
+    A report of the fair protocol (``benchmarks/power_bert_glue.py``: ``summary`` and ``seed1_report``) gives the
+    chosen retention; an older report (flat ``retention``) is used as it is and labelled :data:`OLDER`.
+    """
     report = json.loads((RESULTS / f"power_bert_{task}.json").read_text())
-    return overrides.get(task) or [int(n) for n in report["retention"]], int(report["max_seq_len"])
+    if "summary" in report:
+        retention, n, source = report["summary"]["retention"], report["seed1_report"]["max_seq_len"], FAIR
+    else:
+        retention, n, source = report["retention"], report["max_seq_len"], OLDER
+    if task in overrides:
+        retention, source = overrides[task], OVERRIDE
+    return [int(k) for k in retention], int(n), source
 
 
 def parse_retention(text: str) -> tuple[str, list[int]]:
@@ -163,8 +186,8 @@ def time_setting(
     tmp: Path,
 ) -> dict[str, Any]:
     """All candidates of one task at one batch size on ``threads`` threads."""
-    load_before = os.getloadavg()[0]
-    retention, n = committed_retention(task, args.retention)
+    load_before, started = os.getloadavg()[0], time.perf_counter()
+    retention, n, _ = committed_retention(task, args.retention)
     pairs = dev_texts(task, examples)
     groups = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
     static = [encode(models["tokenizer"], g, n, static=True) for g in groups]
@@ -202,10 +225,13 @@ def time_setting(
     timings = interleaved(fns, repeats=args.repeats, warmup=args.warmup)
     ideal_static = flop_ideal(ours.config, retention, static)
     ideal_dyn = flop_ideal(ours.config, retention, dynamic)
+    load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     result: dict[str, Any] = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "batch_size": batch_size,
         "threads": threads,
-        "load_average_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "load_average_1min_before_after": load,
+        "machine_busy": max(load) > threads + 0.5,
         "examples": len(pairs),
         "ms": timings,
         "ms_per_example": {k: round(v["median_ms"] / len(pairs), 4) for k, v in timings.items()},
@@ -232,6 +258,7 @@ def time_setting(
         for name in (f"ours_compiled_{padding}", f"onnxruntime_{padding}")
         if name in timings and f"hf_compiled_{padding}" in timings
     }
+    result["wall_s"] = round(time.perf_counter() - started, 1)
     return result
 
 
@@ -246,7 +273,49 @@ def _versus(reference: dict[str, float], candidate: dict[str, float], ideal: flo
     }
 
 
-def main() -> None:
+def merge_cell(report: dict[str, Any], task: str, retention: list[int], n: int, source: str, key: str, cell: dict):
+    """Put one measured cell into ``report``, keeping every other cell.
+
+    A cell is one ``threads_<T>_batch_<B>`` record of one task. The task's cells measured at another retention or N
+    are stale and dropped (their speedups compare a different model); ``machine_busy`` is recomputed over all cells.
+    """
+    entry = report["tasks"].setdefault(task, {})
+    if (entry.get("retention"), entry.get("max_seq_len")) != (retention, n):
+        stale = [k for k in entry if k.startswith("threads_")]
+        if stale:
+            print(f"{task}: dropping {', '.join(stale)} (measured at retention {entry.get('retention')})", flush=True)
+        entry.clear()
+    entry.update({"retention": retention, "max_seq_len": n, "retention_source": source, key: cell})
+    report["machine_busy"] = any(c.get("machine_busy", True) for _, _, c in measured_cells(report))
+
+
+def measured_cells(report: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(task, cell key, record)`` of every cell in ``report``, in task order."""
+    return [(task, key, cell) for task, entry in report.get("tasks", {}).items()
+            for key, cell in entry.items() if key.startswith("threads_")]  # fmt: skip
+
+
+def describe_cells(report: dict[str, Any]) -> list[str]:
+    """One line per measured cell: when, at which load, how long it took (cells from before per-cell records: '?')."""
+    lines = []
+    for task, key, cell in measured_cells(report):
+        load = cell.get("load_average_1min_before_after", "?")
+        lines.append(f"{task:5s} {key:22s} {cell.get('date', '?'):26s} load {load}  wall {cell.get('wall_s', '?')} s")
+    return lines
+
+
+def load_models() -> dict[str, Any]:
+    """The pretrained MiniLM's path, HF ``BertForSequenceClassification`` with SDPA, and its tokenizer."""
+    import transformers
+
+    path = resolve_pretrained(MODEL)
+    hf_config = transformers.AutoConfig.from_pretrained(path, num_labels=2)
+    hf_config._attn_implementation = "sdpa"
+    hf = transformers.BertForSequenceClassification.from_pretrained(path, config=hf_config).eval()
+    return {"path": path, "hf": hf, "tokenizer": transformers.AutoTokenizer.from_pretrained(path)}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 1])
@@ -266,58 +335,61 @@ def main() -> None:
         "--quick", action="store_true", help="check the script: batch 16 and 1, 4 examples at batch 1, 2 repeats"
     )
     parser.add_argument("--out", type=Path, default=None, help="default: results/power_bert_engine[_quick].json")
-    parser.add_argument("--merge", action="store_true", help="keep the other settings already in --out")
-    args = parser.parse_args()
+    parser.add_argument("--fresh", action="store_true", help="start a new --out instead of merging into it")
+    parser.add_argument("--list", action="store_true", help="print the cells already in --out and exit")
+    args = parser.parse_args(argv)
     args.retention = dict(args.retention)
     if args.quick:
         args.batch_sizes, args.batch1_examples, args.repeats = [16, 1], 4, 2
     args.out = args.out or RESULTS / ("power_bert_engine_quick.json" if args.quick else "power_bert_engine.json")
-    started = time.perf_counter()
+    return args
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    old = {} if args.fresh or not args.out.is_file() else json.loads(args.out.read_text())
+    if args.list:
+        print("\n".join(describe_cells(old)) or f"{args.out}: no cells")
+        return
+    models = load_models()
     import transformers
 
-    path = resolve_pretrained(MODEL)
-    hf_config = transformers.AutoConfig.from_pretrained(path, num_labels=2)
-    hf_config._attn_implementation = "sdpa"
-    hf = transformers.BertForSequenceClassification.from_pretrained(path, config=hf_config).eval()
-    models = {"path": path, "hf": hf, "tokenizer": transformers.AutoTokenizer.from_pretrained(path)}
-    old = json.loads(args.out.read_text()) if args.merge and args.out.is_file() else {}
     report: dict[str, Any] = {
+        **old,
         "device": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "model": MODEL,
-        "repeats": args.repeats,
-        "warmup": args.warmup,
         "protocol": (
-            "interleaved rounds (rotating order) after warm-up; median and IQR ms per candidate call; batch 128: one "
-            f"batch of dev examples; batch 1: {args.batch1_examples} dev examples one at a time; speedups vs HF "
-            "BertForSequenceClassification (SDPA) at the same padding; pct_of_ideal = speedup / FLOP-ideal; "
-            "machine_busy: the 1-minute load average exceeded the benchmark's own threads by more than 0.5 "
-            "(other jobs shared the CPU) before or after some setting"
+            "one cell = one task at one thread count and batch size, merged into this file by each run (other cells "
+            "kept; a task's cells at another retention dropped); interleaved rounds (rotating order) after "
+            "warm-up; median and IQR ms per candidate call; batch 128: one batch of dev examples; batch 1: dev "
+            "examples one at a time; speedups vs HF BertForSequenceClassification (SDPA) at the same padding; "
+            "pct_of_ideal = speedup / FLOP-ideal; per cell: date, wall_s, repeats, load average before and after, "
+            "machine_busy (the 1-minute load exceeded the cell's threads by more than 0.5: other jobs shared the CPU)"
         ),
-        "machine_busy": bool(old.get("machine_busy", False)),
         "tasks": old.get("tasks", {}),
     }
+    for stale in ("repeats", "warmup", "wall_s"):  # per cell now
+        report.pop(stale, None)
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:
-            retention, n = committed_retention(task, args.retention)
-            entry = report["tasks"].setdefault(task, {})
-            entry.update({"retention": retention, "max_seq_len": n})
+            retention, n, source = committed_retention(task, args.retention)
+            if source == OLDER:
+                print(f"{task}: retention {retention} is from an {OLDER}", flush=True)
             for threads in args.threads:
                 threads = threads or os.cpu_count() or 1
                 torch.set_num_threads(threads)
                 for batch_size in args.batch_sizes:
                     examples = batch_size if batch_size > 1 else args.batch1_examples
                     key = f"threads_{threads}_batch_{batch_size}"
-                    entry[key] = time_setting(task, batch_size, examples, threads, args, models, Path(tmp))
-                    print(task, key, json.dumps(entry[key]["vs_hf"]), flush=True)
-                    busy = max(entry[key]["load_average_1min_before_after"]) > threads + 0.5
-                    report["machine_busy"] = report["machine_busy"] or busy
-                    report["wall_s"] = round(time.perf_counter() - started, 1)
-                    args.out.write_text(json.dumps(report, indent=2) + "\n")  # partial results survive
-    print(f"wrote {args.out} in {report['wall_s']} s")
+                    cell = time_setting(task, batch_size, examples, threads, args, models, Path(tmp))
+                    cell.update({"repeats": args.repeats, "warmup": args.warmup})
+                    merge_cell(report, task, retention, n, source, key, cell)
+                    args.out.write_text(json.dumps(report, indent=2) + "\n")  # every finished cell survives
+                    print(task, key, f"{cell['wall_s']} s", json.dumps(cell["vs_hf"]), flush=True)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
