@@ -41,6 +41,7 @@ import torch
 from lit_efficiency.core.paths import resolve_data_root
 from lit_efficiency.power_bert import pipeline
 from lit_efficiency.power_bert.glue import read_glue_split
+from lit_efficiency.power_bert.guards import DEFAULT_BUDGET, collapse_reasons
 from lit_efficiency.power_bert.speed import find_row
 from lit_efficiency.power_bert.tasks_table import TASK_DEFAULTS
 
@@ -90,7 +91,8 @@ PAPER = {
 PUBLISHED_SMALL = (
     "No GLUE dev numbers are published for all-MiniLM-L6-v2 (a sentence-embedding model). Nearest found: "
     "MiniLM-L12-H384 fine-tuned on MRPC, dev F1 91.0 / accuracy 87.5 (model card Intel/MiniLM-L12-H384-uncased-mrpc); "
-    "BERT-base GLUE test numbers of the paper are in the `paper` field."
+    "BERT-Small / BERT-Mini GLUE test numbers (Turc et al. 2019) are beside each task in "
+    "benchmarks/power_bert_table.py; BERT-base GLUE test numbers of the paper are in the `paper` field."
 )
 
 
@@ -148,6 +150,14 @@ def _elapsed_s(run_dir: Path) -> float:
     return (run_dir / "report.json").stat().st_mtime - (run_dir / "pipeline.json").stat().st_mtime
 
 
+def _collapsed(report: dict[str, Any]) -> bool:
+    """The collapse guard on a finished run's report (its warnings also hold the speed guard's)."""
+    held = report["heldout"]
+    budget = report["budget"] if report["budget"] is not None else DEFAULT_BUDGET
+    return bool(collapse_reasons(held["power_bert"], held["constant_predictor"], held["baseline"], budget,
+                                 report["masses"]))  # fmt: skip
+
+
 def _spread(values: list[float]) -> dict[str, Any]:
     return {
         "mean": statistics.fmean(values),
@@ -159,13 +169,16 @@ def _spread(values: list[float]) -> dict[str, Any]:
 def _targets(task: str, summary: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets and by how much each is met or missed."""
     paper_speedup = PAPER[task][2]
+    collapsed = summary["seeds_collapsed"]
     loss = summary["baseline"]["mean"] - summary["power_bert"]["mean"]
     return {
-        "baseline_above_constant_predictor": {
-            "met": summary["baseline"]["mean"] > summary["constant_predictor_heldout"] + 1.0,
+        "baseline_above_constant_predictor": {  # every seed at least 1 point above it
+            "met": min(summary["baseline"]["values"]) > summary["constant_predictor_heldout"] + 1.0,
             "margin_points": summary["baseline"]["mean"] - summary["constant_predictor_heldout"],
+            "worst_seed_margin_points": min(summary["baseline"]["values"]) - summary["constant_predictor_heldout"],
         },
         "metric_within_1_point": {"met": loss <= 1.0, "loss_points": loss},
+        "no_seed_collapsed": {"met": not collapsed, "seeds": collapsed},
         "speedup_static_vs_paper": {
             "met": summary["speedup_static"] >= paper_speedup,
             "paper": paper_speedup,
@@ -205,6 +218,8 @@ def run_task(task: str, plan: Plan, out_dir: Path, results: Path, threads: int) 
         "speedup_vs_hf_sdpa_dynamic_range": versus_hf["speedup_range"],
         "flop_ideal_static": headline["flop_ideal"],
         "percent_of_ideal_static": headline["percent_of_ideal"],
+        # seeds whose shipped model the collapse guard flags: they are in the means above (the table marks them)
+        "seeds_collapsed": [f"seed{i + 1}" for i, r in enumerate(reports) if _collapsed(r)],
     }
     result = {
         "task": task,

@@ -1,6 +1,7 @@
 """benchmarks/power_bert_glue.py at toy size (tiny random BERT, 160 examples, 2 seeds): the JSON it writes, and a
 rerun after an interruption reuses finished seeds (not re-timed) and redoes only what is missing."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -27,6 +28,10 @@ def test_toy_protocol_json_and_resume(tmp_path):
     assert len(summary["baseline"]["values"]) == len(summary["power_bert"]["values"]) == 2  # two seeds
     assert summary["chosen"] in {c["name"] for c in result["seed1_report"]["candidates"]}
     assert set(result["targets"]) >= {"metric_within_1_point", "speedup_static_vs_paper"}
+    for seed, run in enumerate(result["runs"], start=1):  # the collapse guard's flag matches its warnings
+        guard_said = any("constant predictor" in w or "mass < 1" in w for w in run["warnings"])
+        assert (f"seed{seed}" in summary["seeds_collapsed"]) == guard_said
+    assert result["targets"]["no_seed_collapsed"]["met"] == (not summary["seeds_collapsed"])
     walls = result["wall_s"]
     assert walls["seed1"] > 0 and walls["seed2"] > 0
     assert walls["total"] == pytest.approx(walls["seed1"] + walls["seed2"])
@@ -43,3 +48,14 @@ def test_toy_protocol_json_and_resume(tmp_path):
     assert "retrain: already done" in log and seed2.is_file()  # seed 2's stages reused, its report rewritten
     again = json.loads((tmp_path / "results" / "power_bert_rte.json").read_text())
     assert again["summary"]["power_bert"]["values"] == summary["power_bert"]["values"]
+
+
+def test_readme_glue_table_is_printed_from_the_committed_json():
+    spec = importlib.util.spec_from_file_location("power_bert_table", ROOT / "benchmarks" / "power_bert_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = [row for row in module.table().splitlines() if row.startswith("| ")]
+    assert len(rows) >= 3  # header, separator, at least one task
+    readme = (ROOT / "README.md").read_text()
+    missing = [row.split(" | ")[0] for row in rows if row not in readme]
+    assert not missing, f"README table out of date (python benchmarks/power_bert_table.py): {missing}"
