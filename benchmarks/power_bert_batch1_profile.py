@@ -145,7 +145,7 @@ def main() -> None:
     torch.set_num_threads(1)
     load_before = os.getloadavg()[0]
     path = resolve_pretrained(MODEL)
-    retention, n = committed_retention(TASK, {})
+    retention, n, _ = committed_retention(TASK, {})
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     hf = transformers.BertForSequenceClassification.from_pretrained(
         path, num_labels=2, attn_implementation="sdpa"
