@@ -441,31 +441,13 @@ def vertex_to_snapshot_overlapped(
     Returns:
         ``(T_p, N, *F)``.
     """
-    if num_chunks < 1:
-        raise ValueError(f"num_chunks must be >= 1, got {num_chunks}")
-    rank, world = _group_rank_and_size(group)
-    mine = vert_blocks[rank]
-    if world == 1:
-        return compute(range(0, len(mine)))
-    chunks = [
-        [range(v.start + c.start, v.start + c.stop) for c in vertex_blocks(len(v), num_chunks)] for v in vert_blocks
-    ]
-    flights: list[_InFlight] = []
-    recvs, shapes = [], []
-    for c in range(num_chunks):
-        local = chunks[rank][c]
-        h = _ensure_backward_participation(compute(range(local.start - mine.start, local.stop - mine.start)))
-        shapes.append((h.dtype, tuple(h.shape[2:])))
-        blocks = tuple(block[c] for block in chunks)
-        recvs.append(_StartVertexToSnapshot.apply(h, tuple(snap_blocks), blocks, group, recorder, wire_dtype, flights))
+    rank, _ = _group_rank_and_size(group)
     num_local_snapshots = len(snap_blocks[rank])
-    pieces: list[list[torch.Tensor]] = [[] for _ in range(world)]
-    for c, (flight, recv, (dtype, feat)) in enumerate(zip(flights, recvs, shapes, strict=True)):
-        flight.wait()
-        sizes = [num_local_snapshots * len(block[c]) * math.prod(feat) for block in chunks]
-        for q, part in enumerate(recv.to(dtype).split(sizes)):
-            pieces[q].append(part.view(num_local_snapshots, len(chunks[q][c]), *feat))
-    return torch.cat([part for rank_pieces in pieces for part in rank_pieces], dim=1)
+
+    def start(h: torch.Tensor, blocks: tuple[range, ...], flights: list[_InFlight]) -> torch.Tensor:
+        return _StartVertexToSnapshot.apply(h, tuple(snap_blocks), blocks, group, recorder, wire_dtype, flights)
+
+    return _overlapped(compute, vert_blocks, num_chunks, group, start, lambda n: (num_local_snapshots, n), cat_dim=1)
 
 
 class _StartSnapshotToVertex(torch.autograd.Function):
@@ -539,31 +521,49 @@ def snapshot_to_vertex_overlapped(
     Returns:
         ``(T, N_p, *F)``.
     """
+    rank, _ = _group_rank_and_size(group)
+    num_local_nodes = len(vert_blocks[rank])
+
+    def start(h: torch.Tensor, blocks: tuple[range, ...], flights: list[_InFlight]) -> torch.Tensor:
+        return _StartSnapshotToVertex.apply(h, blocks, tuple(vert_blocks), group, recorder, wire_dtype, flights)
+
+    return _overlapped(compute, snap_blocks, num_chunks, group, start, lambda n: (n, num_local_nodes), cat_dim=0)
+
+
+def _overlapped(
+    compute: Callable[[range], torch.Tensor],
+    blocks: Sequence[range],
+    num_chunks: int,
+    group: Any,
+    start: Callable[[torch.Tensor, tuple[range, ...], list[_InFlight]], torch.Tensor],
+    piece_shape: Callable[[int], tuple[int, int]],
+    cat_dim: int,
+) -> torch.Tensor:
+    """The chunk loop of both overlapped exchanges: ``blocks`` are the per-rank ranges of the dimension computed
+    chunk by chunk, ``start`` starts one chunk's all-to-all (given every rank's chunk), and a received piece from a
+    rank's chunk of ``n`` entries has the leading shape ``piece_shape(n)``; pieces are joined along ``cat_dim`` in
+    (rank, chunk) order."""
     if num_chunks < 1:
         raise ValueError(f"num_chunks must be >= 1, got {num_chunks}")
     rank, world = _group_rank_and_size(group)
-    mine = snap_blocks[rank]
+    mine = blocks[rank]
     if world == 1:
         return compute(range(0, len(mine)))
-    chunks = [
-        [range(s.start + c.start, s.start + c.stop) for c in vertex_blocks(len(s), num_chunks)] for s in snap_blocks
-    ]
+    chunks = [[range(b.start + c.start, b.start + c.stop) for c in vertex_blocks(len(b), num_chunks)] for b in blocks]
     flights: list[_InFlight] = []
     recvs, shapes = [], []
     for c in range(num_chunks):
         local = chunks[rank][c]
         h = _ensure_backward_participation(compute(range(local.start - mine.start, local.stop - mine.start)))
         shapes.append((h.dtype, tuple(h.shape[2:])))
-        blocks = tuple(block[c] for block in chunks)
-        recvs.append(_StartSnapshotToVertex.apply(h, blocks, tuple(vert_blocks), group, recorder, wire_dtype, flights))
-    num_local_nodes = len(vert_blocks[rank])
+        recvs.append(start(h, tuple(block[c] for block in chunks), flights))
     pieces: list[list[torch.Tensor]] = [[] for _ in range(world)]
     for c, (flight, recv, (dtype, feat)) in enumerate(zip(flights, recvs, shapes, strict=True)):
         flight.wait()
-        sizes = [len(block[c]) * num_local_nodes * math.prod(feat) for block in chunks]
+        sizes = [math.prod(piece_shape(len(block[c]))) * math.prod(feat) for block in chunks]
         for q, part in enumerate(recv.to(dtype).split(sizes)):
-            pieces[q].append(part.view(len(chunks[q][c]), num_local_nodes, *feat))
-    return torch.cat([part for rank_pieces in pieces for part in rank_pieces], dim=0)
+            pieces[q].append(part.view(*piece_shape(len(chunks[q][c])), *feat))
+    return torch.cat([part for rank_pieces in pieces for part in rank_pieces], dim=cat_dim)
 
 
 def _ensure_backward_participation(h: torch.Tensor) -> torch.Tensor:
