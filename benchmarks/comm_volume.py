@@ -40,6 +40,7 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import DDPStrategy
 
+from lit_efficiency.core.paths import atomic_write_text
 from lit_efficiency.core.recorders import Recorder
 from lit_efficiency.core.trainer import quiet_trainer
 from lit_efficiency.dyn_gnn.partition import alltoall_bytes, halo_bytes
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "units": "bytes per training epoch (= per step: one block per epoch); summed over ranks, allreduce per rank",
     }
-    args.out.write_text(json.dumps({"meta": meta, "variants": results}, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps({"meta": meta, "variants": results}, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

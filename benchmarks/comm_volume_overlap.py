@@ -29,7 +29,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lit_efficiency.core.timing import compare, interleaved
+from lit_efficiency.core.paths import atomic_write_text
+from lit_efficiency.core.timing import compare, interleaved, machine_busy
 from lit_efficiency.dyn_gnn.partitioned import PartitionedSnapshotDataModule
 from lit_efficiency.dyn_gnn.task_distributed import DistributedDynGNNTask
 
@@ -123,11 +124,11 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "repeats": args.repeats,
         "loadavg": list(load),
-        "machine_busy": load[0] > (os.cpu_count() or 1) - args.world_size * args.threads,
+        "machine_busy": machine_busy(args.world_size * args.threads, load[0]),
         "what": "one training step (forward + backward, no DDP all-reduce), rank 0's wall time, interleaved",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "record": record}, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps({"meta": meta, "record": record}, indent=2) + "\n")
     print(json.dumps({k: v["speedup"] for k, v in record["overlap_speedup"].items()}), f"wrote {args.out}")
 
 

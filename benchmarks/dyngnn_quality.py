@@ -37,7 +37,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from lit_efficiency.core.timing import compare, interleaved
+from lit_efficiency.core.paths import atomic_write_text
+from lit_efficiency.core.timing import compare, interleaved, machine_busy
 from lit_efficiency.core.trainer import quiet_trainer
 from lit_efficiency.dyn_gnn.datamodule import SnapshotDataModule, sample_negatives
 from lit_efficiency.dyn_gnn.nn import MODEL_NAMES, LinkPredictor, detach_state
@@ -248,7 +249,7 @@ def epoch_speed(datasets: tuple[str, ...], hidden: int, repeats: int, output: Pa
         "torch": torch.__version__,
         "cpus": os.cpu_count(),
         "threads": torch.get_num_threads(),
-        "machine_busy": os.getloadavg()[0] > (os.cpu_count() or 1) - 1,
+        "machine_busy": machine_busy(torch.get_num_threads()),
         "loadavg": list(os.getloadavg()),
         "repeats": repeats,
         "what": "one training epoch (the whole training period as one block), WD-GCN hidden 32, 2 GCN layers, "
@@ -256,7 +257,7 @@ def epoch_speed(datasets: tuple[str, ...], hidden: int, repeats: int, output: Pa
         "lstm_only: nn.LSTM forward + backward alone at the same sizes (work both loops must do)",
     }
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
+    atomic_write_text(output, json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
     return records
 
 
@@ -282,7 +283,7 @@ def main(
 
     def write() -> None:
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(_merged(previous, records), indent=2) + "\n")
+        atomic_write_text(output, json.dumps(_merged(previous, records), indent=2) + "\n")
 
     for name in datasets:
         dm = SnapshotDataModule(dataset=name, num_negatives=19, eval_num_negatives=100)

@@ -58,6 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from lit_efficiency.core.paths import atomic_write_text  # noqa: E402
 from lit_efficiency.core.timing import interleaved  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "gpu"
@@ -1085,7 +1086,7 @@ def run_section(name: str, ctx: Context, out_dir: Path) -> dict[str, Any]:
         rec = {"status": "failed", "error": f"section returned status {rec.get('status')!r}", "record": rec}
     rec = {"section": name, "status": rec.pop("status"), "wall_s": round(time.perf_counter() - begin, 1),
            "label": ctx.label, **rec}  # fmt: skip
-    (out_dir / f"{name}.json").write_text(json.dumps(rec, indent=2, default=str) + "\n")
+    atomic_write_text((out_dir / f"{name}.json"), json.dumps(rec, indent=2, default=str) + "\n")
     detail = rec.get("error") or rec.get("reason") or ""
     print(f"[{letter}] {name}: {rec['status']} in {rec['wall_s']} s {detail[:200]}", flush=True)
     return rec
@@ -1198,7 +1199,7 @@ def main(argv: list[str] | None = None) -> int:
                      for r in records},
         "table": table.splitlines(),
     }  # fmt: skip
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    atomic_write_text((args.out / "summary.json"), json.dumps(summary, indent=2, default=str) + "\n")
     print(f"\n{table}\n\ntotal {summary['total_s']} s; records in {args.out}", flush=True)
     return 1 if any(r["status"] == "failed" for r in records) else 0
 

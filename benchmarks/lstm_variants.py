@@ -33,7 +33,8 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 
-from lit_efficiency.core.timing import compare, interleaved
+from lit_efficiency.core.paths import atomic_write_text
+from lit_efficiency.core.timing import compare, interleaved, machine_busy
 
 RESULTS = Path(__file__).resolve().parent / "results" / "lstm_variants.json"
 
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
             "torch": torch.__version__,
             "threads": 1,
             "loadavg": list(load),
-            "machine_busy": load[0] > (os.cpu_count() or 1) - 1,
+            "machine_busy": machine_busy(1, load[0]),
             "what": "forward + backward of one LSTM layer over the whole sequence, interleaved, median/IQR",
         },
         "max_rel_err_vs_nn_lstm": errors,
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
         "gflops_nn_lstm": round(flop / 1e9 / (times["nn_lstm"]["median_ms"] / 1e3), 2),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v["speedup"] for k, v in result["speedup_vs_nn_lstm"].items()}), f"wrote {args.out}")
     return result
 

@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from lit_efficiency.core.paths import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("resident", "streamed", "streamed+ckpt", "resident_one_block")
 
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
+    atomic_write_text(out, json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
     title = (
         f"WD-GCN link prediction, synthetic churn graph N={args.num_nodes}, E={args.edges}/snapshot, "
         f"hidden {args.hidden}, block {args.block}, {args.device}"

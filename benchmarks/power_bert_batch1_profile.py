@@ -40,8 +40,8 @@ from power_bert_engine import MODEL, RESULTS, committed_retention, dev_texts, en
 from torch.profiler import profile, record_function
 
 import lit_efficiency.power_bert.model as pb
-from lit_efficiency.core.paths import resolve_pretrained
-from lit_efficiency.core.timing import interleaved
+from lit_efficiency.core.paths import atomic_write_text, resolve_pretrained
+from lit_efficiency.core.timing import interleaved, machine_busy
 from lit_efficiency.power_bert.speed import flop_ideal
 
 TASK = "sst2"
@@ -184,8 +184,8 @@ def main() -> None:
         "thread_switch_us_at_2_threads": thread_switch_us(),
         "load_average_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
-    report["machine_busy"] = max(report["load_average_1min_before_after"]) > 1.5
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    report["machine_busy"] = machine_busy(1, *report["load_average_1min_before_after"])
+    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "length_scaling"}, indent=1))
     print(f"wrote {args.out}")
 

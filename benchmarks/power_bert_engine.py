@@ -59,8 +59,8 @@ from typing import Any
 
 import torch
 
-from lit_efficiency.core.paths import resolve_data_root, resolve_pretrained
-from lit_efficiency.core.timing import compare, interleaved
+from lit_efficiency.core.paths import atomic_write_text, resolve_data_root, resolve_pretrained
+from lit_efficiency.core.timing import compare, interleaved, machine_busy
 from lit_efficiency.power_bert.export import INPUT_NAMES, export_onnx, onnx_session
 from lit_efficiency.power_bert.glue import read_glue_split
 from lit_efficiency.power_bert.model import PowerBertForSequenceClassification
@@ -231,7 +231,7 @@ def time_setting(
         "batch_size": batch_size,
         "threads": threads,
         "load_average_1min_before_after": load,
-        "machine_busy": max(load) > threads + 0.5,
+        "machine_busy": machine_busy(threads, *load),
         "examples": len(pairs),
         "ms": timings,
         "ms_per_example": {k: round(v["median_ms"] / len(pairs), 4) for k, v in timings.items()},
@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
                     cell = time_setting(task, batch_size, examples, threads, args, models, Path(tmp))
                     cell.update({"repeats": args.repeats, "warmup": args.warmup})
                     merge_cell(report, task, retention, n, source, key, cell)
-                    args.out.write_text(json.dumps(report, indent=2) + "\n")  # every finished cell survives
+                    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")  # every finished cell survives
                     print(task, key, f"{cell['wall_s']} s", json.dumps(cell["vs_hf"]), flush=True)
     print(f"wrote {args.out}")
 

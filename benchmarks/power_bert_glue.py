@@ -38,7 +38,8 @@ from typing import Any
 
 import torch
 
-from lit_efficiency.core.paths import resolve_data_root
+from lit_efficiency.core.paths import atomic_write_text, resolve_data_root
+from lit_efficiency.core.timing import machine_busy
 from lit_efficiency.power_bert import pipeline
 from lit_efficiency.power_bert.glue import read_glue_split
 from lit_efficiency.power_bert.guards import DEFAULT_BUDGET, collapse_reasons
@@ -241,7 +242,7 @@ def run_task(task: str, plan: Plan, out_dir: Path, results: Path, threads: int) 
         # measured at the end of the run: above the benchmark's own threads, other jobs shared the cores (ratios
         # stay interleaved and fair, absolute milliseconds are noisy)
         "load_average_1_5_15min": list(os.getloadavg()),
-        "machine_busy": os.getloadavg()[1] > threads + 0.5,
+        "machine_busy": machine_busy(threads, os.getloadavg()[1]),
         # elapsed from each run's start to its report, pauses between an interruption and its resume included
         "wall_s": {**walls, "total": sum(walls.values()), "this_invocation": time.perf_counter() - started},
         "stages_resumed": resumed,
@@ -264,7 +265,7 @@ def run_task(task: str, plan: Plan, out_dir: Path, results: Path, threads: int) 
         "seed1_report": first,
     }
     results.mkdir(parents=True, exist_ok=True)
-    (results / f"power_bert_{task}.json").write_text(json.dumps(result, indent=2))
+    atomic_write_text((results / f"power_bert_{task}.json"), json.dumps(result, indent=2) + "\n")
     for name in first["plots"]:
         shutil.copy(out_dir / task / "seed1" / name, results / f"power_bert_{task}_{name}")
     return result

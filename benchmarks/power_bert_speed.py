@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from lit_efficiency.core.paths import atomic_write_text
 from lit_efficiency.power_bert.model import PowerBertForSequenceClassification
 from lit_efficiency.power_bert.speed import comparisons, format_rows, hf_sdpa_model, make_workloads, time_models
 
@@ -77,7 +78,7 @@ def main() -> None:
     name = "gpu" if device.type == "cuda" else "cpu"
     out = Path(args.results_dir) / f"power_bert_speed_{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     print("\n".join(format_rows(result["speedups"])))
 
 

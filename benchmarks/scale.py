@@ -37,6 +37,9 @@ import sys
 import time
 from pathlib import Path
 
+from lit_efficiency.core.paths import atomic_write_text
+from lit_efficiency.core.timing import machine_busy
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 CONFIG = ROOT / "conf" / "dyn_gnn" / "scale_1b.yaml"
@@ -86,12 +89,13 @@ def parse(lines: list[tuple[float, str]], start: float) -> dict:
 BAR = re.compile(r"(encode snapshots|Epoch 0): +(\d+)%\|[^|]*\| (\d+)/(\d+) \[([\d:]+)<([\d:?]+)")
 
 
-def partial(run_dir: Path, pid: int | None) -> dict:
+def partial(run_dir: Path, pid: int | None, own_threads: int) -> dict:
     """Figures of a run not finished yet: the last state of each progress bar, the peak RSS so far."""
     text = (run_dir / "cli.log").read_text(errors="replace")
     load = os.getloadavg()[0]
     out: dict = {"status": "running", "log": str(run_dir.relative_to(ROOT) / "cli.log"), "device": "cpu"}
-    out.update(machine_busy=load > 1.0, load_average_1min=round(load, 2), recorded_at=time.strftime("%H:%M:%S"))
+    out.update(machine_busy=machine_busy(own_threads, load), load_average_1min=round(load, 2))
+    out["recorded_at"] = time.strftime("%H:%M:%S")
     for name, _, done, total, elapsed, eta in BAR.findall(text):
         key = "encode" if name.startswith("encode") else "epoch"
         out[key] = {"done": int(done), "total": int(total), "elapsed": elapsed, "eta": eta}
@@ -117,8 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     out = Path(args.out_dir) / f"{args.name}.json"
     if args.partial is not None:
-        result = partial(args.partial.resolve(), args.pid)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        result = partial(args.partial.resolve(), args.pid, args.devices * int(os.environ.get("OMP_NUM_THREADS", "1")))
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))
         return result
     run_dir = Path(args.runs_dir) / f"{args.name}-{time.strftime('%Y%m%d-%H%M%S')}"  # a new run every time
@@ -146,15 +150,17 @@ def main(argv: list[str] | None = None) -> dict:
         "devices": args.devices,
         "device": "cpu",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS={env['OMP_NUM_THREADS']}",
-        "machine_busy": load > 1.0,
+        "machine_busy": machine_busy(args.devices * int(env["OMP_NUM_THREADS"]), load),
         "load_average_1min_at_end": round(load, 2),
         **parse(lines, start),
         "peak_rss_gb": round(peak_rss_kb / 2**20, 3),
     }
     result["command"] = result["command"].replace(str(ROOT) + os.sep, "")  # repository-relative paths
     result["peak_rss_note"] = "getrusage(RUSAGE_CHILDREN).ru_maxrss: the largest process (devices > 1: largest rank)"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    if rc != 0:  # the committed result of an earlier run stays; this one's record stays beside its log
+        atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2) + "\n")
+        sys.exit(f"scale: the CLI run exited {rc}; {out} left as it was, see {run_dir / 'cli.log'}")
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return result
 

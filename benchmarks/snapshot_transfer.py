@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
@@ -49,7 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lit_efficiency.core.timing import compare, interleaved  # noqa: E402
+from lit_efficiency.core.timing import compare, interleaved, machine_busy  # noqa: E402
 from lit_efficiency.dyn_gnn.adjacency import edge_key  # noqa: E402
 from lit_efficiency.dyn_gnn.codec import (  # noqa: E402
     HEADER_BYTES,
@@ -332,7 +331,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
-        "machine_busy": os.getloadavg()[0] >= (os.cpu_count() or 1),
+        "machine_busy": machine_busy(torch.get_num_threads()),
         "position_dtype_small": str(position_dtype(1000)),
     }
     out = Path(args.out)

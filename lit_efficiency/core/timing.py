@@ -6,6 +6,7 @@ On CUDA, kernels are asynchronous: a timer must synchronise (or use events) or i
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -113,6 +114,15 @@ def interleaved(
                 times[name].append(time_once(fns[name], device, clock))
                 bar.update()
     return {name: {**summarize(values), "rounds_ms": [round(v, 4) for v in values]} for name, values in times.items()}
+
+
+def machine_busy(own_threads: int, *loads: float) -> bool:
+    """Whether other jobs shared the CPU while a benchmark ran: one definition for every benchmark JSON.
+
+    True when a load average (``loads``, e.g. the 1-minute one before and after; default: the 1-minute one now)
+    exceeded the threads the benchmark itself runs (``own_threads``, all ranks together) by more than half a core.
+    """
+    return max(loads or (os.getloadavg()[0],)) > own_threads + 0.5
 
 
 def sign_test_rounds(n: int, alpha: float = 0.05) -> int | None:

@@ -89,3 +89,10 @@ def test_interleaved_returns_the_paired_rounds():
     assert stats["a"]["rounds_ms"] == pytest.approx([2.0] * 5) and stats["b"]["rounds_ms"] == pytest.approx([1.0] * 5)
     row = timing.compare(stats["a"], stats["b"])
     assert row["rounds_won"] == [5, 5] and not row["within_noise"]
+
+
+def test_machine_busy_compares_the_load_with_the_benchmarks_own_threads(monkeypatch):
+    assert not timing.machine_busy(1, 1.4) and timing.machine_busy(1, 1.6)
+    assert not timing.machine_busy(2, 2.4, 1.0) and timing.machine_busy(2, 0.3, 2.6)  # the worst load counts
+    monkeypatch.setattr(timing.os, "getloadavg", lambda: (3.0, 0.0, 0.0))  # no load given: the 1-minute one now
+    assert timing.machine_busy(2) and not timing.machine_busy(3)

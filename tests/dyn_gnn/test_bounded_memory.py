@@ -138,3 +138,16 @@ def test_scale_script_runs_the_cli_and_records_it(tmp_path):
     assert saved == res and saved["returncode"] == 0
     assert saved["encode_s"] > 0 and saved["epoch_s"] > 0 and saved["peak_rss_gb"] > 0
     assert "--data.init_args.num_nodes=300" in saved["command"] and "scale_1b.yaml" in saved["command"]
+
+
+def test_scale_script_keeps_the_earlier_result_when_the_run_fails(tmp_path):
+    import scale
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "scale.json").write_text('{"kept": true}\n')
+    with pytest.raises(SystemExit, match="exited 2; .*scale.json left as it was"):
+        scale.main(["--edges", "-5", "--out-dir", str(results), "--runs-dir", str(tmp_path / "runs")])
+    assert json.loads((results / "scale.json").read_text()) == {"kept": True}
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run_dir / "result.json").read_text())["returncode"] == 2
