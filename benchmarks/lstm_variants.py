@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -126,6 +127,10 @@ def _grads(fn: Callable[[Tensor], Tensor], lstm: nn.LSTM, x: Tensor, grad_out: T
     return [out.detach(), x.grad.clone(), *(p.grad.clone() for p in lstm.parameters())]
 
 
+#: A variant whose gradients differ from ``nn.LSTM``'s by more than this (relative, fp32) is refused, not timed.
+MAX_REL_ERR = 1e-4
+
+
 def _max_rel_err(got: list[Tensor], ref: list[Tensor]) -> float:
     return max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for a, b in zip(got, ref, strict=True))
 
@@ -159,6 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
     variants = _variants(lstm, compiled)
     ref = _grads(variants["nn_lstm"], lstm, x, grad_out)
     errors = {name: _max_rel_err(_grads(fn, lstm, x, grad_out), ref) for name, fn in variants.items()}
+    if wrong := {name: f"{err:.1e}" for name, err in errors.items() if err > MAX_REL_ERR}:
+        sys.exit(f"lstm_variants: gradients differ from nn.LSTM by more than {MAX_REL_ERR:g}: {wrong}; nothing timed")
     runs = {name: (lambda fn=fn: _grads(fn, lstm, x, grad_out)) for name, fn in variants.items()}
     times = interleaved(runs, repeats=args.repeats, warmup=1, progress=False)
     flop = 2 * 4 * (2 * args.hidden) * args.hidden * args.vertices * args.steps * 3  # forward x 3 with backward

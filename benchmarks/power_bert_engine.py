@@ -339,6 +339,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--list", action="store_true", help="print the cells already in --out and exit")
     args = parser.parse_args(argv)
     args.retention = dict(args.retention)
+    if args.retention and args.out is None and not args.quick:  # merging would drop the task's committed cells
+        parser.error("--retention measures another model than the committed one: give it an --out file of its own")
     if args.quick:
         args.batch_sizes, args.batch1_examples, args.repeats = [16, 1], 4, 2
     args.out = args.out or RESULTS / ("power_bert_engine_quick.json" if args.quick else "power_bert_engine.json")

@@ -163,11 +163,14 @@ class DistributedDynGNNTask(DynGNNTask):
     def _collective(self, what: str, fn: Any, *args: Any) -> Any:
         try:
             return fn(*args)
+        except _LocalError as wrapped:  # the rank's own compute between chunks failed: not a communication error
+            raise wrapped.__cause__ from None
         except RuntimeError as err:  # gloo/NCCL report a dead peer or a timeout as RuntimeError
             rank = dist.get_rank() if dist.is_initialized() else 0
+            detail = str(err).splitlines()[0] if str(err) else repr(err)
             raise DistributedTrainingError(
                 f"rank {rank}: {what} failed (a peer rank died or timed out after "
-                f"{self.hparams.redistribution_timeout_s:g} s): {str(err).splitlines()[0] if str(err) else err!r}; "
+                f"{self.hparams.redistribution_timeout_s:g} s): {detail}; "
                 "rerun the same command with ckpt_path=last to resume from the last checkpoint"
             ) from err
 
@@ -209,12 +212,12 @@ class DistributedDynGNNTask(DynGNNTask):
         if xs is not None:
             xs = xs[halo:] if isinstance(xs, Tensor) else list(xs)[halo:]
 
+        @_local
         def spatial(local: range) -> Tensor:
             """The spatial stage of this rank's snapshots ``local`` (``(0, N, d)`` for none)."""
             if len(local) == 0:
                 return torch.zeros(0, num_nodes, net.spatial_dim, device=self.device)
-            part = xs if xs is None or isinstance(xs, Tensor) else list(xs)
-            part = None if part is None else part[local.start : local.stop]
+            part = None if xs is None else xs[local.start : local.stop]
             return net.spatial(part, adjs[local.start : local.stop])
 
         world = self._world
@@ -243,6 +246,7 @@ class DistributedDynGNNTask(DynGNNTask):
         chunks = self.hparams.get("exchange_chunks", 4) if overlap else 1
         states: list[Any] = []
 
+        @_local
         def temporal(local: range) -> Tensor:
             """The temporal stage (and head projection) of this rank's vertices ``local``; its state to ``states``."""
             if len(local) == 0:  # more ranks (or chunks) than vertices: nothing to run, keep the shape
@@ -375,6 +379,24 @@ class DistributedDynGNNTask(DynGNNTask):
     def on_test_epoch_start(self) -> None:
         super().on_test_epoch_start()
         self._eval_any = False
+
+
+class _LocalError(Exception):
+    """A rank's own compute failed inside a chunked exchange; carries the error (``__cause__``) past the handler
+    that reports communication failures, so a GCN or LSTM error is not blamed on a dead peer."""
+
+
+def _local(fn: Any) -> Any:
+    """``fn`` with its ``RuntimeError`` wrapped in :class:`_LocalError` (the chunked exchanges call it between
+    collectives)."""
+
+    def run(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except RuntimeError as err:
+            raise _LocalError from err
+
+    return run
 
 
 def _joined_states(states: list[Any], previous: Any) -> Any:

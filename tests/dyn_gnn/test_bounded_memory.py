@@ -151,3 +151,22 @@ def test_scale_script_keeps_the_earlier_result_when_the_run_fails(tmp_path):
     assert json.loads((results / "scale.json").read_text()) == {"kept": True}
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert json.loads((run_dir / "result.json").read_text())["returncode"] == 2
+
+
+def test_lstm_variants_refuses_a_variant_with_wrong_gradients(tmp_path, monkeypatch):
+    import lstm_variants
+
+    honest = lstm_variants._variants
+    monkeypatch.setattr(lstm_variants.torch, "compile", lambda fn, **_: fn)  # eager gates: no inductor build here
+
+    def with_a_wrong_one(lstm, compiled):
+        return {**honest(lstm, compiled), "off_by_a_percent": lambda x: 1.01 * lstm(x)[0]}
+
+    monkeypatch.setattr(lstm_variants, "_variants", with_a_wrong_one)
+    out = tmp_path / "lstm.json"
+    sizes = ["--steps", "3", "--vertices", "8", "--hidden", "4", "--repeats", "1", "--out", str(out)]
+    with pytest.raises(SystemExit, match=r"more than 0.0001: \{'off_by_a_percent': '1.0e-02'\}; nothing timed"):
+        lstm_variants.main(sizes)
+    assert not out.exists()
+    monkeypatch.setattr(lstm_variants, "_variants", honest)
+    assert lstm_variants.main(sizes)["max_rel_err_vs_nn_lstm"]["hand_backward"] < lstm_variants.MAX_REL_ERR

@@ -414,3 +414,29 @@ def test_loss_exchange_and_wire_dtype_are_validated():
         DistributedDynGNNTask(exchange_chunks=0, **_model_kwargs("wdgcn"))
     with pytest.raises(ConfigError, match="spatial_chunks"):
         DistributedDynGNNTask(spatial_chunks=0, **_model_kwargs("wdgcn"))
+
+
+def test_a_compute_error_inside_a_chunked_exchange_is_not_blamed_on_a_peer():
+    """The overlapped exchanges run the rank's GCN/LSTM between collectives: their errors surface as they are."""
+    from lit_efficiency.dyn_gnn.task_distributed import DistributedTrainingError, _local
+
+    task = DistributedDynGNNTask(**_model_kwargs("wdgcn"))
+
+    @_local
+    def compute(_):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    def exchange_with_compute():
+        return compute(range(2))
+
+    def exchange_with_dead_peer():
+        raise RuntimeError("Connection closed by peer")
+
+    with pytest.raises(RuntimeError, match="^mat1 and mat2") as local:
+        task._collective("snapshot->vertex all-to-all", exchange_with_compute)
+    assert not isinstance(local.value, DistributedTrainingError)
+    with pytest.raises(
+        DistributedTrainingError,
+        match=r"all-to-all failed \(a peer rank died or timed out after 300 s\): Connection closed by peer; rerun",
+    ):
+        task._collective("snapshot->vertex all-to-all", exchange_with_dead_peer)

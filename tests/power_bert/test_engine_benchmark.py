@@ -33,16 +33,27 @@ def fake_timing(engine, monkeypatch):
     return calls
 
 
+@pytest.fixture
+def reports(engine, monkeypatch, tmp_path):
+    """GLUE reports of both kinds (not the committed ones, which reruns replace): SST-2 older, MRPC fair protocol."""
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "power_bert_sst2.json").write_text(json.dumps({"retention": [41, 34, 27, 20, 16, 3], "max_seq_len": 64}))
+    fair = {"summary": {"retention": [63, 45, 34, 15, 4, 1]}, "seed1_report": {"max_seq_len": 128}}
+    (results / "power_bert_mrpc.json").write_text(json.dumps(fair))
+    monkeypatch.setattr(engine, "RESULTS", results)
+
+
 def _tasks(path: Path) -> dict:
     return json.loads(path.read_text())["tasks"]
 
 
-def test_cells_merge_into_one_file(engine, fake_timing, tmp_path, capsys):
+def test_cells_merge_into_one_file(engine, fake_timing, reports, tmp_path, capsys):
     out = tmp_path / "engine.json"
     engine.main(["--tasks", "sst2", "--threads", "1", "--quick", "--out", str(out)])
     sst2 = _tasks(out)["sst2"]
     assert {k for k in sst2 if k.startswith("threads_")} == {"threads_1_batch_16", "threads_1_batch_1"}
-    assert sst2["retention_source"] == engine.OLDER  # the committed SST-2 report predates the fair protocol
+    assert sst2["retention"] == [41, 34, 27, 20, 16, 3] and sst2["retention_source"] == engine.OLDER
     assert sst2["threads_1_batch_1"]["examples"] == 4 and sst2["threads_1_batch_1"]["repeats"] == 2
 
     engine.main(["--tasks", "mrpc", "--threads", "1", "--batch-sizes", "128", "--out", str(out)])
@@ -71,7 +82,14 @@ def test_cells_merge_into_one_file(engine, fake_timing, tmp_path, capsys):
     assert json.loads(out.read_text())["machine_busy"] is True
 
 
-def test_fresh_starts_over(engine, fake_timing, tmp_path):
+def test_retention_override_needs_its_own_out_file(engine, fake_timing, reports, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        engine.main(["--tasks", "sst2", "--retention", "sst2=9,8,7,6,5,4"])
+    assert exit_info.value.code == 2 and "--out file of its own" in capsys.readouterr().err
+    assert not fake_timing  # nothing measured, nothing written
+
+
+def test_fresh_starts_over(engine, fake_timing, reports, tmp_path):
     out = tmp_path / "engine.json"
     engine.main(["--tasks", "mrpc", "--threads", "1", "--batch-sizes", "1", "--out", str(out)])
     engine.main(["--tasks", "sst2", "--threads", "1", "--batch-sizes", "1", "--out", str(out), "--fresh"])
