@@ -21,7 +21,7 @@ Usage::
     python benchmarks/power_bert_batch1_profile.py [--repeats 30] [--examples 64]
 
 writes ``benchmarks/results/power_bert_batch1_profile.json`` with the 1-minute load average before and after and
-``machine_busy`` (the load exceeded 1.5: other jobs shared the CPU, the figures are noisy).
+``machine_busy`` (:func:`lit_efficiency.core.timing.machine_busy`: other jobs shared the CPU, the figures are noisy).
 """
 
 from __future__ import annotations
@@ -69,14 +69,17 @@ def forward_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
 
 
 def length_scaling(models: dict[str, torch.nn.Module], tokenizer, text: str, repeats: int) -> dict[str, Any]:
-    """Both models at every length of :data:`LENGTHS` (one interleaved call), and the fitted lines."""
-    batches = {n: encode(tokenizer, [(text, None)], n, static=True) for n in LENGTHS}
+    """Both models at ``text`` truncated to each length of :data:`LENGTHS` below its own and at its own (one
+    interleaved call; never padded: a padded token is not a real one to either model), and the fitted lines."""
+    own = len(tokenizer(text, truncation=True, max_length=max(LENGTHS))["input_ids"])
+    lengths = [n for n in LENGTHS if n < own] + [own]
+    batches = {n: encode(tokenizer, [(text, None)], n, static=True) for n in lengths}
     fns = {f"{name}/{n}": forward_fn(m, b) for name, m in models.items() for n, b in batches.items()}
     ms = interleaved(fns, repeats=repeats, warmup=2, progress=False)
-    out: dict[str, Any] = {"lengths": list(LENGTHS)}
+    out: dict[str, Any] = {"lengths": lengths}
     for name in models:
-        medians = [ms[f"{name}/{n}"]["median_ms"] for n in LENGTHS]
-        fixed, per_token = fit_line(list(LENGTHS), medians)
+        medians = [ms[f"{name}/{n}"]["median_ms"] for n in lengths]
+        fixed, per_token = fit_line(lengths, medians)
         out[name] = {"median_ms": medians, "fixed_ms": round(fixed, 3), "per_token_ms": round(per_token, 4)}
     return out
 

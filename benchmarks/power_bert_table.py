@@ -40,7 +40,7 @@ def _row(task: str, result: dict) -> str:
     power_bert = _mean(s["power_bert"], s.get("seeds_collapsed", ()))
     return (
         f"| {task} | {s['metric_name']} | {_mean(s['baseline'])} | {power_bert} | "
-        f"{s['constant_predictor_heldout']:.1f} | {retention} | {s['speedup_static']:.2f}x [{low:.2f}-{high:.2f}] | "
+        f"{s['constant_predictor_dev']:.1f} | {retention} | {s['speedup_static']:.2f}x [{low:.2f}-{high:.2f}] | "
         f"{s['speedup_vs_hf_sdpa_dynamic']:.2f}x [{hf_low:.2f}-{hf_high:.2f}] | {s['flop_ideal_static']:.2f}x "
         f"({s['percent_of_ideal_static']:.0f}%) | {paper['baseline']} / {paper['power_bert']} / {paper['speedup']}x | "
         "{} / {} |".format(*SMALL_BERTS_GLUE_TEST[task])
@@ -51,7 +51,7 @@ def table(results: Path = RESULTS) -> str:
     """The markdown table (fair-protocol rows, then the tasks whose JSON is from the superseded protocol)."""
     rows = [
         "| task | metric | fair baseline (mean ± sd, seeds) | PoWER-BERT (mean ± sd, seeds) | constant predictor "
-        "(held-out) | retention (seed 1) | speedup static, batch 128 [quartile range] | vs HF SDPA dynamic, batch 128 "
+        "(dev) | retention (seed 1) | speedup static, batch 128 [quartile range] | vs HF SDPA dynamic, batch 128 "
         "| FLOP-ideal static (% reached) | paper (BERT-base): baseline / PoWER-BERT / speedup "
         "| BERT-Small / BERT-Mini (GLUE test) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
