@@ -12,8 +12,10 @@ with ``C`` compute + host-to-device transfer, ``A`` the all-to-alls, ``R`` the g
 compute per snapshot (forward + backward, spatial and temporal), ``x`` the host-to-device transfer per snapshot, ``k``
 the all-to-alls per step in full-width equivalents (4 when the embeddings go back to the snapshot layout for the
 loss: there and back, forward and backward; ``2 + 2 w/d`` when only the head's ``w``-wide per-vertex projections go
-back), ``alpha`` the share of the all-to-all hidden behind compute (0: none; the code does not overlap yet, so
-``alpha > 0`` is a what-if), ``W`` the gradient bytes, ``o`` a fixed per-epoch overhead,
+back), ``alpha`` the share of the all-to-all hidden behind compute (0: none; the overlapped exchanges exist
+(``exchange_chunks``, ``spatial_chunks``) but gained nothing measurable on CPU gloo (``comm_volume_overlap.json``:
+0.92-1.04x), so ``alpha > 0`` is a what-if for a GPU cluster, where the exchange runs beside the kernels),
+``W`` the gradient bytes, ``o`` a fixed per-epoch overhead,
 ``s(P) = \max(1, P / \text{devices})`` the oversubscription of a machine with fewer devices than ranks, and the
 per-rank bandwidth
 ``B(P) = B_intra`` within a node, else limited by the node's link shared by its ``g`` ranks:
@@ -36,6 +38,8 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from lit_efficiency.core.paths import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -177,9 +181,11 @@ def main(argv: list[str] | None = None) -> None:
         "check_measured": check,
         "speedup_at_128": {name: rows[-1]["speedup"] for name, rows in gpu.items()},
         "gpu_prediction": gpu,
-        "note": "new_step_overlap assumes the all-to-all fully hidden behind compute; the code does not overlap yet",
+        "note": "new_step_overlap assumes the all-to-all fully hidden behind compute: the chunked overlap is "
+        "implemented (exchange_chunks, spatial_chunks) but measured no gain on CPU gloo (comm_volume_overlap.json), "
+        "so a what-if",
     }
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(out, indent=2) + "\n")
 
     import matplotlib
 
