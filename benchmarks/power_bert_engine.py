@@ -304,6 +304,51 @@ def describe_cells(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+#: ``--table`` columns: (header, row name in a cell's ``vs_hf``); a cell without the row shows "-".
+TABLE_COLUMNS = (
+    ("eager static", "ours_eager_static"),
+    ("eager dynamic", "ours_eager_dynamic"),
+    ("compiled static", "ours_compiled_static"),
+    ("compiled dynamic", "ours_compiled_dynamic"),
+    ("compiled, 16-token buckets", "ours_compiled_bucketed"),
+    ("onnxruntime static", "onnxruntime_static"),
+    ("onnxruntime, 16-token buckets", "onnxruntime_bucketed"),
+)
+
+
+def table(report: dict[str, Any]) -> str:
+    """The README's engine table: one row per cell, speedup over HF SDPA (share of the FLOP-ideal) per candidate.
+
+    "~" marks a speedup within noise (:func:`lit_efficiency.core.timing.compare`); buckets compare with HF at the
+    exact lengths.
+    """
+
+    def figure(row: dict[str, Any] | None) -> str:
+        if row is None:
+            return "-"
+        return f"{'~' if row['within_noise'] else ''}{row['speedup']:.2f}x ({row['pct_of_ideal']:.0f}%)"
+
+    lines = [
+        "| task (N), retention | threads, batch | date, load before / after | "
+        + " | ".join(h for h, _ in TABLE_COLUMNS) + " |",
+        "|---" * (3 + len(TABLE_COLUMNS)) + "|",
+    ]  # fmt: skip
+    order = sorted(measured_cells(report), key=lambda c: (TASKS.index(c[0]), c[2]["threads"], -c[2]["batch_size"]))
+    for task, _, cell in order:
+        entry = report["tasks"][task]
+        retention = ",".join(map(str, entry["retention"]))
+        if entry.get("retention_source") != FAIR:
+            retention += " (older run)"
+        load = " / ".join(f"{x:.1f}" for x in cell["load_average_1min_before_after"])
+        date = cell["date"][:10] if "date" in cell else "undated"
+        figures = " | ".join(figure(cell["vs_hf"].get(name)) for _, name in TABLE_COLUMNS)
+        lines.append(
+            f"| {task} ({entry['max_seq_len']}), {retention} | {cell['threads']}, {cell['batch_size']} | "
+            f"{date}, {load} | {figures} |"
+        )
+    return "\n".join(lines)
+
+
 def load_models() -> dict[str, Any]:
     """The pretrained MiniLM's path, HF ``BertForSequenceClassification`` with SDPA, and its tokenizer."""
     import transformers
@@ -337,6 +382,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="default: results/power_bert_engine[_quick].json")
     parser.add_argument("--fresh", action="store_true", help="start a new --out instead of merging into it")
     parser.add_argument("--list", action="store_true", help="print the cells already in --out and exit")
+    parser.add_argument("--table", action="store_true", help="print the README table of --out's cells and exit")
     args = parser.parse_args(argv)
     args.retention = dict(args.retention)
     if args.retention and args.out is None and not args.quick:  # merging would drop the task's committed cells
@@ -352,6 +398,9 @@ def main(argv: list[str] | None = None) -> None:
     old = {} if args.fresh or not args.out.is_file() else json.loads(args.out.read_text())
     if args.list:
         print("\n".join(describe_cells(old)) or f"{args.out}: no cells")
+        return
+    if args.table:
+        print(table(old))
         return
     models = load_models()
     import transformers

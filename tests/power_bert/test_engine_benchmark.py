@@ -107,3 +107,31 @@ def test_real_cell_records_its_own_conditions(engine, tmp_path):
     assert cell["wall_s"] > 0 and cell["date"].startswith("20") and isinstance(cell["machine_busy"], bool)
     assert len(cell["load_average_1min_before_after"]) == 2 and cell["repeats"] == 1
     assert cell["vs_hf"]["ours_eager_static"]["speedup"] > 0
+
+
+def test_table_rows_follow_the_cells(engine, tmp_path, capsys):
+    """``--table``: one row per cell in task order, "-" for a row not timed, "~" for a speedup within noise."""
+    row = {"speedup": 2.5, "pct_of_ideal": 80.0, "within_noise": False}
+    cell = {"threads": 1, "load_average_1min_before_after": [1.0, 2.0], "date": "2026-11-28T10:00:00+00:00"}
+    report = {"tasks": {
+        "sst2": {"retention": [3, 2], "max_seq_len": 64, "retention_source": engine.OLDER,
+                 "threads_1_batch_1": {**cell, "batch_size": 1, "vs_hf": {"ours_eager_static": row}}},
+        "cola": {"retention": [4, 1], "max_seq_len": 64, "retention_source": engine.FAIR,
+                 "threads_1_batch_128": {**cell, "batch_size": 128,
+                                         "vs_hf": {"ours_eager_dynamic": {**row, "within_noise": True}}}},
+    }}  # fmt: skip
+    out = tmp_path / "engine.json"
+    out.write_text(json.dumps(report))
+    engine.main(["--table", "--out", str(out)])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and lines[0].count("|") == lines[2].count("|") == 3 + len(engine.TABLE_COLUMNS) + 1
+    assert lines[2].startswith("| cola (64), 4,1 | 1, 128 | 2026-11-28, 1.0 / 2.0 | - | ~2.50x (80%) | - |")
+    assert lines[3].startswith("| sst2 (64), 3,2 (older run) | 1, 1 | 2026-11-28, 1.0 / 2.0 | 2.50x (80%) | - |")
+
+
+def test_readme_engine_table_is_printed_from_the_committed_json(engine, capsys):
+    engine.main(["--table"])
+    rows = capsys.readouterr().out.splitlines()
+    readme = (ROOT / "README.md").read_text()
+    missing = [row.split(" | ")[0] for row in rows if row not in readme]
+    assert not missing, f"README engine table out of date (python benchmarks/power_bert_engine.py --table): {missing}"
