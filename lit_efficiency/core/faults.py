@@ -211,11 +211,20 @@ def _spawned_rank_failure(err: BaseException, procs: Sequence[Any] = ()) -> tupl
     return f"rank {err.error_index} (pid {err.error_pid}) failed: {last}", resumable
 
 
-def _launcher_gone() -> str | None:
-    """``rank R (pid P, the launcher) is gone`` when this rank was started by a launcher that has died."""
+def _launcher_gone(grace_s: float = 5.0) -> str | None:
+    """``rank R (pid P, the launcher) is gone`` when this rank was started by a launcher that has died.
+
+    A dying process closes its sockets before its children are handed to a new parent, so the backend error that
+    brought this rank here can arrive while the dead launcher is still its parent: wait up to ``grace_s`` for that.
+    """
     pid, _, rank = os.environ.get(LAUNCHER_ENV, "").partition(":")
-    if not pid.isdigit() or int(pid) == os.getpid() or os.getppid() == int(pid):
+    if not pid.isdigit() or int(pid) == os.getpid():
         return None
+    deadline = time.monotonic() + grace_s
+    while os.getppid() == int(pid):
+        if time.monotonic() >= deadline:
+            return None  # the launcher is alive: another rank failed
+        time.sleep(0.05)
     return f"rank {rank} (pid {pid}, the launcher) is gone"
 
 

@@ -292,3 +292,20 @@ def test_a_kill_between_the_two_writes_of_a_save_leaves_a_verifiable_checkpoint(
     new_digest = listed.split()[0]
     digest_path(path).write_text(f"{new_digest}  last.ckpt\n{hashlib.sha256(old).hexdigest()}  last.ckpt\n")
     assert load_checked(path)["step"] == 1
+
+
+def test_launcher_gone_waits_for_the_dying_launcher_to_hand_this_rank_over(monkeypatch):
+    """The socket error can come before the dead launcher stops being this rank's parent (seen under load)."""
+    from lit_efficiency.core import faults
+
+    launcher = 4242
+    monkeypatch.setenv(faults.LAUNCHER_ENV, f"{launcher}:0")
+    parents = iter([launcher, launcher, launcher, 1])  # reparented to init after three polls
+    monkeypatch.setattr(faults.os, "getppid", lambda: next(parents))
+    assert faults._launcher_gone(grace_s=5.0) == f"rank 0 (pid {launcher}, the launcher) is gone"
+    monkeypatch.setattr(faults.os, "getppid", lambda: launcher)  # alive: another rank failed
+    started = time.monotonic()
+    assert faults._launcher_gone(grace_s=0.2) is None
+    assert time.monotonic() - started >= 0.2
+    monkeypatch.setenv(faults.LAUNCHER_ENV, f"{os.getpid()}:0")  # this process is the launcher
+    assert faults._launcher_gone() is None
