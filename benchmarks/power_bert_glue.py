@@ -107,8 +107,14 @@ def _run(
     speed is seed 1's model's shape: only the guards look at it).
     """
     if (out / "report.json").is_file():
+        report = json.loads((out / "report.json").read_text())
+        if mass_lambda is not None and not math.isclose(report["mass_lambda"], mass_lambda):
+            raise SystemExit(
+                f"{out / 'report.json'}: trained at LAMBDA {report['mass_lambda']:g}, but seed 1 now chose "
+                f"{mass_lambda:g}; delete {out} to retrain this seed at the new LAMBDA"
+            )
         print(f"[power-bert-glue] {task} seed {seed}: {out / 'report.json'} exists, reused (delete it to rerun)")
-        return json.loads((out / "report.json").read_text())
+        return report
     first = seed == 1
     defaults = TASK_DEFAULTS[task]
     num_train = len(read_glue_split(task, "train", resolve_data_root() / "glue")["text_a"])

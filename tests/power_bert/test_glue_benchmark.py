@@ -76,6 +76,16 @@ def test_collapse_flag_looks_at_the_dev_split_too():
     assert collapsed(thin, dev_constant=52.7)  # a mass below 1 and 1.7 points lost on dev
 
 
+def test_a_finished_seed_is_reused_only_at_seed_1s_lambda(tmp_path):
+    """Seeds 2 and 3 train at seed 1's LAMBDA: a report from another LAMBDA is refused, not silently averaged in."""
+    glue = _script("power_bert_glue")
+    (tmp_path / "report.json").write_text(json.dumps({"mass_lambda": 0.001, "power_bert_metric": 55.0}))
+    plan = glue.PLANS["toy"]["rte"]
+    assert glue._run("rte", plan, 2, tmp_path, 1, mass_lambda=0.001)["power_bert_metric"] == 55.0
+    with pytest.raises(SystemExit, match=r"trained at LAMBDA 0.001, but seed 1 now chose 0.003; delete .* to retrain"):
+        glue._run("rte", plan, 2, tmp_path, 1, mass_lambda=0.003)
+
+
 def test_readme_glue_table_is_printed_from_the_committed_json():
     module = _script("power_bert_table")
     rows = [row for row in module.table().splitlines() if row.startswith("| ")]
