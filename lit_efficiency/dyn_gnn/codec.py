@@ -714,7 +714,10 @@ def _apply_diff(
     """Rebuild ``(keys, weights)`` from the previous snapshot without a host synchronisation.
 
     Each kept previous entry ``i`` lands at ``rank_kept(i) + #{added < key_i}``; added key ``j`` lands at
-    ``j + #{prev < a_j} - #{deleted among those}``. Deleted entries are scattered into a dummy slot ``E_t``.
+    ``j + p_j - #{deleted among the first p_j}``, with ``p_j = #{prev < a_j}`` (one binary search per *added* key).
+    Since added and previous keys are distinct, ``a_j < key_i`` exactly when ``p_j <= i``: ``#{added < key_i}`` is a
+    running count of the ``p_j`` (a scatter-add and a cumulative sum), not one binary search per previous entry.
+    Deleted entries are scattered into a dummy slot ``E_t``.
     """
     n_prev, n_out = prev_keys.numel(), item.num_edges
     kd = item.added_keys.dtype
@@ -729,8 +732,11 @@ def _apply_diff(
     torch.cumsum(~keep, 0, out=deleted_before[1:])
     # rank among kept entries = i - #deleted before i
     kept_rank = torch.arange(n_prev, device=device) - deleted_before[:-1]
-    new_pos = torch.where(keep, kept_rank + torch.searchsorted(added, prev_keys), n_out).clamp(0, n_out)
-    n_prev_below = torch.searchsorted(prev_keys, added)
+    n_prev_below = torch.searchsorted(prev_keys, added)  # p_j
+    added_at = torch.zeros(n_prev + 1, dtype=torch.int64, device=device)
+    added_at.scatter_add_(0, n_prev_below, torch.ones_like(n_prev_below))
+    added_below = added_at[:n_prev].cumsum(0)  # #{j : p_j <= i} = #{added < key_i}
+    new_pos = torch.where(keep, kept_rank + added_below, n_out).clamp(0, n_out)
     added_pos = (torch.arange(added.numel(), device=device) + n_prev_below - deleted_before[n_prev_below]).clamp(
         0, n_out
     )
