@@ -727,7 +727,7 @@ def _apply_diff(
     deleted = item.deleted_pos.to(device, non_blocking=True).to(torch.int64).clamp(0, max(n_prev - 1, 0))
 
     keep = torch.ones(n_prev, dtype=torch.bool, device=device)
-    keep[deleted] = False
+    keep.index_fill_(0, deleted, False)  # not keep[deleted] = False: that copies a host scalar (a synchronisation)
     deleted_before = torch.zeros(n_prev + 1, dtype=torch.int64, device=device)
     torch.cumsum(~keep, 0, out=deleted_before[1:])
     # rank among kept entries = i - #deleted before i

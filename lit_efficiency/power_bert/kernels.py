@@ -47,7 +47,7 @@ if triton is not None:
         q_ptr, k_ptr, bias_ptr, w_ptr, col_ptr, diag_ptr,
         heads, seq_len, head_dim, scale,
         s_qb, s_qh, s_ql, s_kb, s_kh, s_kl,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MAX_LEN: tl.constexpr,
     ):  # fmt: skip
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -63,21 +63,25 @@ if triton is not None:
         )
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
-        for start in range(0, seq_len, BLOCK_N):  # pass 1: row log-sum-exp (online softmax)
-            s, cols, col_ok = _score_tile(q, k_ptr + b * s_kb + h * s_kh, bias_ptr + b * seq_len, start, dims,
-                                          seq_len, head_dim, s_kl, scale, BLOCK_N)  # fmt: skip
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
-            m_i = m_new
+        # Static trip counts (MAX_LEN: seq_len rounded up to a power of two), blocks past seq_len skipped: a loop
+        # bounded by the runtime seq_len cannot run under the Triton interpreter (TRITON_INTERPRET=1) with NumPy 2.
+        for start in range(0, MAX_LEN, BLOCK_N):  # pass 1: row log-sum-exp (online softmax)
+            if start < seq_len:
+                s, cols, col_ok = _score_tile(q, k_ptr + b * s_kb + h * s_kh, bias_ptr + b * seq_len, start, dims,
+                                              seq_len, head_dim, s_kl, scale, BLOCK_N)  # fmt: skip
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
+                m_i = m_new
         lse = m_i + tl.log(l_i)
         weight = tl.load(w_ptr + b * seq_len + rows, mask=row_ok, other=0.0)
-        for start in range(0, seq_len, BLOCK_N):  # pass 2: weighted probabilities -> column sums and diagonal
-            s, cols, col_ok = _score_tile(q, k_ptr + b * s_kb + h * s_kh, bias_ptr + b * seq_len, start, dims,
-                                          seq_len, head_dim, s_kl, scale, BLOCK_N)  # fmt: skip
-            p = tl.exp(s - lse[:, None]) * weight[:, None]
-            tl.atomic_add(col_ptr + b * seq_len + cols, tl.sum(p, 0), mask=col_ok)
-            diag = tl.sum(tl.where(rows[:, None] == cols[None, :], p, 0.0), 0)
-            tl.atomic_add(diag_ptr + b * seq_len + cols, diag, mask=col_ok)
+        for start in range(0, MAX_LEN, BLOCK_N):  # pass 2: weighted probabilities -> column sums and diagonal
+            if start < seq_len:
+                s, cols, col_ok = _score_tile(q, k_ptr + b * s_kb + h * s_kh, bias_ptr + b * seq_len, start, dims,
+                                              seq_len, head_dim, s_kl, scale, BLOCK_N)  # fmt: skip
+                p = tl.exp(s - lse[:, None]) * weight[:, None]
+                tl.atomic_add(col_ptr + b * seq_len + cols, tl.sum(p, 0), mask=col_ok)
+                diag = tl.sum(tl.where(rows[:, None] == cols[None, :], p, 0.0), 0)
+                tl.atomic_add(diag_ptr + b * seq_len + cols, diag, mask=col_ok)
 
 
 def score_terms_triton(query: Tensor, key: Tensor, bias: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -102,5 +106,6 @@ def score_terms_triton(query: Tensor, key: Tensor, bias: Tensor, weight: Tensor)
         heads, seq_len, head_dim, 1.0 / math.sqrt(head_dim),
         query.stride(0), query.stride(1), query.stride(2), key.stride(0), key.stride(1), key.stride(2),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        MAX_LEN=max(block_n, triton.next_power_of_2(seq_len)),
     )  # fmt: skip
     return columns, diagonal

@@ -144,7 +144,8 @@ def significance_score_qk(
     r""":func:`significance_score` from ``Q`` and ``K``, without materialising all ``(B, H, L, L)`` probabilities.
 
     On CUDA with Triton installed, a fused kernel computes it without writing any probabilities
-    (:func:`~lit_efficiency.power_bert.kernels.score_terms_triton`). Elsewhere the batch-head pairs (and, for very
+    (:func:`~lit_efficiency.power_bert.kernels.score_terms_triton`); under ``torch.compile`` on CUDA, the plain
+    formula, which Inductor fuses itself. Elsewhere the batch-head pairs (and, for very
     long sequences, the query rows) are processed in blocks of at most :data:`SCORE_BLOCK_ELEMENTS` probabilities:
     each block's scores ``Q_blk K^T / sqrt(d) + bias`` come from one ``baddbmm`` and are normalised by a softmax
     over complete rows; only the weighted column sums and the self-attention terms of the block are kept. Blocks
@@ -159,6 +160,10 @@ def significance_score_qk(
     bsz, heads, seq_len, head_dim = query.shape
     real = (key_mask != 0).to(query.dtype)
     weight = query_weights(real, heads, mask_padded_queries)
+    if query.is_cuda and torch.compiler.is_compiling():
+        # Inductor fuses the plain formula into its own kernels; the hand-written one is for eager and CUDA graphs.
+        probs = torch.softmax(query @ key.transpose(-1, -2) / math.sqrt(head_dim) + bias, dim=-1)
+        return significance_score(probs, key_mask, mask_padded_queries)
     if query.is_cuda:
         from lit_efficiency.power_bert import kernels  # imports Triton: only on the GPU path
 

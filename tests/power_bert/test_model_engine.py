@@ -52,12 +52,13 @@ def test_blocked_score_runs_on_one_thread_and_restores_the_count(monkeypatch):
         seen.append(torch.get_num_threads())
         return terms(*args)
 
-    monkeypatch.setattr(model_module, "_score_terms", record)
     gen = torch.Generator().manual_seed(0)
     q, k = (torch.randn(2, 3, 9, 4, generator=gen) for _ in range(2))
     mask = random_mask(2, 9, gen)
     bias = additive_attention_mask(mask, q.dtype)
+    # the reference first, at the caller's thread count (it shares _score_terms): only the blocked score is recorded
     want = significance_score(torch.softmax(q @ k.transpose(-1, -2) / 2.0 + bias, dim=-1), mask)
+    monkeypatch.setattr(model_module, "_score_terms", record)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
