@@ -39,7 +39,7 @@ if triton is not None:
         k = tl.load(
             k_base + cols[:, None] * s_kl + dims[None, :], mask=col_ok[:, None] & (dims[None, :] < head_dim), other=0.0
         )
-        bias = tl.load(bias_base + cols, mask=col_ok, other=float("-inf"))
+        bias = tl.load(bias_base + cols, mask=col_ok, other=float("-inf")).to(tl.float32)
         return tl.dot(q, tl.trans(k), input_precision="ieee") * scale + bias[None, :], cols, col_ok
 
     @triton.jit
@@ -73,7 +73,7 @@ if triton is not None:
                 l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
                 m_i = m_new
         lse = m_i + tl.log(l_i)
-        weight = tl.load(w_ptr + b * seq_len + rows, mask=row_ok, other=0.0)
+        weight = tl.load(w_ptr + b * seq_len + rows, mask=row_ok, other=0.0).to(tl.float32)
         for start in range(0, MAX_LEN, BLOCK_N):  # pass 2: weighted probabilities -> column sums and diagonal
             if start < seq_len:
                 s, cols, col_ok = _score_tile(q, k_ptr + b * s_kb + h * s_kh, bias_ptr + b * seq_len, start, dims,
@@ -94,11 +94,12 @@ def score_terms_triton(query: Tensor, key: Tensor, bias: Tensor, weight: Tensor)
     if triton is None:
         raise RuntimeError("score_terms_triton needs Triton (pip install triton)")
     bsz, heads, seq_len, head_dim = query.shape
-    query, key = query.contiguous(), key.contiguous()
-    bias = bias.reshape(bsz, seq_len).float().contiguous()
-    weight = weight.float().contiguous()
-    columns = torch.zeros(bsz, seq_len, dtype=torch.float32, device=query.device)
-    diagonal = torch.zeros_like(columns)
+    # No copies where none is needed (each is a kernel launch: eager on a GPU is launch-bound): the kernel takes
+    # (B, H, L) strides of Q and K (the head split is a view), reads bias and weights in their dtype, and one
+    # zero-filled buffer holds both outputs.
+    query, key = (x if x.stride(-1) == 1 else x.contiguous() for x in (query, key))
+    bias, weight = bias.reshape(bsz, seq_len).contiguous(), weight.contiguous()
+    columns, diagonal = torch.zeros(2, bsz, seq_len, dtype=torch.float32, device=query.device)
     block_m = block_n = 32 if seq_len > 16 else 16
     grid = (triton.cdiv(seq_len, block_m), bsz * heads)
     _score_terms_kernel[grid](
