@@ -162,8 +162,9 @@ def significance_score_qk(
     weight = query_weights(real, heads, mask_padded_queries)
     if query.is_cuda and torch.compiler.is_compiling():
         # Inductor fuses the plain formula into its own kernels; the hand-written one is for eager and CUDA graphs.
-        probs = torch.softmax(query @ key.transpose(-1, -2) / math.sqrt(head_dim) + bias, dim=-1)
-        return significance_score(probs, key_mask, mask_padded_queries)
+        # In fp32 like the kernel: fp16 sums reorder near-ties, and the compiled model kept other tokens (H200).
+        scores = query.float() @ key.float().transpose(-1, -2) / math.sqrt(head_dim) + bias.float()
+        return significance_score(torch.softmax(scores, dim=-1), key_mask, mask_padded_queries).to(query.dtype)
     if query.is_cuda:
         from lit_efficiency.power_bert import kernels  # imports Triton: only on the GPU path
 
