@@ -618,6 +618,9 @@ def compiled_candidate(
     checks["r80_compile_s"] = round(time.perf_counter() - begin, 1)
     checks["r80_compile_max_abs"] = max_abs_diff(out.last_hidden_state, want.last_hidden_state)
     checks["r80_compile_same_positions"] = bool(torch.equal(out.kept_positions, want.kept_positions))
+    # random weights: near-uniform attention, so scores tie closely and another summation order can swap tokens
+    same_rows = (out.kept_positions == want.kept_positions).all(dim=1)
+    checks["r80_compile_rows_same_positions"] = round(float(same_rows.float().mean()), 4)
     return {"r80_compile": lambda: compiled(*inputs)}
 
 
@@ -1197,7 +1200,7 @@ def headline(rec: dict[str, Any]) -> str:
     if name == "power_bert":
         big = max(r["batch"] for r in rec["results"])
         row = {r["candidate"]: r for r in rec["results"] if r["batch"] == big}
-        best = row.get("r80_graph", row.get("r80_eager"))
+        best = max((r for c, r in row.items() if c.startswith("r80_")), key=lambda r: r["speedup_vs_hf_sdpa"])
         return f"b{big} r80: eager {row['r80_eager']['speedup_vs_hf_sdpa']}x, best {best['candidate']} " \
             f"{best['speedup_vs_hf_sdpa']}x vs HF SDPA (ideal {rec['ideal_speedup']['r80']}x)"  # fmt: skip
     if name == "diff_transfer":
