@@ -14,6 +14,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import tempfile
 from pathlib import Path
@@ -61,6 +62,8 @@ def main() -> None:
         models = {"baseline": baseline, "power_bert": pruned, "hf_sdpa": hf_sdpa_model(folder)}
     gen = torch.Generator().manual_seed(1)
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "cuda": torch.version.cuda,
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "shape": {"layers": args.layers, "hidden": args.hidden, "seq_len": args.seq_len},
               "retention": retention, "repeats": args.repeats, "warmup": args.warmup, "fp": "fp32",
               "machine_busy": device.type == "cpu", "batches": {}, "speedups": []}  # fmt: skip
