@@ -23,6 +23,11 @@ Run::
 
     python benchmarks/memory.py                       # T = 8, 16
     python benchmarks/memory.py --steps 4,8 --num-nodes 2000 --edges 8000 --out /tmp/m.json   # quick
+    python benchmarks/memory.py --add-gpu-check benchmarks/results/gpu/peak_memory.json   # device rows, see below
+
+The device rows come from ``make gpu-check`` (section ``peak_memory``: the same three configurations at equal block
+size on a GPU, ``torch.cuda.max_memory_allocated``); ``--add-gpu-check`` copies that labelled record into
+``memory.json`` under ``device_peak_memory`` without rerunning the CPU points.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from lit_efficiency.core.paths import atomic_write_text
 
@@ -146,6 +152,36 @@ def plot(records: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def add_gpu_check(record_path: Path, out: Path) -> list[dict]:
+    """Copy ``make gpu-check``'s labelled ``peak_memory`` record into ``out`` (``device_peak_memory``); the CPU rows
+    stay. Bad input: one line naming the file or field, exit status 2, ``out`` untouched."""
+
+    def refuse(message: str) -> NoReturn:
+        print(f"memory.py: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+    try:
+        record = json.loads(record_path.read_text())
+        saved = json.loads(out.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        refuse(f"cannot read {getattr(err, 'filename', None) or record_path}: {err}")
+    if record.get("section") != "peak_memory" or record.get("status") != "ok":
+        refuse(f"{record_path}: not a finished gpu_check peak_memory record (section/status fields)")
+    rows = [r for r in record.get("records", []) if "peak_allocated_mib" in r]
+    if not rows or record.get("label", {}).get("device_type") != "cuda":
+        refuse(f"{record_path}: records[].peak_allocated_mib / label.device_type missing: not measured on a GPU")
+    saved["device_peak_memory"] = {
+        "source": "make gpu-check, section peak_memory (benchmarks/results/gpu/peak_memory.json)",
+        "label": record["label"],
+        "config": record.get("config"),
+        "records": rows,
+    }
+    atomic_write_text(out, json.dumps(saved, indent=2) + "\n")
+    for r in rows:
+        print(f"{record['label']['device']}: {r['config']:14s} peak {r['peak_allocated_mib']:.0f} MiB")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", default="8,16", help="values of T")
@@ -158,6 +194,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--replot", action="store_true", help="only redraw the PNG from the JSON at --out")
+    p.add_argument("--add-gpu-check", default=None, metavar="JSON", help="merge a gpu_check peak_memory record")
     p.add_argument("--point", default=None, help=argparse.SUPPRESS)  # "config:T", run one point and print JSON
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "memory.json"))
     args = p.parse_args(argv)
@@ -165,6 +202,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         config, t = args.point.rsplit(":", 1)
         print("RESULT " + json.dumps(measure(config, int(t), args)))
         return []
+    if args.add_gpu_check:
+        return add_gpu_check(Path(args.add_gpu_check), Path(args.out))
     if args.replot:
         saved = json.loads(Path(args.out).read_text())
         m = saved["meta"]
