@@ -482,6 +482,7 @@ def section_power_bert(ctx: Context) -> dict[str, Any]:
         skipped["compile"] = "needs CUDA" if not ctx.cuda else "disabled with --no-compile"
     results: list[dict[str, Any]] = []
     checks: dict[str, Any] = {}
+    profiles: dict[str, Any] = {}
     with torch.no_grad():
         for batch in sizes.bert_batches:
             inputs = bert_inputs(batch, sizes.bert_seq_len, config.vocab_size, device)

@@ -158,13 +158,13 @@ def significance_score_qk(
         - output: ``(B, L)`` in the dtype of ``query``
     """
     bsz, heads, seq_len, head_dim = query.shape
-    real = (key_mask != 0).to(query.dtype)
-    weight = query_weights(real, heads, mask_padded_queries)
     if query.is_cuda and torch.compiler.is_compiling():
         # Inductor fuses the plain formula into its own kernels; the hand-written one is for eager and CUDA graphs.
-        # In fp32 like the kernel: fp16 sums reorder near-ties, and the compiled model kept other tokens (H200).
+        # Accumulated in fp32, as the kernel does (fp16 sums move near-ties).
         scores = query.float() @ key.float().transpose(-1, -2) / math.sqrt(head_dim) + bias.float()
         return significance_score(torch.softmax(scores, dim=-1), key_mask, mask_padded_queries).to(query.dtype)
+    real = (key_mask != 0).to(query.dtype)
+    weight = query_weights(real, heads, mask_padded_queries)
     if query.is_cuda:
         from lit_efficiency.power_bert import kernels  # imports Triton: only on the GPU path
 
