@@ -170,8 +170,10 @@ def add_gpu_check(record_path: Path, out: Path) -> list[dict]:
     rows = [r for r in record.get("records", []) if "peak_allocated_mib" in r]
     if not rows or record.get("label", {}).get("device_type") != "cuda":
         refuse(f"{record_path}: records[].peak_allocated_mib / label.device_type missing: not measured on a GPU")
+    resolved = record_path.resolve()
+    shown = resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else record_path.name  # no machine paths
     saved["device_peak_memory"] = {
-        "source": "make gpu-check, section peak_memory (benchmarks/results/gpu/peak_memory.json)",
+        "source": f"make gpu-check, section peak_memory ({shown})",
         "label": record["label"],
         "config": record.get("config"),
         "records": rows,
