@@ -212,7 +212,7 @@ def _targets(task: str, summary: dict[str, Any]) -> dict[str, Any]:
 
 def run_task(task: str, plan: Plan, out_dir: Path, results: Path, threads: int) -> dict[str, Any]:
     """The whole protocol for one task; writes ``power_bert_<task>.json`` and its PNGs into ``results``."""
-    started = time.perf_counter()
+    started, train_threads = time.perf_counter(), torch.get_num_threads()  # timing sets its own threads
     seed_dirs = [out_dir / task / f"seed{seed}" for seed in range(1, plan.seeds + 1)]
     rebuilt_only = all((d / "report.json").is_file() for d in seed_dirs)  # nothing trains or times: JSON rebuilt
     first = _run(task, plan, 1, out_dir / task / "seed1", threads, budget=BUDGET, lambda_grid=GRID)
@@ -256,6 +256,8 @@ def run_task(task: str, plan: Plan, out_dir: Path, results: Path, threads: int) 
             "grid": GRID,
             "budget_points": BUDGET,
             "patience": PATIENCE,
+            "train_threads": train_threads,
+            "timing_threads": threads,
             "selection": "held-out 10% of the training split (seeded); GLUE dev is reported only",
             "baseline": "fair: fine-tune, then search with LAMBDA = 0 and retrain at full retention (same epochs)",
             "seeds": "seed 1: LAMBDA grid; other seeds: chosen LAMBDA and the fair baseline",
@@ -292,6 +294,8 @@ def run_task(task: str, plan: Plan, out_dir: Path, results: Path, threads: int) 
         old = json.loads(previous.read_text())
         result.update({k: old[k] for k in ("load_average_1_5_15min", "machine_busy") if k in old})
         result["wall_s"]["this_invocation"] = old.get("wall_s", {}).get("this_invocation", 0.0)
+        if "train_threads" in old.get("protocol", {}):
+            result["protocol"]["train_threads"] = old["protocol"]["train_threads"]
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_text((results / f"power_bert_{task}.json"), json.dumps(result, indent=2) + "\n")
     for name in first["plots"]:
@@ -305,9 +309,10 @@ def main() -> None:
     parser.add_argument("--plan", default="full", choices=list(PLANS))
     parser.add_argument("--out-dir", default="outputs/bench_power_bert", help="pipeline runs (resumable)")
     parser.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"))
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: robust on shared machines)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for timing (1: robust on shared machines)")
+    parser.add_argument("--train-threads", type=int, default=None, help="CPU threads for training (default: --threads)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.train_threads or args.threads)
     for task in args.tasks:
         plan = PLANS[args.plan][task]
         out = run_task(task, plan, Path(args.out_dir) / args.plan, Path(args.results_dir), args.threads)

@@ -13,17 +13,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _bench(tmp_path: Path) -> subprocess.CompletedProcess:
+def _bench(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "power_bert_glue.py"), "--tasks", "rte", "--plan", "toy"]
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "power_bert_glue.py"), "--tasks", "rte", "--plan", "toy", *extra]
     cmd += ["--out-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=True)
 
 
 @pytest.mark.slow
 def test_toy_protocol_json_and_resume(tmp_path):
-    _bench(tmp_path)
+    _bench(tmp_path, "--train-threads", "2")
     result = json.loads((tmp_path / "results" / "power_bert_rte.json").read_text())
+    assert result["protocol"]["train_threads"] == 2  # training on both cores, timing on one
+    assert result["protocol"]["timing_threads"] == result["seed1_report"]["threads"] == 1
     summary = result["summary"]
     assert len(summary["baseline"]["values"]) == len(summary["power_bert"]["values"]) == 2  # two seeds
     assert summary["chosen"] in {c["name"] for c in result["seed1_report"]["candidates"]}
