@@ -10,7 +10,11 @@ hidden 32: about 9 GFLOP forward, 28 with backward, under a second of one-thread
   activations and cell states, with the weight gradients as one GEMM each after the reverse loop;
 - ``hand_backward_compiled_gates``: the same with each step's elementwise gate functions (forward and backward)
   compiled by ``torch.compile`` (inductor's C++ kernels; the compile time is recorded apart, ``compile_s``);
-- ``vertex_chunks_1024``: ``nn.LSTM`` over blocks of 1024 vertices (a working set that fits the L2 cache).
+- ``vertex_chunks_1024``: ``nn.LSTM`` over blocks of 1024 vertices (a working set that fits the L2 cache);
+- ``lstm_cell_loop``: ``torch.lstm_cell`` step by step (what ``nn.LSTMCell``, and so the naive PyG loop, runs),
+  autograd through every step;
+- ``hoisted_input_autograd``: the input projection of all steps as one GEMM, then per step one ``addmm`` and the
+  gates in plain torch ops, autograd through every step.
 
 Outputs and gradients of every variant are checked against ``nn.LSTM`` first (``max_rel_err``). The
 profiler's split of ``nn.LSTM`` into its forward and backward kernels is recorded. Writes
@@ -111,8 +115,31 @@ def _variants(lstm: nn.LSTM, compiled: tuple) -> dict[str, Callable[[Tensor], Te
     def chunked(x: Tensor) -> Tensor:
         return torch.cat([lstm(x[:, v : v + 1024])[0] for v in range(0, x.shape[1], 1024)], dim=1)
 
+    def cell_loop(x: Tensor) -> Tensor:
+        h = c = x.new_zeros(x.shape[1], lstm.hidden_size)
+        out = []
+        for step in x:
+            h, c = torch.lstm_cell(step, (h, c), lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
+            out.append(h)
+        return torch.stack(out)
+
+    def hoisted(x: Tensor) -> Tensor:
+        pre = torch.addmm(lstm.bias_ih_l0 + lstm.bias_hh_l0, x.flatten(0, 1), lstm.weight_ih_l0.t()).view(
+            *x.shape[:2], -1
+        )
+        h = c = x.new_zeros(x.shape[1], lstm.hidden_size)
+        out = []
+        for step in pre:
+            i, f, g, o = torch.addmm(step, h, lstm.weight_hh_l0.t()).chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            out.append(h)
+        return torch.stack(out)
+
     return {
         "nn_lstm": lambda x: lstm(x)[0],
+        "lstm_cell_loop": cell_loop,
+        "hoisted_input_autograd": hoisted,
         "hand_backward": hand((_cell_forward, _cell_backward)),
         "hand_backward_compiled_gates": hand(compiled),
         "vertex_chunks_1024": chunked,

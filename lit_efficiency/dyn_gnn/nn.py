@@ -564,6 +564,38 @@ class StackedGCN(DynamicGNN):
         return h
 
 
+def lstm_by_steps(
+    lstm: nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor] | None = None
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """``lstm(x, state)`` as a loop of ``torch.lstm_cell`` steps (what ``nn.LSTMCell`` runs), layer by layer.
+
+    For a unidirectional, sequence-first ``nn.LSTM`` with biases, no projection and no dropout between layers (in
+    training); anything else goes to ``lstm`` itself.
+
+    Shapes:
+        - x: ``(T, N, input_size)``; state: ``(h_0, c_0)``, each ``(num_layers, N, hidden_size)``
+        - output: ``(T, N, hidden_size)`` and ``(h_n, c_n)``
+    """
+    plain = lstm.bias and not lstm.bidirectional and not lstm.batch_first and lstm.proj_size == 0
+    if not plain or (lstm.dropout and lstm.training and lstm.num_layers > 1):
+        return lstm(x, state)
+    if state is None:
+        zeros = x.new_zeros(lstm.num_layers, x.shape[1], lstm.hidden_size)
+        state = (zeros, zeros)
+    out, last_h, last_c = x, [], []
+    for layer in range(lstm.num_layers):
+        weights = [getattr(lstm, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        h, c = state[0][layer], state[1][layer]
+        steps = []
+        for x_t in out:
+            h, c = torch.lstm_cell(x_t, (h, c), *weights)
+            steps.append(h)
+        out = torch.stack(steps)
+        last_h.append(h)
+        last_c.append(c)
+    return out, (torch.stack(last_h), torch.stack(last_c))
+
+
 class WDGCN(StackedGCN):
     r"""Waterfall dynamic GCN (Manessi, Rozza, Manzo, https://arxiv.org/abs/1704.06199).
 
@@ -596,7 +628,15 @@ class WDGCN(StackedGCN):
         return hidden_dim
 
     def temporal(self, h: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """LSTM over time for every vertex: ``(T, N, spatial_dim)`` -> ``(T, N, out_dim)``, state ``(h_n, c_n)``."""
+        """LSTM over time for every vertex: ``(T, N, spatial_dim)`` -> ``(T, N, out_dim)``, state ``(h_n, c_n)``.
+
+        When training on CPU the recurrence runs step by step (:func:`lstm_by_steps`, same parameters, same result):
+        at these shapes (hidden 32, thousands of vertices) oneDNN's fused LSTM backward costs twice its forward and
+        the step loop's forward + backward is about 1.4x faster (``benchmarks/lstm_variants.py``). Inference on CPU
+        and everything on CUDA (cuDNN) keep ``nn.LSTM``, which is faster there.
+        """
+        if not h.is_cuda and torch.is_grad_enabled() and (h.requires_grad or self.lstm.weight_hh_l0.requires_grad):
+            return lstm_by_steps(self.lstm, h, state)
         out, new_state = self.lstm(h, state)
         return out, new_state
 

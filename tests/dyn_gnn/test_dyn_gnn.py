@@ -157,6 +157,27 @@ def test_wdgcn_temporal_matches_per_vertex_lstm(num_lstm_layers: int) -> None:
         assert_close(c_n[:, v], ref_c[:, 0])
 
 
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_lstm_by_steps_equals_nn_lstm_outputs_and_gradients(num_layers: int) -> None:
+    """The CPU training path of the temporal stage: same outputs, final state and gradients as ``nn.LSTM``."""
+    torch.manual_seed(0)
+    lstm = nn.LSTM(4, 3, num_layers=num_layers)
+    x = torch.randn(6, 5, 4, requires_grad=True)
+    state = (torch.randn(num_layers, 5, 3), torch.randn(num_layers, 5, 3))
+    results = []
+    for fn in (lstm, lambda *a: dg.lstm_by_steps(lstm, *a)):
+        lstm.zero_grad()
+        x.grad = None
+        out, (h_n, c_n) = fn(x, state)
+        (out.square().sum() + h_n.sum() + 2 * c_n.sum()).backward()
+        results.append([out, h_n, c_n, x.grad, *(p.grad for p in lstm.parameters())])
+    for got, want in zip(results[1], results[0], strict=True):
+        assert_close(got, want, atol=1e-6, rtol=1e-5)
+    model = WDGCN(num_features=4, hidden_dim=4, out_dim=3, num_lstm_layers=num_layers)
+    model.lstm.load_state_dict(lstm.state_dict())
+    assert_close(model.temporal(x, state)[0], results[0][0])  # the model's training path (grad enabled)
+
+
 def test_wdgcn_spatial_is_dense_gcn_stack() -> None:
     torch.manual_seed(0)
     xs, adjs = _snapshots(2, 9, 4)
