@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 import torch
@@ -69,6 +70,50 @@ def test_blocked_score_runs_on_one_thread_and_restores_the_count(monkeypatch):
     assert seen and set(seen) == {1}
     assert after == 2
     torch.testing.assert_close(got, want)
+
+
+def test_blocked_score_shares_blocks_among_threads_with_the_same_values(monkeypatch):
+    """With 2 intra-op threads and many blocks, a pool thread computes some blocks (on one intra-op thread each)
+    and the score is bit-for-bit the one-thread score; a failing block propagates to the caller."""
+    monkeypatch.setattr(model_module, "SCORE_BLOCK_ELEMENTS", 64)
+    gen = torch.Generator().manual_seed(1)
+    q, k = (torch.randn(4, 3, 8, 4, generator=gen) for _ in range(2))
+    mask = random_mask(4, 8, gen)
+    bias = additive_attention_mask(mask, q.dtype)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        want = significance_score_qk(q, k, bias, mask)
+        seen = []
+        terms = model_module._score_terms
+
+        def record(*args):
+            seen.append((threading.current_thread().name, torch.get_num_threads()))
+            return terms(*args)
+
+        monkeypatch.setattr(model_module, "_score_terms", record)
+        torch.set_num_threads(2)
+        got = significance_score_qk(q, k, bias, mask)
+        assert torch.get_num_threads() == 2
+        with torch.inference_mode():  # thread-local modes reach the pool threads (in-place writes need them)
+            inferred = significance_score_qk(q, k, bias, mask)
+        trained = significance_score_qk(q.requires_grad_(), k, bias, mask)
+        assert not trained.requires_grad
+
+        def fail(*args):
+            raise RuntimeError("block failed")
+
+        monkeypatch.setattr(model_module, "_score_terms", fail)
+        with pytest.raises(RuntimeError, match="block failed"):
+            significance_score_qk(q, k, bias, mask)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(got, want) and torch.equal(inferred, want) and torch.equal(trained, want)
+    names = {name for name, _ in seen}
+    assert threading.current_thread().name in names
+    assert any(name.startswith("power-bert-score") for name in names)
+    assert {threads for _, threads in seen} == {1}
 
 
 def test_blocked_score_carries_no_gradient():
