@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -43,6 +44,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from lit_efficiency.core.paths import atomic_write_text
+from lit_efficiency.core.timing import machine_busy
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("resident", "streamed", "streamed+ckpt", "resident_one_block")
@@ -244,11 +246,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "torch_threads": args.threads,
         "device": args.device,
         "machine": platform.processor() or platform.machine(),
-        "machine_busy": True,
+        "loadavg": list(os.getloadavg()),  # RSS does not depend on the load; the epoch seconds do
+        "machine_busy": machine_busy(args.threads, os.getloadavg()[0]),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
+    result = {"meta": meta, "records": records}
+    if out.is_file() and "device_peak_memory" in (old := json.loads(out.read_text())):
+        result["device_peak_memory"] = old["device_peak_memory"]  # another machine's labelled rows: kept
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     title = (
         f"WD-GCN link prediction, synthetic churn graph N={args.num_nodes}, E={args.edges}/snapshot, "
         f"hidden {args.hidden}, block {args.block}, {args.device}"
