@@ -261,13 +261,12 @@ def _blocked_score(query: Tensor, key: Tensor, bias: Tensor, weight: Tensor, rea
                 diagonal[block, start : start + rows] = diag
 
     firsts = range(0, pairs, pairs_per_block)
-    workers = max(1, min(workers, len(firsts)))
-    share = math.ceil(len(firsts) / workers)
+    share = math.ceil(len(firsts) / max(1, min(workers, len(firsts))))
     runs = [firsts[i : i + share] for i in range(0, len(firsts), share)]
     if len(runs) == 1:
         run(firsts)
     else:
-        pool = _score_pool(workers)
+        pool = _score_pool(workers)  # sized by the thread count, not by this layer's blocks: one pool for all layers
         modes = (torch.is_inference_mode_enabled(), (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
         futures = [pool.submit(_on_one_thread, lambda part=part: run(part), *modes) for part in runs[1:]]
         try:
