@@ -40,6 +40,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from lit_efficiency.core.paths import atomic_write_text
 from lit_efficiency.core.timing import compare, interleaved, machine_busy
+from lit_efficiency.dyn_gnn.nn import lstm_by_steps
 
 RESULTS = Path(__file__).resolve().parent / "results" / "lstm_variants.json"
 
@@ -115,14 +116,6 @@ def _variants(lstm: nn.LSTM, compiled: tuple) -> dict[str, Callable[[Tensor], Te
     def chunked(x: Tensor) -> Tensor:
         return torch.cat([lstm(x[:, v : v + 1024])[0] for v in range(0, x.shape[1], 1024)], dim=1)
 
-    def cell_loop(x: Tensor) -> Tensor:
-        h = c = x.new_zeros(x.shape[1], lstm.hidden_size)
-        out = []
-        for step in x:
-            h, c = torch.lstm_cell(step, (h, c), lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
-            out.append(h)
-        return torch.stack(out)
-
     def hoisted(x: Tensor) -> Tensor:
         pre = torch.addmm(lstm.bias_ih_l0 + lstm.bias_hh_l0, x.flatten(0, 1), lstm.weight_ih_l0.t()).view(
             *x.shape[:2], -1
@@ -138,7 +131,7 @@ def _variants(lstm: nn.LSTM, compiled: tuple) -> dict[str, Callable[[Tensor], Te
 
     return {
         "nn_lstm": lambda x: lstm(x)[0],
-        "lstm_cell_loop": cell_loop,
+        "lstm_cell_loop": lambda x: lstm_by_steps(lstm, x)[0],  # our WD-GCN's CPU training path
         "hoisted_input_autograd": hoisted,
         "hand_backward": hand((_cell_forward, _cell_backward)),
         "hand_backward_compiled_gates": hand(compiled),

@@ -236,6 +236,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 f"{rec['epoch_s']:.1f}s",
                 flush=True,
             )
+    load = os.getloadavg()
     meta = {
         "num_nodes": args.num_nodes,
         "edges_per_snapshot": args.edges,
@@ -246,8 +247,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "torch_threads": args.threads,
         "device": args.device,
         "machine": platform.processor() or platform.machine(),
-        "loadavg": list(os.getloadavg()),  # RSS does not depend on the load; the epoch seconds do
-        "machine_busy": machine_busy(args.threads, os.getloadavg()[0]),
+        "loadavg": list(load),  # RSS does not depend on the load; the epoch seconds do
+        "machine_busy": machine_busy(args.threads, load[0]),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
