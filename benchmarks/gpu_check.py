@@ -279,7 +279,7 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     """``$LIT_EFFICIENCY_COMMIT`` when set (a copied tree whose .git is stale), else HEAD, ``+modified`` if dirty."""
     if os.environ.get("LIT_EFFICIENCY_COMMIT"):
         return os.environ["LIT_EFFICIENCY_COMMIT"]
@@ -310,7 +310,7 @@ def run_label(device: torch.device, dry_run: bool) -> dict[str, Any]:
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "dry_run": dry_run,
     }
 

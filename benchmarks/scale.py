@@ -37,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+from gpu_check import git_commit  # benchmarks/ is on sys.path: run as a script or imported by the tests
+
 from lit_efficiency.core.paths import atomic_write_text
 from lit_efficiency.core.timing import machine_busy
 
@@ -129,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir.mkdir(parents=True)
     cmd = cli_command(args, run_dir)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    commit = git_commit()  # the code the run starts from (the checkout may move on while it runs)
     lines: list[tuple[float, str]] = []
     start = time.perf_counter()
     with (run_dir / "cli.log").open("w") as log:
@@ -147,6 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "command": " ".join(["lit-efficiency fit --config", *cmd[cmd.index(str(CONFIG)) :]]),
         "returncode": rc,
+        "git_commit": commit,
         "devices": args.devices,
         "device": "cpu",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS={env['OMP_NUM_THREADS']}",
