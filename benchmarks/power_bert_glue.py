@@ -275,7 +275,8 @@ def run_task(task: str, plan: Plan, out_dir: Path, results: Path, threads: int) 
             {
                 k: r[k]
                 for k in (
-                    "chosen",
+                    "chosen",  # seeds > 1 run seed 1's LAMBDA as their only candidate, named "lambda_x1"
+                    "mass_lambda",
                     "retention",
                     "baseline_metric",
                     "power_bert_metric",

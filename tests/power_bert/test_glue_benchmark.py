@@ -30,6 +30,7 @@ def test_toy_protocol_json_and_resume(tmp_path):
     assert len(summary["baseline"]["values"]) == len(summary["power_bert"]["values"]) == 2  # two seeds
     assert summary["chosen"] in {c["name"] for c in result["seed1_report"]["candidates"]}
     assert set(result["targets"]) >= {"metric_within_1_point", "speedup_static_vs_paper"}
+    assert [run["mass_lambda"] for run in result["runs"]] == pytest.approx([summary["mass_lambda"]] * 2)
     for seed, run in enumerate(result["runs"], start=1):  # what the pipeline's guard warned of is flagged
         guard_said = any("constant predictor" in w or "mass < 1" in w for w in run["warnings"])
         assert f"seed{seed}" in summary["seeds_collapsed"] or not guard_said
