@@ -42,6 +42,7 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from lit_efficiency.core.paths import atomic_write_text
 from lit_efficiency.core.recorders import Recorder
+from lit_efficiency.core.timing import machine_busy
 from lit_efficiency.core.trainer import quiet_trainer
 from lit_efficiency.dyn_gnn.partition import alltoall_bytes, halo_bytes
 from lit_efficiency.dyn_gnn.partitioned import PartitionedSnapshotDataModule
@@ -174,7 +175,10 @@ def main(argv: list[str] | None = None) -> None:
         model = {**base, **extra, "head_hidden_dim": args.hidden_dim if head_hidden is None else head_hidden}
         records = []
         for world in args.world_sizes:
+            before = os.getloadavg()[0]
             record = run(world, args, data, model)
+            record["load_average_1min_before_after"] = [round(before, 2), round(os.getloadavg()[0], 2)]
+            record["oversubscribed"] = world * args.threads > (os.cpu_count() or 1)
             print(name, json.dumps(record))
             records.append(record)
         results[name] = {"model": model, "records": records}
@@ -190,7 +194,12 @@ def main(argv: list[str] | None = None) -> None:
         "epochs": args.epochs,
         "threads_per_process": args.threads,
         "machine": f"{torch.get_num_threads()} torch threads/process, {os.cpu_count()} CPU cores, gloo",
-        "machine_busy": True,
+        # other jobs beyond our own processes: the 1-minute load trails from one run into the next, so it is compared
+        # with the most threads the benchmark itself runs (the largest P)
+        "machine_busy": machine_busy(
+            max(args.world_sizes) * args.threads,
+            *(load for v in results.values() for r in v["records"] for load in r["load_average_1min_before_after"]),
+        ),
         "torch": torch.__version__,
         "units": "bytes per training epoch (= per step: one block per epoch); summed over ranks, allreduce per rank",
     }

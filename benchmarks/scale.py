@@ -17,7 +17,7 @@ state of both progress bars (done / total, elapsed, ETA) and the peak RSS so far
 
 ``benchmarks/plots.py`` draws ``scale_breakdown.png`` from ``scale.json``. Runs::
 
-    python benchmarks/scale.py                                     # the 1e9-edge run (about an hour on 2 busy cores)
+    python benchmarks/scale.py                                     # the 1e9-edge run (about 10 min on 2 idle cores)
     python benchmarks/scale.py --name scale_tiny --num-nodes 2000 --num-snapshots 6 --edges 20000   # seconds
     python benchmarks/scale.py --name scale_ddp2 --devices 2 --num-snapshots 12                    # gloo, 2 ranks
     python benchmarks/scale.py --name scale_ddp2_1e8 --devices 2 --edges 1000000     # 2 ranks, 1e8 edges (7 min)
