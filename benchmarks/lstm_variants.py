@@ -14,7 +14,11 @@ hidden 32: about 9 GFLOP forward, 28 with backward, under a second of one-thread
 - ``lstm_cell_loop``: ``torch.lstm_cell`` step by step (what ``nn.LSTMCell``, and so the naive PyG loop, runs),
   autograd through every step;
 - ``hoisted_input_autograd``: the input projection of all steps as one GEMM, then per step one ``addmm`` and the
-  gates in plain torch ops, autograd through every step.
+  gates in plain torch ops, autograd through every step;
+- ``sigmoid_gates_steps``: per step two ``addmm`` (autograd) and the gates as one ``torch.autograd.Function``: one
+  ``sigmoid`` over all four gates, ``tanh(x) = 2 sigmoid(2x) - 1`` (the cell gate's weight rows doubled once per
+  call), a hand-written backward writing the four gates' gradients into one buffer (no ``cat``). On this CPU's
+  torch build ``tanh`` costs about 7x a ``sigmoid`` of the same size (``tanh_vs_sigmoid_us`` in the JSON).
 
 Outputs and gradients of every variant are checked against ``nn.LSTM`` first (``max_rel_err``). The
 profiler's split of ``nn.LSTM`` into its forward and backward kernels is recorded. Writes
@@ -108,6 +112,65 @@ class _HandLSTM(torch.autograd.Function):
         return grad_x, grad_w_ih, flat.t() @ h_prev.reshape(-1, hidden), flat.sum(0), None
 
 
+class _SigmoidGates(torch.autograd.Function):
+    """``(h, c)`` of one step from its gate pre-activations (cell-gate columns doubled) and ``c_prev``."""
+
+    @staticmethod
+    def forward(ctx: Any, pre: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        act = torch.sigmoid(pre)
+        i, f, g, o = act.chunk(4, 1)
+        g.mul_(2).sub_(1)  # tanh(x) = 2 sigmoid(2x) - 1, the 2x being in the weights
+        c = torch.addcmul(f * c_prev, i, g)
+        tanh_c = torch.sigmoid(c * 2).mul_(2).sub_(1)
+        ctx.save_for_backward(act, c_prev, tanh_c)
+        return o * tanh_c, c
+
+    @staticmethod
+    def backward(ctx: Any, dh: Tensor | None, dc: Tensor | None) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        act, c_prev, tanh_c = ctx.saved_tensors
+        i, f, g, o = act.chunk(4, 1)
+        d_pre = torch.empty_like(act)
+        di, df, dg, do = d_pre.chunk(4, 1)
+        dh = torch.zeros_like(tanh_c) if dh is None else dh
+        torch.mul(dh, tanh_c, out=do).mul_(o).mul_(1 - o)
+        d_c = dh * o * (1 - tanh_c * tanh_c)
+        if dc is not None:
+            d_c += dc
+        torch.mul(d_c, g, out=di).mul_(i).mul_(1 - i)
+        torch.mul(d_c, c_prev, out=df).mul_(f).mul_(1 - f)
+        torch.mul(d_c, i, out=dg).mul_(1 - g * g).mul_(0.5)  # d tanh / d(2x) = (1 - tanh^2) / 2
+        return d_pre, d_c * f
+
+
+def _sigmoid_gates_steps(lstm: nn.LSTM, x: Tensor) -> Tensor:
+    hidden = lstm.hidden_size
+    scale = torch.ones(4 * hidden, 1, dtype=x.dtype)
+    scale[2 * hidden : 3 * hidden] = 2.0
+    w_ih, w_hh = (lstm.weight_ih_l0 * scale).t(), (lstm.weight_hh_l0 * scale).t()
+    bias = (lstm.bias_ih_l0 + lstm.bias_hh_l0) * scale[:, 0]
+    h = c = x.new_zeros(x.shape[1], hidden)
+    out = []
+    for x_t in x:
+        h, c = _SigmoidGates.apply(torch.addmm(torch.addmm(bias, x_t, w_ih), h, w_hh), c)
+        out.append(h)
+    return torch.stack(out)
+
+
+def _tanh_vs_sigmoid_us(rows: int, cols: int, repeats: int = 200) -> dict[str, float]:
+    """Microseconds of one ``tanh`` and one ``sigmoid`` of a ``(rows, cols)`` tensor (median of ``repeats``)."""
+    x = torch.randn(rows, cols)
+    out = {}
+    for name, fn in (("tanh", torch.tanh), ("sigmoid", torch.sigmoid)):
+        fn(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(x)
+            times.append((time.perf_counter() - start) * 1e6)
+        out[name] = round(sorted(times)[repeats // 2], 1)
+    return out
+
+
 def _variants(lstm: nn.LSTM, compiled: tuple) -> dict[str, Callable[[Tensor], Tensor]]:
     def hand(cells: tuple) -> Callable[[Tensor], Tensor]:
         weights = (lstm.weight_ih_l0, lstm.weight_hh_l0)
@@ -136,6 +199,7 @@ def _variants(lstm: nn.LSTM, compiled: tuple) -> dict[str, Callable[[Tensor], Te
         "hand_backward": hand((_cell_forward, _cell_backward)),
         "hand_backward_compiled_gates": hand(compiled),
         "vertex_chunks_1024": chunked,
+        "sigmoid_gates_steps": lambda x: _sigmoid_gates_steps(lstm, x),
     }
 
 
@@ -206,6 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
         "nn_lstm_profile_self_ms": _profile_split(runs["nn_lstm"]),
         "compile_s_gate_functions": round(compile_s, 1),
         "gflops_nn_lstm": round(flop / 1e9 / (times["nn_lstm"]["median_ms"] / 1e3), 2),
+        "tanh_vs_sigmoid_us": _tanh_vs_sigmoid_us(args.vertices, args.hidden),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
