@@ -102,8 +102,10 @@ def power_bert_plots(results: Path) -> list[Path]:
     written = []
     for path in sorted(results.glob("power_bert_*.json")):
         report = json.loads(path.read_text()).get("seed1_report")  # the seed that ran the LAMBDA grid
-        if report is not None:  # older files (before the fair protocol) hold no candidates: nothing to draw
-            stem = f"power_bert_{report['task']}"
+        stem = f"power_bert_{report['task']}" if report is not None else None
+        # older files (before the fair protocol) hold no candidates: nothing to draw; side experiments
+        # (power_bert_cola_grid_low.json) are not the task's committed run and draw nothing either
+        if stem == path.stem:
             written += [tradeoff_png(report, results / f"{stem}_tradeoff.png"),
                         retention_png(report, results / f"{stem}_retention.png")]  # fmt: skip
     return written
