@@ -21,6 +21,12 @@ Usage::
 
     python benchmarks/power_bert_glue.py --tasks cola rte mrpc stsb sst2     # full plan, ~2.5 h per task
     python benchmarks/power_bert_glue.py --tasks rte --plan toy --results-dir outputs/toy_results   # minutes
+
+Side experiments (another grid, fewer seeds) go to their own folders; the committed results folder takes only the
+protocol's grid and seeds (the script refuses otherwise, so a side run cannot replace a task's JSON)::
+
+    python benchmarks/power_bert_glue.py --tasks cola --grid 0.03 0.1 0.3 --train-threads 2 \
+        --out-dir outputs/bench_cola_low --results-dir outputs/cola_low   # the CoLA lower-grid run, 1.5 h
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import os
 import shutil
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +114,13 @@ def _run(
     """
     if (out / "report.json").is_file():
         report = json.loads((out / "report.json").read_text())
+        grid = extra.get("lambda_grid")
+        if grid is not None and [c["lambda_multiplier"] for c in report.get("candidates", [])] != list(grid):
+            raise SystemExit(
+                f"{out / 'report.json'}: searched the LAMBDA grid "
+                f"{[c['lambda_multiplier'] for c in report.get('candidates', [])]}, not {list(grid)}; "
+                f"use another --out-dir or delete {out}"
+            )
         if mass_lambda is not None and not math.isclose(report["mass_lambda"], mass_lambda):
             raise SystemExit(
                 f"{out / 'report.json'}: trained at LAMBDA {report['mass_lambda']:g}, but seed 1 now chose "
@@ -210,12 +223,15 @@ def _targets(task: str, summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_task(task: str, plan: Plan, out_dir: Path, results: Path, threads: int) -> dict[str, Any]:
-    """The whole protocol for one task; writes ``power_bert_<task>.json`` and its PNGs into ``results``."""
+def run_task(
+    task: str, plan: Plan, out_dir: Path, results: Path, threads: int, grid: list[float] = GRID
+) -> dict[str, Any]:
+    """The whole protocol for one task (seed 1 searches ``grid``); writes ``power_bert_<task>.json`` and its PNGs into
+    ``results``."""
     started, train_threads = time.perf_counter(), torch.get_num_threads()  # timing sets its own threads
     seed_dirs = [out_dir / task / f"seed{seed}" for seed in range(1, plan.seeds + 1)]
     rebuilt_only = all((d / "report.json").is_file() for d in seed_dirs)  # nothing trains or times: JSON rebuilt
-    first = _run(task, plan, 1, out_dir / task / "seed1", threads, budget=BUDGET, lambda_grid=GRID)
+    first = _run(task, plan, 1, out_dir / task / "seed1", threads, budget=BUDGET, lambda_grid=grid)
     reports = [first]
     for seed in range(2, plan.seeds + 1):
         where = out_dir / task / f"seed{seed}"
@@ -253,7 +269,7 @@ def run_task(task: str, plan: Plan, out_dir: Path, results: Path, threads: int) 
         "published_small_models": PUBLISHED_SMALL,
         "protocol": {
             "plan": plan.__dict__,
-            "grid": GRID,
+            "grid": grid,
             "budget_points": BUDGET,
             "patience": PATIENCE,
             "train_threads": train_threads,
@@ -312,11 +328,19 @@ def main() -> None:
     parser.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for timing (1: robust on shared machines)")
     parser.add_argument("--train-threads", type=int, default=None, help="CPU threads for training (default: --threads)")
+    parser.add_argument("--grid", type=float, nargs="+", default=GRID, help=f"seed 1's LAMBDA multipliers ({GRID})")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per task (default: the plan's)")
     args = parser.parse_args()
+    if args.seeds is not None and args.seeds < 1:
+        parser.error(f"--seeds: {args.seeds} (at least 1)")
+    side = args.grid != GRID or args.seeds is not None
+    if side and args.plan == "full" and Path(args.results_dir).resolve() == (ROOT / "benchmarks" / "results"):
+        parser.error("--grid / --seeds: a side experiment; give it its own --results-dir (and --out-dir)")
     torch.set_num_threads(args.train_threads or args.threads)
     for task in args.tasks:
         plan = PLANS[args.plan][task]
-        out = run_task(task, plan, Path(args.out_dir) / args.plan, Path(args.results_dir), args.threads)
+        plan = replace(plan, seeds=args.seeds or plan.seeds)
+        out = run_task(task, plan, Path(args.out_dir) / args.plan, Path(args.results_dir), args.threads, args.grid)
         print(json.dumps({"task": task, **{k: out["summary"][k] for k in ("baseline", "power_bert", "speedup_static")},
                           "wall_s": out["wall_s"]["total"]}))  # fmt: skip
 

@@ -21,7 +21,7 @@ state of both progress bars (done / total, elapsed, ETA) and the peak RSS so far
     python benchmarks/scale.py --name scale_tiny --num-nodes 2000 --num-snapshots 6 --edges 20000   # seconds
     python benchmarks/scale.py --name scale_ddp2 --devices 2 --num-snapshots 12                    # gloo, 2 ranks
     python benchmarks/scale.py --name scale_ddp2_1e8 --devices 2 --edges 1000000     # 2 ranks, 1e8 edges (7 min)
-    python benchmarks/scale.py --name scale_ddp2_1b --devices 2                      # 2 ranks, 1e9 edges (about 9 min, idle)
+    python benchmarks/scale.py --name scale_ddp2_1b --devices 2                      # 2 ranks, 1e9 edges (9 min)
 """
 
 from __future__ import annotations

@@ -89,6 +89,28 @@ def test_a_finished_seed_is_reused_only_at_seed_1s_lambda(tmp_path):
         glue._run("rte", plan, 2, tmp_path, 1, mass_lambda=0.003)
 
 
+def test_a_finished_seed_1_is_reused_only_for_its_own_grid(tmp_path):
+    """Seed 1's report from another LAMBDA grid (a side experiment in the same --out-dir) is refused."""
+    glue = _script("power_bert_glue")
+    report = {"mass_lambda": 0.003, "candidates": [{"lambda_multiplier": m} for m in (0.3, 1.0, 3.0)]}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    plan = glue.PLANS["toy"]["rte"]
+    assert glue._run("rte", plan, 1, tmp_path, 1, budget=1.0, lambda_grid=[0.3, 1.0, 3.0]) == report
+    with pytest.raises(SystemExit, match=r"searched the LAMBDA grid \[0.3, 1.0, 3.0\], not \[0.5\]"):
+        glue._run("rte", plan, 1, tmp_path, 1, budget=1.0, lambda_grid=[0.5])
+
+
+def test_a_side_experiment_cannot_write_into_the_committed_results():
+    """--grid / --seeds with the full plan and the default results folder: one line, exit 2, nothing written."""
+    results = ROOT / "benchmarks" / "results"
+    before = {p.name: p.stat().st_mtime_ns for p in results.glob("power_bert_*.json")}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "power_bert_glue.py"), "--tasks", "stsb", "--grid", "0.5"]
+    done = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].endswith("give it its own --results-dir (and --out-dir)")
+    assert before == {p.name: p.stat().st_mtime_ns for p in results.glob("power_bert_*.json")}
+
+
 def test_readme_glue_table_is_printed_from_the_committed_json():
     module = _script("power_bert_table")
     rows = [row for row in module.table().splitlines() if row.startswith("| ")]
