@@ -114,11 +114,10 @@ def _run(
     """
     if (out / "report.json").is_file():
         report = json.loads((out / "report.json").read_text())
-        grid = extra.get("lambda_grid")
-        if grid is not None and [c["lambda_multiplier"] for c in report.get("candidates", [])] != list(grid):
+        grid, searched = extra.get("lambda_grid"), [c["lambda_multiplier"] for c in report.get("candidates", [])]
+        if grid is not None and searched != list(grid):
             raise SystemExit(
-                f"{out / 'report.json'}: searched the LAMBDA grid "
-                f"{[c['lambda_multiplier'] for c in report.get('candidates', [])]}, not {list(grid)}; "
+                f"{out / 'report.json'}: searched the LAMBDA grid {searched}, not {list(grid)}; "
                 f"use another --out-dir or delete {out}"
             )
         if mass_lambda is not None and not math.isclose(report["mass_lambda"], mass_lambda):
@@ -334,7 +333,7 @@ def main() -> None:
     if args.seeds is not None and args.seeds < 1:
         parser.error(f"--seeds: {args.seeds} (at least 1)")
     side = args.grid != GRID or args.seeds is not None
-    if side and args.plan == "full" and Path(args.results_dir).resolve() == (ROOT / "benchmarks" / "results"):
+    if side and Path(args.results_dir).resolve() == ROOT / "benchmarks" / "results":
         parser.error("--grid / --seeds: a side experiment; give it its own --results-dir (and --out-dir)")
     torch.set_num_threads(args.train_threads or args.threads)
     for task in args.tasks:
