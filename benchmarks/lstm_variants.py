@@ -157,18 +157,11 @@ def _sigmoid_gates_steps(lstm: nn.LSTM, x: Tensor) -> Tensor:
 
 
 def _tanh_vs_sigmoid_us(rows: int, cols: int, repeats: int = 200) -> dict[str, float]:
-    """Microseconds of one ``tanh`` and one ``sigmoid`` of a ``(rows, cols)`` tensor (median of ``repeats``)."""
+    """Microseconds of one ``tanh`` and one ``sigmoid`` of a ``(rows, cols)`` tensor (interleaved medians)."""
     x = torch.randn(rows, cols)
-    out = {}
-    for name, fn in (("tanh", torch.tanh), ("sigmoid", torch.sigmoid)):
-        fn(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn(x)
-            times.append((time.perf_counter() - start) * 1e6)
-        out[name] = round(sorted(times)[repeats // 2], 1)
-    return out
+    times = interleaved({"tanh": lambda: torch.tanh(x), "sigmoid": lambda: torch.sigmoid(x)}, repeats=repeats,
+                        warmup=1, progress=False)  # fmt: skip
+    return {name: round(t["median_ms"] * 1e3, 1) for name, t in times.items()}
 
 
 def _variants(lstm: nn.LSTM, compiled: tuple) -> dict[str, Callable[[Tensor], Tensor]]:

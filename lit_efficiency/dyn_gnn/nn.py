@@ -632,8 +632,8 @@ class WDGCN(StackedGCN):
 
         When training on CPU the recurrence runs step by step (:func:`lstm_by_steps`, same parameters, same result):
         at these shapes (hidden 32, thousands of vertices) oneDNN's fused LSTM backward costs twice its forward and
-        the step loop's forward + backward is about 1.3x faster (``benchmarks/lstm_variants.py``). Inference on CPU
-        and everything on CUDA (cuDNN) keep ``nn.LSTM``, which is faster there.
+        the step loop's forward + backward is 1.3-1.4x faster (two runs of ``benchmarks/lstm_variants.py``). Inference
+        on CPU and everything on CUDA (cuDNN) keep ``nn.LSTM``, which is faster there.
         """
         if not h.is_cuda and torch.is_grad_enabled() and (h.requires_grad or self.lstm.weight_hh_l0.requires_grad):
             return lstm_by_steps(self.lstm, h, state)
