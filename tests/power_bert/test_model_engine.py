@@ -10,6 +10,7 @@ import torch
 
 from lit_efficiency.power_bert import model as model_module
 from lit_efficiency.power_bert.bert import additive_attention_mask
+from lit_efficiency.power_bert.export import export_program
 from lit_efficiency.power_bert.model import (
     PowerBertForSequenceClassification,
     significance_score,
@@ -121,6 +122,47 @@ def test_blocked_score_carries_no_gradient():
     k = torch.randn(1, 2, 5, 4, requires_grad=True)
     mask = torch.ones(1, 5)
     assert not significance_score_qk(q, k, additive_attention_mask(mask, q.dtype), mask).requires_grad
+
+
+def _blocks(pairs: int, seq_len: int, traced: bool) -> int:
+    rows, pairs_per_block = model_module._score_blocks(pairs, seq_len, traced)
+    assert 1 <= rows <= seq_len and pairs_per_block >= 1
+    return math.ceil(pairs / pairs_per_block) * math.ceil(seq_len / rows)
+
+
+@pytest.mark.parametrize(("pairs", "seq_len"), [(128 * 12, 256), (128 * 12, 128), (8 * 12, 4096), (1, 8192)])
+def test_traced_score_has_few_blocks_and_eager_keeps_cache_sized_ones(pairs, seq_len):
+    """Eager blocks hold at most SCORE_BLOCK_ELEMENTS probabilities; traced ones (unrolled into the graph) about
+    TRACED_SCORE_BLOCKS per layer, whatever the batch and length."""
+    rows, pairs_per_block = model_module._score_blocks(pairs, seq_len, traced=False)
+    assert rows * seq_len * pairs_per_block <= max(model_module.SCORE_BLOCK_ELEMENTS, seq_len)
+    assert _blocks(pairs, seq_len, traced=False) > 2 * model_module.TRACED_SCORE_BLOCKS  # the unrolled graph's problem
+    assert _blocks(pairs, seq_len, traced=True) <= 2 * model_module.TRACED_SCORE_BLOCKS
+
+
+def test_traced_score_blocks_equal_eager_on_small_layers():
+    assert model_module._score_blocks(12, 64, traced=True) == model_module._score_blocks(12, 64, traced=False)
+
+
+@pytest.mark.slow  # torch.export traces the whole model: ~10 s
+def test_exported_program_unrolls_few_score_blocks_and_matches_eager(monkeypatch):
+    """With one-row eager blocks (hundreds per layer here), the exported program still holds about
+    TRACED_SCORE_BLOCKS softmaxes per scored layer and gives eager's logits."""
+    monkeypatch.setattr(model_module, "SCORE_BLOCK_ELEMENTS", 1)
+    torch.manual_seed(0)
+    model = PowerBertForSequenceClassification(tiny_bert_config(), num_labels=2, mode="hard", retention=[6, 4, 2])
+    ids, mask, tt = padded_batch()
+    ids, mask, tt = (t.repeat(8, 1) for t in (ids, mask, tt))  # 24 rows x heads: many pairs
+    program = export_program(model, batch_size=24, seq_len=9)
+    softmaxes = sum(
+        "softmax" in str(node.target)
+        for module in program.graph_module.modules()
+        if isinstance(module, torch.fx.GraphModule)
+        for node in module.graph.nodes
+    )
+    assert 0 < softmaxes <= 3 * 2 * model_module.TRACED_SCORE_BLOCKS  # 3 scored layers (retention < length)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(ids, mask, tt), model(ids, mask, tt).logits, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
