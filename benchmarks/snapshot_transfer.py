@@ -130,7 +130,9 @@ def time_paths(encoded: EncodedGraph, device: torch.device, repeats: int) -> dic
             rebuild_adjacency(k, None, encoded.num_nodes)
 
     times = time_full_vs_diff(full_pass, diff_pass, device, repeats, norm=norm_pass)
-    times["norm"] = {k: v / max(len(dev_keys), 1) for k, v in times["norm"].items() if k != "rounds_ms"}
+    times["norm"] = {
+        k: v / max(len(dev_keys), 1) for k, v in times["norm"].items() if k != "rounds_ms" and v is not None
+    }
     return times
 
 

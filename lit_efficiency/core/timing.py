@@ -16,6 +16,17 @@ import torch
 
 from lit_efficiency.core.progress import progress_bar
 
+try:
+    import resource
+except ImportError:  # Windows: no system CPU time
+    resource = None
+
+
+def system_seconds() -> float | None:
+    """System (kernel) CPU seconds this process has used, all threads: page faults, ``mmap``/``munmap``, zeroing
+    fresh pages (``None`` where the platform does not report it)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime if resource is not None else None
+
 
 def synchronize(device: torch.device | str | None) -> None:
     """Wait for queued kernels on ``device`` (no-op on CPU)."""
@@ -97,12 +108,15 @@ def interleaved(
     After ``warmup`` untimed calls of each, every round runs each candidate once, starting from a rotating
     position, so clock boosts, thermal drift, a busy neighbour and allocator state fall evenly on all of them.
     ``progress``: a bar with ETA over (warm-up + rounds) x candidates on a terminal (see
-    :func:`~lit_efficiency.core.progress.progress_bar`).
+    :func:`~lit_efficiency.core.progress.progress_bar`). ``sys_ms``: the median system CPU time of a call
+    (:func:`system_seconds`, the whole process): a candidate that spends its time faulting in fresh memory shows it
+    there rather than in its kernels.
     """
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
     names = list(fns)
     times: dict[str, list[float]] = {name: [] for name in names}
+    system: dict[str, list[float]] = {name: [] for name in names}
     with progress_bar((warmup + repeats) * len(names), "timing", progress, unit="call") as bar:
         for name in names:
             for _ in range(warmup):
@@ -111,9 +125,19 @@ def interleaved(
         for r in range(repeats):
             shift = r % len(names)
             for name in names[shift:] + names[:shift]:
+                before = system_seconds()
                 times[name].append(time_once(fns[name], device, clock))
+                if before is not None:
+                    system[name].append((system_seconds() - before) * 1e3)
                 bar.update()
-    return {name: {**summarize(values), "rounds_ms": [round(v, 4) for v in values]} for name, values in times.items()}
+    return {
+        name: {
+            **summarize(values),
+            "sys_ms": round(statistics.median(system[name]), 4) if system[name] else None,
+            "rounds_ms": [round(v, 4) for v in values],
+        }
+        for name, values in times.items()
+    }
 
 
 def machine_busy(own_threads: int, *loads: float) -> bool:

@@ -38,7 +38,7 @@ REFERENCES = ("baseline", "hf_sdpa")
 CANDIDATES = ("power_bert", "power_bert_compiled")
 #: Candidates timed on static padding only (a compiled graph fixes the input shape).
 STATIC_ONLY = ("power_bert_compiled",)
-_MS_FIELDS = ("median_ms", "q1_ms", "q3_ms", "iqr_ms", "min_ms", "max_ms")
+_MS_FIELDS = ("median_ms", "q1_ms", "q3_ms", "iqr_ms", "min_ms", "max_ms", "sys_ms")
 
 
 @dataclass
@@ -137,7 +137,7 @@ def _runner(model: nn.Module, workload: Workload) -> Callable[[], None]:
 
 
 def _per_batch(summary: Mapping[str, Any], num_batches: int) -> dict[str, Any]:
-    per_batch = {k: (v / num_batches if k in _MS_FIELDS else v) for k, v in summary.items()}
+    per_batch = {k: (v / num_batches if k in _MS_FIELDS and v is not None else v) for k, v in summary.items()}
     return {**per_batch, "rounds_ms": [v / num_batches for v in summary["rounds_ms"]]}
 
 

@@ -96,3 +96,27 @@ def test_machine_busy_compares_the_load_with_the_benchmarks_own_threads(monkeypa
     assert not timing.machine_busy(2, 2.4, 1.0) and timing.machine_busy(2, 0.3, 2.6)  # the worst load counts
     monkeypatch.setattr(timing.os, "getloadavg", lambda: (3.0, 0.0, 0.0))  # no load given: the 1-minute one now
     assert timing.machine_busy(2) and not timing.machine_busy(3)
+
+
+def test_interleaved_reports_each_candidates_system_time(monkeypatch):
+    # The fake kernel clock is advanced by the candidates: "faults" spends 5 ms of system time per call, "compute" 0.
+    kernel = {"s": 0.0}
+
+    def candidate(sys_ms):
+        def fn():
+            kernel["s"] += sys_ms * 1e-3
+
+        return fn
+
+    monkeypatch.setattr(timing, "system_seconds", lambda: kernel["s"])
+    stats = timing.interleaved({"faults": candidate(5.0), "compute": candidate(0.0)}, repeats=3, warmup=1)
+    assert stats["faults"]["sys_ms"] == pytest.approx(5.0) and stats["compute"]["sys_ms"] == pytest.approx(0.0)
+    monkeypatch.setattr(timing, "system_seconds", lambda: None)  # a platform without it
+    assert timing.interleaved({"a": candidate(1.0)}, repeats=2, warmup=0)["a"]["sys_ms"] is None
+
+
+def test_system_seconds_counts_the_kernels_work():
+    before = timing.system_seconds()
+    for _ in range(20):  # fresh pages: each touch of a new page is a fault served by the kernel
+        bytearray(32 << 20)
+    assert timing.system_seconds() > before
