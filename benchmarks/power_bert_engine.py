@@ -125,6 +125,12 @@ def encode(tokenizer, pairs: list[tuple[str, str | None]], max_len: int, static:
     return {name: enc[name] for name in INPUT_NAMES}
 
 
+def allocator_settings() -> dict[str, str]:
+    """The allocator settings the process started with (glibc's ``MALLOC_*`` variables, a preloaded allocator):
+    whether freed memory goes back to the OS changes how many pages every call faults in (``sys_ms``)."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_") or k == "LD_PRELOAD"}
+
+
 def run_torch(model: torch.nn.Module, batches: list[Batch]) -> Callable[[], None]:
     def call() -> None:
         with torch.inference_mode():
@@ -232,6 +238,7 @@ def time_setting(
         "threads": threads,
         "load_average_1min_before_after": load,
         "machine_busy": machine_busy(threads, *load),
+        "allocator": allocator_settings(),
         "examples": len(pairs),
         "ms": timings,
         "ms_per_example": {k: round(v["median_ms"] / len(pairs), 4) for k, v in timings.items()},
@@ -415,10 +422,12 @@ def main(argv: list[str] | None = None) -> None:
         "protocol": (
             "one cell = one task at one thread count and batch size, merged into this file by each run (other cells "
             "kept; a task's cells at another retention dropped); interleaved rounds (rotating order) after "
-            "warm-up; median and IQR ms per candidate call; batch 128: one batch of dev examples; batch 1: dev "
+            "warm-up; median and IQR ms per candidate call, sys_ms its median system CPU time (page faults); "
+            "batch 128: one batch of dev examples; batch 1: dev "
             "examples one at a time; speedups vs HF BertForSequenceClassification (SDPA) at the same padding; "
             "pct_of_ideal = speedup / FLOP-ideal; per cell: date, wall_s, repeats, load average before and after, "
-            "machine_busy (the 1-minute load exceeded the cell's threads by more than 0.5: other jobs shared the CPU)"
+            "machine_busy (the 1-minute load exceeded the cell's threads by more than 0.5: other jobs shared the CPU), "
+            "allocator (the MALLOC_* variables and LD_PRELOAD the run started with)"
         ),
         "tasks": old.get("tasks", {}),
     }
