@@ -142,8 +142,9 @@ SCORE_BLOCK_ELEMENTS = 1 << 18
 #: 9,400 ops into the exported program, and the ONNX exporter's optimiser ran for over an hour. Traced, a block
 #: holds at least 1/TRACED_SCORE_BLOCKS of the layer's probabilities. MiniLM-L6 at RTE's retention, batch 128, one
 #: thread, random inputs: ONNX export and the forward's time compiled / in onnxruntime against eager's: 16 blocks
-#: 22 s, 1.08x / 1.01x; 32 blocks 40 s, 1.03x / 0.92x (tests shared the CPU); 64 blocks 104 s, 0.98x / 0.92x. On
-#: real RTE text the engine benchmark's compiled static forward took 1.4x eager's time (open, see the README).
+#: 22 s, 1.08x / 1.01x; 32 blocks 40 s, 1.03x / 0.92x (tests shared the CPU); 64 blocks 104 s, 0.98x / 0.92x. A
+#: block is 12.6 MB there: where glibc returns such buffers to the OS, every call faults them in again (the engine
+#: benchmark's ``sys_ms``; see the README for the allocator settings that keep them).
 TRACED_SCORE_BLOCKS = 32
 
 
