@@ -1,5 +1,7 @@
 """Timer and interleaved-timing helpers with a patched clock (exact figures)."""
 
+import mmap
+
 import pytest
 
 from lit_efficiency.core import timing
@@ -116,7 +118,14 @@ def test_interleaved_reports_each_candidates_system_time(monkeypatch):
 
 
 def test_system_seconds_counts_the_kernels_work():
-    before = timing.system_seconds()
-    for _ in range(20):  # fresh pages: each touch of a new page is a fault served by the kernel
-        bytearray(32 << 20)
+    # Fresh anonymous pages, each written to: every first touch is a fault the kernel serves (and zeroes). A calloc'd
+    # buffer would not do: glibc skips touching memory it got from mmap, so no fault need happen. The kernel clock ticks
+    # coarsely, so touch more until it moves, within a bound that a working clock never reaches.
+    before, page = timing.system_seconds(), mmap.PAGESIZE
+    for _ in range(64):
+        with mmap.mmap(-1, 32 << 20) as pages:
+            for offset in range(0, len(pages), page):
+                pages[offset] = 1
+        if timing.system_seconds() > before:
+            break
     assert timing.system_seconds() > before
