@@ -59,6 +59,7 @@ from typing import Any
 
 import torch
 
+from lit_efficiency.core.memory import keep_freed_memory, kept_freed_memory
 from lit_efficiency.core.paths import atomic_write_text, resolve_data_root, resolve_pretrained
 from lit_efficiency.core.timing import compare, interleaved, machine_busy
 from lit_efficiency.power_bert.export import INPUT_NAMES, export_onnx, onnx_session
@@ -125,10 +126,23 @@ def encode(tokenizer, pairs: list[tuple[str, str | None]], max_len: int, static:
     return {name: enc[name] for name in INPUT_NAMES}
 
 
-def allocator_settings() -> dict[str, str]:
-    """The allocator settings the process started with (glibc's ``MALLOC_*`` variables, a preloaded allocator):
-    whether freed memory goes back to the OS changes how many pages every call faults in (``sys_ms``)."""
-    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_") or k == "LD_PRELOAD"}
+def allocator_settings() -> dict[str, Any]:
+    """The allocator settings in force: glibc's ``MALLOC_*`` variables and a preloaded allocator the process started
+    with, and ``mallopt``'s if :func:`~lit_efficiency.core.memory.keep_freed_memory` ran. Whether freed memory goes
+    back to the OS changes how many pages every call faults in (``sys_ms``)."""
+    settings: dict[str, Any] = {
+        k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_") or k == "LD_PRELOAD"
+    }
+    if kept_freed_memory():
+        settings["mallopt"] = kept_freed_memory()
+    return settings
+
+
+def memory_kept(cell: dict[str, Any]) -> bool:
+    """Whether the cell ran with glibc keeping freed memory (``mallopt`` or the environment) or a preloaded
+    allocator (cells from before allocator records: no)."""
+    allocator = cell.get("allocator") or {}
+    return bool({"mallopt", "MALLOC_MMAP_THRESHOLD_", "LD_PRELOAD"} & set(allocator))
 
 
 def run_torch(model: torch.nn.Module, batches: list[Batch]) -> Callable[[], None]:
@@ -208,7 +222,7 @@ def time_setting(
         "ours_eager_dynamic": run_torch(ours, dynamic),
     }
     if task in args.compile_tasks:
-        compiled = copy.deepcopy(ours).compile_for_inference()
+        compiled = copy.deepcopy(ours).compile_for_inference(keep_freed_memory=args.allocator == "kept")
         hf_compiled = torch.compile(copy.deepcopy(models["hf"]), dynamic=False)  # the fair compiled reference
         for padding, batches in (("static", static), ("dynamic", dynamic)):
             if padding == "dynamic" and batch_size == 1:  # every example has its own length: one compilation each
@@ -327,7 +341,7 @@ def table(report: dict[str, Any]) -> str:
     """The README's engine table: one row per cell, speedup over HF SDPA (share of the FLOP-ideal) per candidate.
 
     "~" marks a speedup within noise (:func:`lit_efficiency.core.timing.compare`); buckets compare with HF at the
-    exact lengths.
+    exact lengths; "memory kept": glibc kept freed memory for every candidate (:func:`memory_kept`).
     """
 
     def figure(row: dict[str, Any] | None) -> str:
@@ -348,6 +362,7 @@ def table(report: dict[str, Any]) -> str:
             retention += " (older run)"
         load = " / ".join(f"{x:.1f}" for x in cell["load_average_1min_before_after"])
         date = cell["date"][:10] if "date" in cell else "undated"
+        load += ", memory kept" if memory_kept(cell) else ""
         figures = " | ".join(figure(cell["vs_hf"].get(name)) for _, name in TABLE_COLUMNS)
         lines.append(
             f"| {task} ({entry['max_seq_len']}), {retention} | {cell['threads']}, {cell['batch_size']} | "
@@ -385,6 +400,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--quick", action="store_true", help="check the script: batch 16 and 1, 4 examples at batch 1, 2 repeats"
+    )
+    parser.add_argument(
+        "--allocator",
+        choices=("kept", "default"),
+        default="kept",
+        help="kept: glibc keeps freed memory from the start, for every candidate (as compile_for_inference sets it); "
+        "default: as the process started (MALLOC_* variables still apply)",
     )
     parser.add_argument("--out", type=Path, default=None, help="default: results/power_bert_engine[_quick].json")
     parser.add_argument("--fresh", action="store_true", help="start a new --out instead of merging into it")
@@ -427,12 +449,15 @@ def main(argv: list[str] | None = None) -> None:
             "examples one at a time; speedups vs HF BertForSequenceClassification (SDPA) at the same padding; "
             "pct_of_ideal = speedup / FLOP-ideal; per cell: date, wall_s, repeats, load average before and after, "
             "machine_busy (the 1-minute load exceeded the cell's threads by more than 0.5: other jobs shared the CPU), "
-            "allocator (the MALLOC_* variables and LD_PRELOAD the run started with)"
+            "allocator (the MALLOC_* variables and LD_PRELOAD the run started with, and mallopt's settings where "
+            "--allocator kept made glibc keep freed memory for every candidate, as compile_for_inference does)"
         ),
         "tasks": old.get("tasks", {}),
     }
     for stale in ("repeats", "warmup", "wall_s"):  # per cell now
         report.pop(stale, None)
+    if args.allocator == "kept":  # before any candidate runs: all of them see the same allocator
+        keep_freed_memory()
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:
             retention, n, source = committed_retention(task, args.retention)

@@ -8,6 +8,7 @@ import threading
 import pytest
 import torch
 
+from lit_efficiency.core import memory
 from lit_efficiency.power_bert import model as model_module
 from lit_efficiency.power_bert.bert import additive_attention_mask
 from lit_efficiency.power_bert.export import export_program
@@ -184,3 +185,12 @@ def test_compiled_hard_model_equals_eager(backend):
     assert not model.training
     torch.testing.assert_close(got.logits, want.logits, atol=1e-5, rtol=1e-5)
     assert torch.equal(got.encoder.kept_positions, want.encoder.kept_positions)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_compile_for_inference_keeps_freed_memory_unless_told_not_to(monkeypatch, keep):
+    calls = []
+    monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append("kept") or {})
+    model = PowerBertForSequenceClassification(tiny_bert_config(), num_labels=2, mode="hard", retention=[6, 4, 2])
+    model.compile_for_inference(backend="eager", keep_freed_memory=keep)
+    assert calls == (["kept"] if keep else [])
