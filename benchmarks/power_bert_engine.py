@@ -6,7 +6,11 @@ median and IQR), on real GLUE dev text:
 
 * ``hf_sdpa_static`` / ``hf_sdpa_dynamic``: ``transformers`` ``BertForSequenceClassification`` with SDPA,
   padded to N / to the longest sequence of the batch (batch 1: no padding at all);
-* ``ours_eager_static`` / ``ours_eager_dynamic``: :class:`PowerBertForSequenceClassification` in hard mode;
+* ``ours_eager_static`` / ``ours_eager_dynamic``: :class:`PowerBertForSequenceClassification` in hard mode (its
+  linears run oneDNN on packed weights in eager CPU inference: :mod:`lit_efficiency.power_bert.cpu_linear`);
+* ``hf_packed_static`` / ``hf_packed_dynamic``: HF SDPA with the same packed linears
+  (:func:`~lit_efficiency.power_bert.cpu_linear.use_packed_linears`), so ``vs_hf_packed`` compares eager with
+  eager on the same matmul kernels: the share of the speedup that elimination alone buys;
 * ``ours_compiled_static`` / ``ours_compiled_dynamic``: the same after ``compile_for_inference()``
   (``torch.compile``, inductor, static shapes), for the tasks in ``--compile-tasks``, beside ``hf_compiled_static``
   / ``hf_compiled_dynamic`` (HF compiled the same way: ``vs_hf_compiled`` compares compiled with compiled); dynamic
@@ -62,6 +66,7 @@ import torch
 from lit_efficiency.core.memory import keep_freed_memory, kept_freed_memory
 from lit_efficiency.core.paths import atomic_write_text, resolve_data_root, resolve_pretrained
 from lit_efficiency.core.timing import compare, interleaved, machine_busy
+from lit_efficiency.power_bert.cpu_linear import use_packed_linears
 from lit_efficiency.power_bert.export import INPUT_NAMES, export_onnx, onnx_session
 from lit_efficiency.power_bert.glue import read_glue_split
 from lit_efficiency.power_bert.model import PowerBertForSequenceClassification
@@ -215,9 +220,13 @@ def time_setting(
     ours = PowerBertForSequenceClassification.from_pretrained(
         models["path"], num_labels=2, mode="hard", retention=retention, max_seq_len=n
     ).eval()
+    hf_packed = copy.deepcopy(models["hf"])
+    use_packed_linears(hf_packed)
     fns: dict[str, Callable[[], None]] = {
         "hf_sdpa_static": run_hf(models["hf"], static),
         "hf_sdpa_dynamic": run_hf(models["hf"], dynamic),
+        "hf_packed_static": run_hf(hf_packed, static),
+        "hf_packed_dynamic": run_hf(hf_packed, dynamic),
         "ours_eager_static": run_torch(ours, static),
         "ours_eager_dynamic": run_torch(ours, dynamic),
     }
@@ -279,6 +288,10 @@ def time_setting(
         for name in (f"ours_compiled_{padding}", f"onnxruntime_{padding}")
         if name in timings and f"hf_compiled_{padding}" in timings
     }
+    result["vs_hf_packed"] = {  # eager against eager, both on oneDNN's packed linears
+        f"ours_eager_{padding}": _versus(timings[f"hf_packed_{padding}"], timings[f"ours_eager_{padding}"], ideal)
+        for padding, ideal in (("static", ideal_static), ("dynamic", ideal_dyn))
+    }
     result["wall_s"] = round(time.perf_counter() - started, 1)
     return result
 
@@ -325,15 +338,17 @@ def describe_cells(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-#: ``--table`` columns: (header, row name in a cell's ``vs_hf``); a cell without the row shows "-".
+#: ``--table`` columns: (header, comparison, row name in the cell's comparison); a cell without it shows "-".
 TABLE_COLUMNS = (
-    ("eager static", "ours_eager_static"),
-    ("eager dynamic", "ours_eager_dynamic"),
-    ("compiled static", "ours_compiled_static"),
-    ("compiled dynamic", "ours_compiled_dynamic"),
-    ("compiled, 16-token buckets", "ours_compiled_bucketed"),
-    ("onnxruntime static", "onnxruntime_static"),
-    ("onnxruntime, 16-token buckets", "onnxruntime_bucketed"),
+    ("eager static", "vs_hf", "ours_eager_static"),
+    ("eager dynamic", "vs_hf", "ours_eager_dynamic"),
+    ("compiled static", "vs_hf", "ours_compiled_static"),
+    ("compiled dynamic", "vs_hf", "ours_compiled_dynamic"),
+    ("compiled, 16-token buckets", "vs_hf", "ours_compiled_bucketed"),
+    ("onnxruntime static", "vs_hf", "onnxruntime_static"),
+    ("onnxruntime, 16-token buckets", "vs_hf", "onnxruntime_bucketed"),
+    ("eager static vs HF packed", "vs_hf_packed", "ours_eager_static"),
+    ("eager dynamic vs HF packed", "vs_hf_packed", "ours_eager_dynamic"),
 )
 
 
@@ -351,7 +366,7 @@ def table(report: dict[str, Any]) -> str:
 
     lines = [
         "| task (N), retention | threads, batch | date, load before / after | "
-        + " | ".join(h for h, _ in TABLE_COLUMNS) + " |",
+        + " | ".join(h for h, _, _ in TABLE_COLUMNS) + " |",
         "|---" * (3 + len(TABLE_COLUMNS)) + "|",
     ]  # fmt: skip
     order = sorted(measured_cells(report), key=lambda c: (TASKS.index(c[0]), c[2]["threads"], -c[2]["batch_size"]))
@@ -363,7 +378,7 @@ def table(report: dict[str, Any]) -> str:
         load = " / ".join(f"{x:.1f}" for x in cell["load_average_1min_before_after"])
         date = cell["date"][:10] if "date" in cell else "undated"
         load += ", memory kept" if memory_kept(cell) else ""
-        figures = " | ".join(figure(cell["vs_hf"].get(name)) for _, name in TABLE_COLUMNS)
+        figures = " | ".join(figure(cell.get(versus, {}).get(name)) for _, versus, name in TABLE_COLUMNS)
         lines.append(
             f"| {task} ({entry['max_seq_len']}), {retention} | {cell['threads']}, {cell['batch_size']} | "
             f"{date}, {load} | {figures} |"

@@ -58,6 +58,7 @@ from lit_efficiency.power_bert.bert import (
     read_hf_weights,
     save_hf_folder,
 )
+from lit_efficiency.power_bert.cpu_linear import use_packed_linears
 from lit_efficiency.power_bert.retention import validate_retention
 
 if TYPE_CHECKING:
@@ -624,6 +625,7 @@ class PowerBertForSequenceClassification(nn.Module):
         self.add_module(self._prefix, encoder)  # "bert", "roberta", ... as in HF task models
         family.build_head(self, encoder.config)
         self.reset_classifier()
+        use_packed_linears(self)  # eager CPU inference: oneDNN on packed weights (cpu_linear); elsewhere F.linear
 
     @classmethod
     def from_config(cls, config: PretrainedConfig, **kwargs) -> PowerBertForSequenceClassification:

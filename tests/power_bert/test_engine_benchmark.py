@@ -3,6 +3,7 @@ drops a task's cells measured at another retention, and records date, load and w
 
 import importlib.util
 import json
+import platform
 from pathlib import Path
 
 import pytest
@@ -103,19 +104,25 @@ def test_real_cell_records_its_own_conditions(engine, tmp_path):
     args = ["--tasks", "sst2", "--threads", "1", "--batch-sizes", "2", "--repeats", "1", "--warmup", "0"]
     engine.main([*args, "--compile-tasks", "--onnx-tasks", "--bucket", "0", "--out", str(out)])
     cell = _tasks(out)["sst2"]["threads_1_batch_2"]
-    assert set(cell["ms"]) == {"hf_sdpa_static", "hf_sdpa_dynamic", "ours_eager_static", "ours_eager_dynamic"}
+    eager = {"ours_eager_static", "ours_eager_dynamic"}
+    assert set(cell["ms"]) == {"hf_sdpa_static", "hf_sdpa_dynamic", "hf_packed_static", "hf_packed_dynamic", *eager}
+    assert set(cell["vs_hf_packed"]) == eager  # eager against HF on the same packed linears
     assert cell["wall_s"] > 0 and cell["date"].startswith("20") and isinstance(cell["machine_busy"], bool)
     assert len(cell["load_average_1min_before_after"]) == 2 and cell["repeats"] == 1
     assert cell["vs_hf"]["ours_eager_static"]["speedup"] > 0
+    # --allocator kept (the default) set glibc to keep freed memory before any candidate ran, and the cell says so
+    assert ("mallopt" in cell["allocator"]) == (platform.libc_ver()[0] == "glibc")
 
 
 def test_table_rows_follow_the_cells(engine, tmp_path, capsys):
-    """``--table``: one row per cell in task order, "-" for a row not timed, "~" for a speedup within noise."""
+    """``--table``: one row per cell in task order, "-" for a row not timed, "~" for a speedup within noise, "memory
+    kept" where glibc kept freed memory."""
     row = {"speedup": 2.5, "pct_of_ideal": 80.0, "within_noise": False}
     cell = {"threads": 1, "load_average_1min_before_after": [1.0, 2.0], "date": "2026-11-28T10:00:00+00:00"}
     report = {"tasks": {
         "sst2": {"retention": [3, 2], "max_seq_len": 64, "retention_source": engine.OLDER,
-                 "threads_1_batch_1": {**cell, "batch_size": 1, "vs_hf": {"ours_eager_static": row}}},
+                 "threads_1_batch_1": {**cell, "batch_size": 1, "vs_hf": {"ours_eager_static": row},
+                                       "allocator": {"mallopt": {"mmap_threshold": 1 << 25}}}},
         "cola": {"retention": [4, 1], "max_seq_len": 64, "retention_source": engine.FAIR,
                  "threads_1_batch_128": {**cell, "batch_size": 128,
                                          "vs_hf": {"ours_eager_dynamic": {**row, "within_noise": True}}}},
@@ -126,7 +133,8 @@ def test_table_rows_follow_the_cells(engine, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and lines[0].count("|") == lines[2].count("|") == 3 + len(engine.TABLE_COLUMNS) + 1
     assert lines[2].startswith("| cola (64), 4,1 | 1, 128 | 2026-11-28, 1.0 / 2.0 | - | ~2.50x (80%) | - |")
-    assert lines[3].startswith("| sst2 (64), 3,2 (older run) | 1, 1 | 2026-11-28, 1.0 / 2.0 | 2.50x (80%) | - |")
+    kept = "| sst2 (64), 3,2 (older run) | 1, 1 | 2026-11-28, 1.0 / 2.0, memory kept | 2.50x (80%) | - |"
+    assert lines[3].startswith(kept)
 
 
 def test_readme_engine_table_is_printed_from_the_committed_json(engine, capsys):
