@@ -34,17 +34,16 @@ class PackedLinear(nn.Linear):
         return torch.ops.mkldnn._linear_pointwise(x, self._packed_weight(), self.bias, "none", [], "")
 
     def _use_onednn(self, x: Tensor) -> bool:
+        if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+            return False  # first: the tracers may not see the checks below
         return (
-            not self.training
+            _ONEDNN
+            and not self.training
             and not torch.is_grad_enabled()
             and x.device.type == "cpu"
             and x.dtype == self.weight.dtype == torch.float32
             and not self.weight.is_inference()  # no version counter: an in-place change would go unseen
             and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling()
-            and not torch.jit.is_tracing()
-            and not torch.jit.is_scripting()
-            and _ONEDNN
         )
 
     def _packed_weight(self) -> Tensor:
