@@ -135,6 +135,10 @@ def _head_average(columns: Tensor, diagonal: Tensor, real: Tensor) -> Tensor:
     return (columns - diagonal).view(bsz, -1, seq_len).sum(dim=1) * real
 
 
+#: Input shapes :meth:`PowerBertForSequenceClassification.compile_for_inference` lets Dynamo compile per process
+#: (its ``recompile_limit``, counted over all compiled models: 8 by default): a batch size times a few length buckets.
+SHAPES_PER_PROCESS = 64
+
 #: Upper bound on the elements of one block of probabilities in :func:`significance_score_qk`: 1 MiB in fp32, so
 #: a block stays in a core's L2 cache between the matmul that writes it, the softmax and the column sum.
 SCORE_BLOCK_ELEMENTS = 1 << 18
@@ -687,8 +691,9 @@ class PowerBertForSequenceClassification(nn.Module):
 
         A trained retention fixes every tensor shape of the forward for a given input shape, so the whole model
         compiles into one graph (``fullgraph=True``) without dynamic shapes; a new batch or sequence length
-        recompiles once. ``mode="reduce-overhead"`` also captures CUDA graphs on a GPU (replayed per shape), which
-        removes the kernel-launch overhead that dominates a pruned forward in fp16.
+        recompiles once, for up to :data:`SHAPES_PER_PROCESS` shapes of all models compiled in the process.
+        ``mode="reduce-overhead"`` also captures CUDA graphs on a GPU (replayed per shape), which removes the
+        kernel-launch overhead that dominates a pruned forward in fp16.
 
         The compiled CPU graph allocates its large intermediates afresh on every call; under glibc, which gives
         such memory back to the OS when it is freed, each call would fault all of it in again (44% of the call at
@@ -707,6 +712,10 @@ class PowerBertForSequenceClassification(nn.Module):
         if keep_freed_memory:
             memory.keep_freed_memory()
         self.eval()
+        # One graph per input shape, and Dynamo counts them per code object, across every model compiled here: past
+        # its default limit of 8, fullgraph=True turns the next shape into an error.
+        dynamo_config = torch._dynamo.config
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, SHAPES_PER_PROCESS)
         self.compile(mode=mode, backend=backend, fullgraph=fullgraph, dynamic=False)
         return self
 

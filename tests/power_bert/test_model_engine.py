@@ -197,3 +197,20 @@ def test_compile_for_inference_keeps_freed_memory_unless_told_not_to(monkeypatch
     ids, mask, tt = padded_batch()
     with torch.inference_mode():  # traced whole (fullgraph): the packed linears step aside for the tracer
         torch.testing.assert_close(model(ids, mask, tt).logits, model.forward(ids, mask, tt).logits)
+
+
+def test_compiled_model_takes_more_shapes_than_dynamos_default_limit(monkeypatch):
+    # Each input shape is a graph of its own (dynamic=False); Dynamo's default limit of 8 per code object, with
+    # fullgraph=True, would make the ninth shape an error.
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    torch.manual_seed(0)
+    model = PowerBertForSequenceClassification(tiny_bert_config(), num_labels=2, mode="hard", retention=[6, 4, 2])
+    model.compile_for_inference(backend="eager", keep_freed_memory=False)
+    ids, mask, tt = padded_batch()
+    with torch.inference_mode():
+        for rows in (1, 2, 3):
+            for length in (7, 8, 9):  # 9 shapes
+                batch = (ids[:rows, :length], mask[:rows, :length], tt[:rows, :length])
+                torch.testing.assert_close(model(*batch).logits, model.forward(*batch).logits)
+    assert torch._dynamo.config.recompile_limit == model_module.SHAPES_PER_PROCESS
