@@ -199,18 +199,17 @@ def test_compile_for_inference_keeps_freed_memory_unless_told_not_to(monkeypatch
         torch.testing.assert_close(model(ids, mask, tt).logits, model.forward(ids, mask, tt).logits)
 
 
-def test_compiled_model_takes_more_shapes_than_dynamos_default_limit(monkeypatch):
+def test_compiled_model_takes_more_shapes_than_dynamos_default_limit():
     # Each input shape is a graph of its own (dynamic=False); Dynamo's default limit of 8 per code object, with
     # fullgraph=True, would make the ninth shape an error.
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
     torch.manual_seed(0)
     model = PowerBertForSequenceClassification(tiny_bert_config(), num_labels=2, mode="hard", retention=[6, 4, 2])
-    model.compile_for_inference(backend="eager", keep_freed_memory=False)
     ids, mask, tt = padded_batch()
-    with torch.inference_mode():
+    with torch._dynamo.config.patch(recompile_limit=8), torch.inference_mode():  # config.patch: restored after
+        model.compile_for_inference(backend="eager", keep_freed_memory=False)
         for rows in (1, 2, 3):
             for length in (7, 8, 9):  # 9 shapes
                 batch = (ids[:rows, :length], mask[:rows, :length], tt[:rows, :length])
                 torch.testing.assert_close(model(*batch).logits, model.forward(*batch).logits)
-    assert torch._dynamo.config.recompile_limit == model_module.SHAPES_PER_PROCESS
+        assert torch._dynamo.config.recompile_limit == model_module.SHAPES_PER_PROCESS
