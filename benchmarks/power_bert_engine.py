@@ -138,8 +138,8 @@ def allocator_settings() -> dict[str, Any]:
     settings: dict[str, Any] = {
         k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_") or k == "LD_PRELOAD"
     }
-    if kept_freed_memory():
-        settings["mallopt"] = kept_freed_memory()
+    if mallopt := kept_freed_memory():
+        settings["mallopt"] = mallopt
     return settings
 
 

@@ -150,7 +150,8 @@ SCORE_BLOCK_ELEMENTS = 1 << 18
 #: thread, random inputs: ONNX export and the forward's time compiled / in onnxruntime against eager's: 16 blocks
 #: 22 s, 1.08x / 1.01x; 32 blocks 40 s, 1.03x / 0.92x (tests shared the CPU); 64 blocks 104 s, 0.98x / 0.92x. A
 #: block is 12.6 MB there: where glibc returns such buffers to the OS, every call faults them in again (the engine
-#: benchmark's ``sys_ms``; see the README for the allocator settings that keep them).
+#: benchmark's ``sys_ms``), which is why :meth:`~PowerBertForSequenceClassification.compile_for_inference` keeps
+#: freed memory (:func:`~lit_efficiency.core.memory.keep_freed_memory`).
 TRACED_SCORE_BLOCKS = 32
 
 
